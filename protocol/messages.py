@@ -1,0 +1,210 @@
+"""Wire messages: msgspec structs encoded as msgpack maps.
+
+Top-level messages carry a snake-case tag in the ``"type"`` field (``{"type": "cancel", "id":
+...}``); nested structs (`SamplingOptions`, `ChatMessage`, ...) are plain maps. Field types and
+`Meta` constraints are checked by msgspec while decoding; rules that span fields (exactly one
+prompt form, packed id lengths, total prompt size, version) are checked in `validate.py`.
+Constructing a struct in Python does NOT validate it: `isthmus.protocol.validate(msg)` does.
+
+Token ids travel as packed little-endian int32 bytes (`pack_ids` / `unpack_ids` in codec.py).
+Unknown fields are ignored on decode so a peer may add optional fields within one major version.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, field
+
+from . import limits as L
+from .errors import ErrorCode
+from .version import PROTOCOL_VERSION
+
+# --- constrained field types ---------------------------------------------------------------------
+RequestId = Annotated[str, Meta(min_length=1, max_length=L.MAX_ID_LEN)]
+Count = Annotated[int, Meta(ge=0, le=L.MAX_COUNT)]
+FiniteFloat = Annotated[float, Meta(ge=-L.MAX_FLOAT, le=L.MAX_FLOAT)]  # refuses NaN and +-inf
+NonNegFloat = Annotated[float, Meta(ge=0.0, le=L.MAX_FLOAT)]
+Milliseconds = NonNegFloat
+Reason = Annotated[str, Meta(max_length=L.MAX_REASON_LEN)]
+ModelName = Annotated[str, Meta(max_length=L.MAX_MODEL_NAME_LEN)]
+Fingerprint = Annotated[str, Meta(max_length=L.MAX_FINGERPRINT_LEN)]
+StopString = Annotated[str, Meta(min_length=1, max_length=L.MAX_STOP_STRING_LEN)]
+
+Role = Literal["system", "user", "assistant"]
+RequestTier = Literal["auto", "edge", "center"]
+Tier = Literal["edge", "center"]
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+# --- nested structs ------------------------------------------------------------------------------
+class SamplingOptions(msgspec.Struct, kw_only=True):
+    """How to sample. temperature 0 = greedy; top_k 0 = disabled; seed None = random."""
+
+    max_tokens: Annotated[int, Meta(ge=1, le=L.MAX_TOKENS)] = 256
+    temperature: Annotated[float, Meta(ge=L.MIN_TEMPERATURE, le=L.MAX_TEMPERATURE)] = 1.0
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
+    top_k: Annotated[int, Meta(ge=0, le=L.MAX_TOP_K)] = 0
+    min_p: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
+    repetition_penalty: Annotated[float, Meta(gt=L.MIN_REPETITION_PENALTY, le=L.MAX_REPETITION_PENALTY)] = 1.0
+    presence_penalty: Annotated[float, Meta(ge=L.MIN_PENALTY, le=L.MAX_PENALTY)] = 0.0
+    frequency_penalty: Annotated[float, Meta(ge=L.MIN_PENALTY, le=L.MAX_PENALTY)] = 0.0
+    seed: Annotated[int, Meta(ge=0, le=L.MAX_SEED)] | None = None
+    stop: Annotated[list[StopString], Meta(max_length=L.MAX_STOP_STRINGS)] = []
+    # packed little-endian int32
+    stop_token_ids: Annotated[bytes, Meta(max_length=L.MAX_STOP_TOKEN_IDS * L.TOKEN_ID_SIZE)] = b""
+    logprobs: Annotated[int, Meta(ge=0, le=L.MAX_LOGPROBS)] | None = None
+    ignore_eos: bool = False
+
+
+class ChatMessage(msgspec.Struct):
+    """One chat turn. Content size is checked per request (PROMPT_TOO_LONG), not here."""
+
+    role: Role
+    content: str
+
+
+class Continuation(msgspec.Struct, kw_only=True):
+    """A hand-over: the answer so far, to be continued by another tier.
+
+    `token_ids` (packed) is empty unless both sides report the same `tokenizer_fingerprint`.
+    """
+
+    text: Annotated[str, Meta(max_length=L.MAX_CONTINUATION_CHARS)] = ""
+    token_ids: Annotated[bytes, Meta(max_length=L.MAX_CONTINUATION_TOKENS * L.TOKEN_ID_SIZE)] = b""
+    tokenizer_fingerprint: Fingerprint = ""
+    reason: Reason = ""
+
+
+class Route(msgspec.Struct):
+    """Which tier answered and why; `score` is the router's difficulty score."""
+
+    tier: Tier
+    reason: Reason = ""
+    score: FiniteFloat = 0.0
+    is_degraded: bool = False
+
+
+class Usage(msgspec.Struct):
+    """Token counts of one request."""
+
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0
+
+
+class Timings(msgspec.Struct):
+    """Request timings, milliseconds since the request arrived."""
+
+    queue_ms: Milliseconds = 0.0
+    first_token_ms: Milliseconds = 0.0
+    total_ms: Milliseconds = 0.0
+
+
+# --- top-level messages --------------------------------------------------------------------------
+class GenerateRequest(msgspec.Struct, kw_only=True, tag_field="type", tag="generate_request"):
+    """Ask for a completion. Exactly one of `prompt`, `messages`, `prompt_ids` (packed) is set."""
+
+    id: RequestId
+    version: int = PROTOCOL_VERSION
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    prompt_ids: bytes | None = None
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    tier: RequestTier = "auto"
+    priority: Annotated[int, Meta(ge=L.MIN_PRIORITY, le=L.MAX_PRIORITY)] = 0  # higher first
+    timeout_ms: Annotated[int, Meta(ge=L.MIN_TIMEOUT_MS, le=L.MAX_TIMEOUT_MS)] | None = None
+    api_key: Annotated[str, Meta(max_length=L.MAX_API_KEY_LEN)] | None = None
+    continuation: Continuation | None = None
+
+
+class TokenChunk(msgspec.Struct, kw_only=True, tag_field="type", tag="token_chunk"):
+    """New tokens of an answer. `logprobs` has one entry per new token when asked for.
+
+    `route` is set only when the route changes mid-answer (a hand-over).
+    """
+
+    id: RequestId
+    token_ids: Annotated[bytes, Meta(max_length=L.MAX_CHUNK_TOKENS * L.TOKEN_ID_SIZE)] = b""
+    text: Annotated[str, Meta(max_length=L.MAX_CHUNK_TEXT_CHARS)] = ""
+    logprobs: Annotated[list[FiniteFloat], Meta(max_length=L.MAX_CHUNK_TOKENS)] | None = None
+    tier: Tier
+    route: Route | None = None
+
+
+class Done(msgspec.Struct, kw_only=True, tag_field="type", tag="done"):
+    """The last message of a successful answer."""
+
+    id: RequestId
+    finish_reason: FinishReason
+    usage: Usage = field(default_factory=Usage)
+    route: Route
+    timings: Timings = field(default_factory=Timings)
+    model: ModelName = ""
+
+
+class Error(msgspec.Struct, kw_only=True, tag_field="type", tag="error"):
+    """The last message of a failed answer. `id` is empty when the request could not be read."""
+
+    id: Annotated[str, Meta(max_length=L.MAX_ID_LEN)]
+    code: ErrorCode
+    message: Annotated[str, Meta(max_length=L.MAX_ERROR_MESSAGE_LEN)] = ""
+    retryable: bool = False
+
+
+class Cancel(msgspec.Struct, kw_only=True, tag_field="type", tag="cancel"):
+    """Stop generating request `id` (resetting the stream does the same)."""
+
+    id: RequestId
+
+
+class StatusRequest(msgspec.Struct, kw_only=True, tag_field="type", tag="status_request"):
+    """Ask a server for its `Status`."""
+
+    version: int = PROTOCOL_VERSION
+
+
+class Status(msgspec.Struct, kw_only=True, tag_field="type", tag="status"):
+    """A server's live state, used for health, balancing and draining."""
+
+    version: int = PROTOCOL_VERSION
+    tier: Tier
+    model: ModelName = ""
+    tokenizer_fingerprint: Fingerprint = ""
+    num_running: Count = 0
+    num_waiting: Count = 0
+    num_free_kv_blocks: Count = 0
+    num_total_kv_blocks: Count = 0
+    tokens_per_s: NonNegFloat = 0.0
+    is_ready: bool = False
+    is_draining: bool = False
+
+
+class DrainRequest(msgspec.Struct, kw_only=True, tag_field="type", tag="drain_request"):
+    """Stop admitting; finish or hand over in-flight work within `grace_s` seconds."""
+
+    grace_s: Annotated[float, Meta(ge=0.0, le=L.MAX_DRAIN_GRACE_S)] = 30.0
+
+
+class DrainReply(msgspec.Struct, kw_only=True, tag_field="type", tag="drain_reply"):
+    """Answer to `DrainRequest`: how many requests were in flight when draining began."""
+
+    num_in_flight: Count = 0
+
+
+Message = (
+    GenerateRequest | TokenChunk | Done | Error | Cancel | StatusRequest | Status | DrainRequest | DrainReply
+)
+"""Any top-level message."""
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    GenerateRequest,
+    TokenChunk,
+    Done,
+    Error,
+    Cancel,
+    StatusRequest,
+    Status,
+    DrainRequest,
+    DrainReply,
+)

@@ -1,0 +1,24 @@
+"""gRPC method paths of the center service.
+
+The center is served through generic gRPC handlers whose request and response bodies are the
+msgpack messages of this package (no protobuf). This module only names the paths; it does not
+import grpc, so the client SDK can depend on the protocol without pulling grpc in.
+"""
+
+from __future__ import annotations
+
+SERVICE_NAME = "isthmus.v1.Center"
+
+# unary request GenerateRequest -> server stream of TokenChunk ... ending in Done or Error
+GENERATE_METHOD = "Generate"
+# unary StatusRequest -> Status
+STATUS_METHOD = "Status"
+# unary DrainRequest -> DrainReply
+DRAIN_METHOD = "Drain"
+
+GENERATE = f"/{SERVICE_NAME}/{GENERATE_METHOD}"
+STATUS = f"/{SERVICE_NAME}/{STATUS_METHOD}"
+DRAIN = f"/{SERVICE_NAME}/{DRAIN_METHOD}"
+
+# The standard health service that runs beside ours.
+HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
