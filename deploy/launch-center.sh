@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Launch one node of an isthmus center replica (tensor-parallel model behind gRPC).
+#
+# Run the same command on every node of the replica, changing only --node-rank. Global rank 0
+# (on node rank 0) runs the scheduler and serves gRPC; every rank holds one shard of the model.
+# See --help for every option. Inputs are checked before anything starts.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
+
+usage() {
+    cat <<'EOF'
+Usage: launch-center.sh --model PATH [options]
+
+Starts this node's share of a center replica with torchrun (python -m torch.distributed.run).
+Tensor-parallel size = --nproc-per-node x --nnodes. Node rank 0 hosts the rendezvous and
+serves gRPC on --port; other nodes only run model shards.
+
+Model and parallelism:
+  --model PATH            Hugging Face checkpoint folder (config.json, *.safetensors,
+                          tokenizer.json). Required.
+  --tp-size N             Tensor-parallel size. Default: nproc-per-node x nnodes. When given
+                          without --nproc-per-node, nproc-per-node = N / nnodes.
+  --nproc-per-node N      Ranks (GPUs) on this node. Default 1 (or tp-size / nnodes).
+  --nnodes N              Number of nodes in this replica. Default 1.
+  --node-rank R           This node's rank, 0 .. nnodes-1. Default 0.
+  --rdzv ADDR:PORT        Rendezvous address: node rank 0's address and a free TCP port.
+                          Default 127.0.0.1:29500.
+  --device cpu|cuda       cuda: one GPU per rank, NCCL; cpu: gloo (tests, demos). Default cuda.
+  --dtype DTYPE           auto | float32 | bfloat16 | float16. Default auto.
+  --num-kv-blocks N       KV cache blocks per rank (default: sized from free memory).
+  --max-num-seqs N        Running requests at most (default: engine default).
+  --collective-timeout-s S
+                          Any collective slower than this fails the group (a dead rank brings
+                          the replica down instead of hanging it). Default 60.
+
+Serving (node rank 0):
+  --host HOST             gRPC bind address. Default 0.0.0.0.
+  --port N                gRPC port. Default 50051.
+  --tls-cert FILE         Server certificate (PEM). Without it the center serves plaintext.
+  --tls-key FILE          Server private key (PEM). Required with --tls-cert.
+  --tls-client-ca FILE    CA bundle (PEM) for client certificates: turns on mutual TLS.
+  --grace-s S             Drain grace period on SIGTERM: in-flight requests get this long to
+                          finish. Default 30.
+
+Other:
+  --python PATH           Python interpreter with isthmus installed. Default: the repository's
+                          .venv/bin/python when present, else python3.
+  --dry-run               Check inputs and print the torchrun command without running it.
+  -h, --help              This help.
+
+Example (two nodes, 8 GPUs each, TP=16):
+  node0$ deploy/launch-center.sh --model /models/deepseek-llm-67b-chat --nnodes 2 \
+           --nproc-per-node 8 --node-rank 0 --rdzv 10.0.0.1:29500 --port 50051
+  node1$ deploy/launch-center.sh --model /models/deepseek-llm-67b-chat --nnodes 2 \
+           --nproc-per-node 8 --node-rank 1 --rdzv 10.0.0.1:29500
+EOF
+}
+
+die() {
+    echo "launch-center: error: $*" >&2
+    exit 2
+}
+
+MODEL="" TP_SIZE="" NPROC="" NNODES=1 NODE_RANK=0 RDZV="127.0.0.1:29500" DEVICE=cuda DTYPE=auto
+NUM_KV_BLOCKS="" MAX_NUM_SEQS="" COLL_TIMEOUT=60 HOST=0.0.0.0 PORT=50051 TLS_CERT="" TLS_KEY=""
+TLS_CLIENT_CA="" GRACE_S=30 PYTHON="" DRY_RUN=0
+
+need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value"; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --model) need_value "$@"; MODEL="$2"; shift 2 ;;
+        --tp-size) need_value "$@"; TP_SIZE="$2"; shift 2 ;;
+        --nproc-per-node) need_value "$@"; NPROC="$2"; shift 2 ;;
+        --nnodes) need_value "$@"; NNODES="$2"; shift 2 ;;
+        --node-rank) need_value "$@"; NODE_RANK="$2"; shift 2 ;;
+        --rdzv) need_value "$@"; RDZV="$2"; shift 2 ;;
+        --device) need_value "$@"; DEVICE="$2"; shift 2 ;;
+        --dtype) need_value "$@"; DTYPE="$2"; shift 2 ;;
+        --num-kv-blocks) need_value "$@"; NUM_KV_BLOCKS="$2"; shift 2 ;;
+        --max-num-seqs) need_value "$@"; MAX_NUM_SEQS="$2"; shift 2 ;;
+        --collective-timeout-s) need_value "$@"; COLL_TIMEOUT="$2"; shift 2 ;;
+        --host) need_value "$@"; HOST="$2"; shift 2 ;;
+        --port) need_value "$@"; PORT="$2"; shift 2 ;;
+        --tls-cert) need_value "$@"; TLS_CERT="$2"; shift 2 ;;
+        --tls-key) need_value "$@"; TLS_KEY="$2"; shift 2 ;;
+        --tls-client-ca) need_value "$@"; TLS_CLIENT_CA="$2"; shift 2 ;;
+        --grace-s) need_value "$@"; GRACE_S="$2"; shift 2 ;;
+        --python) need_value "$@"; PYTHON="$2"; shift 2 ;;
+        --dry-run) DRY_RUN=1; shift ;;
+        *) die "unknown option '$1' (see --help)" ;;
+    esac
+done
+
+is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+is_pos_int() { is_uint "$1" && (( 10#$1 >= 1 )); }
+is_number() { [[ "$1" =~ ^[0-9]+([.][0-9]+)?$ ]]; }
+
+# --- plain value checks -------------------------------------------------------------------------
+[[ -n "$MODEL" ]] || die "--model is required (a Hugging Face checkpoint folder)"
+[[ -d "$MODEL" ]] || die "--model: '$MODEL' is not a directory"
+[[ -f "$MODEL/config.json" ]] || die "--model: '$MODEL' has no config.json"
+compgen -G "$MODEL/*.safetensors" >/dev/null || die "--model: '$MODEL' has no *.safetensors weights"
+is_pos_int "$NNODES" || die "--nnodes must be a positive integer, got '$NNODES'"
+is_uint "$NODE_RANK" || die "--node-rank must be a non-negative integer, got '$NODE_RANK'"
+(( NODE_RANK < NNODES )) || die "--node-rank $NODE_RANK must be below --nnodes $NNODES"
+if [[ -n "$TP_SIZE" ]]; then
+    is_pos_int "$TP_SIZE" || die "--tp-size must be a positive integer, got '$TP_SIZE'"
+    if [[ -z "$NPROC" ]]; then
+        (( TP_SIZE % NNODES == 0 )) || die "--tp-size $TP_SIZE is not a multiple of --nnodes $NNODES"
+        NPROC=$(( TP_SIZE / NNODES ))
+    fi
+fi
+NPROC="${NPROC:-1}"
+is_pos_int "$NPROC" || die "--nproc-per-node must be a positive integer, got '$NPROC'"
+WORLD=$(( NPROC * NNODES ))
+if [[ -n "$TP_SIZE" && "$TP_SIZE" -ne "$WORLD" ]]; then
+    die "--tp-size $TP_SIZE != --nproc-per-node $NPROC x --nnodes $NNODES"
+fi
+[[ "$RDZV" =~ ^([^:]+):([0-9]+)$ ]] || die "--rdzv must be ADDR:PORT, got '$RDZV'"
+RDZV_ADDR="${BASH_REMATCH[1]}" RDZV_PORT="${BASH_REMATCH[2]}"
+(( RDZV_PORT >= 1 && RDZV_PORT <= 65535 )) || die "--rdzv port must be 1..65535, got $RDZV_PORT"
+[[ "$DEVICE" == cpu || "$DEVICE" == cuda ]] || die "--device must be 'cpu' or 'cuda', got '$DEVICE'"
+case "$DTYPE" in auto|float32|bfloat16|float16) ;; *) die "--dtype must be auto|float32|bfloat16|float16, got '$DTYPE'" ;; esac
+[[ -z "$NUM_KV_BLOCKS" ]] || is_pos_int "$NUM_KV_BLOCKS" || die "--num-kv-blocks must be a positive integer"
+[[ -z "$MAX_NUM_SEQS" ]] || is_pos_int "$MAX_NUM_SEQS" || die "--max-num-seqs must be a positive integer"
+is_number "$COLL_TIMEOUT" || die "--collective-timeout-s must be a positive number of seconds"
+is_number "$GRACE_S" || die "--grace-s must be a non-negative number of seconds"
+is_uint "$PORT" && (( PORT >= 1 && PORT <= 65535 )) || die "--port must be 1..65535, got '$PORT'"
+if [[ -n "$TLS_CERT" || -n "$TLS_KEY" ]]; then
+    [[ -n "$TLS_CERT" && -n "$TLS_KEY" ]] || die "--tls-cert and --tls-key go together"
+    [[ -r "$TLS_CERT" ]] || die "--tls-cert: cannot read '$TLS_CERT'"
+    [[ -r "$TLS_KEY" ]] || die "--tls-key: cannot read '$TLS_KEY'"
+fi
+if [[ -n "$TLS_CLIENT_CA" ]]; then
+    [[ -n "$TLS_CERT" ]] || die "--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key"
+    [[ -r "$TLS_CLIENT_CA" ]] || die "--tls-client-ca: cannot read '$TLS_CLIENT_CA'"
+fi
+
+if [[ -z "$PYTHON" ]]; then
+    if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python3; fi
+fi
+command -v "$PYTHON" >/dev/null || die "--python: '$PYTHON' not found"
+
+# --- checks that need Python: the model's shape, free ports, GPUs --------------------------------
+CHECK_ROLE=worker
+(( NODE_RANK == 0 )) && CHECK_ROLE=server
+"$PYTHON" - "$MODEL" "$WORLD" "$CHECK_ROLE" "$HOST" "$PORT" "$RDZV_ADDR" "$RDZV_PORT" "$DEVICE" "$NPROC" <<'PY' || exit 2
+import json, socket, sys
+model, world, role, host, port, rdzv_addr, rdzv_port, device, nproc = sys.argv[1:]
+world, port, rdzv_port, nproc = int(world), int(port), int(rdzv_port), int(nproc)
+
+def die(msg):
+    print(f"launch-center: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+try:
+    with open(f"{model}/config.json") as f:
+        cfg = json.load(f)
+except (OSError, ValueError) as exc:
+    die(f"--model: cannot read {model}/config.json: {exc}")
+heads = cfg.get("num_attention_heads")
+if not isinstance(heads, int) or heads < 1:
+    die(f"--model: config.json has no valid num_attention_heads")
+kv_heads = cfg.get("num_key_value_heads") or heads
+inter = cfg.get("intermediate_size")
+if heads % world:
+    die(f"TP size {world} does not divide the model's {heads} attention heads")
+if kv_heads >= world and kv_heads % world:
+    die(f"TP size {world} does not divide the model's {kv_heads} key/value heads")
+if kv_heads < world and world % kv_heads:
+    die(f"TP size {world} is not a multiple of the model's {kv_heads} key/value heads")
+if isinstance(inter, int) and inter % world:
+    die(f"TP size {world} does not divide the model's intermediate_size {inter}")
+
+def check_free(h, p, flag):
+    with socket.socket(socket.AF_INET6 if ":" in h else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((h, p))
+        except OSError as exc:
+            die(f"{flag}: port {p} on {h} is not free ({exc.strerror})")
+
+if role == "server":  # node rank 0 hosts the rendezvous store and serves gRPC
+    check_free(host, port, "--port")
+    check_free("0.0.0.0", rdzv_port, "--rdzv")
+if device == "cuda":
+    import torch
+    n = torch.cuda.device_count()
+    if n < nproc:
+        die(f"--device cuda: {nproc} ranks on this node but only {n} CUDA device(s) visible")
+PY
+
+CMD=("$PYTHON" -m torch.distributed.run
+    --nnodes "$NNODES" --nproc-per-node "$NPROC" --node-rank "$NODE_RANK"
+    --master-addr "$RDZV_ADDR" --master-port "$RDZV_PORT"
+    --max-restarts 0
+    # torchrun forwards SIGTERM to the ranks and waits this long before SIGKILL: the grace
+    # period plus a margin, so a draining rank 0 finishes its in-flight requests.
+    --shutdown-timeout "$(( ${GRACE_S%.*} + 30 ))"
+    -m isthmus.center.main
+    --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --host "$HOST" --port "$PORT"
+    --grace-s "$GRACE_S" --collective-timeout-s "$COLL_TIMEOUT")
+[[ -n "$NUM_KV_BLOCKS" ]] && CMD+=(--num-kv-blocks "$NUM_KV_BLOCKS")
+[[ -n "$MAX_NUM_SEQS" ]] && CMD+=(--max-num-seqs "$MAX_NUM_SEQS")
+[[ -n "$TLS_CERT" ]] && CMD+=(--tls-cert "$TLS_CERT" --tls-key "$TLS_KEY")
+[[ -n "$TLS_CLIENT_CA" ]] && CMD+=(--tls-client-ca "$TLS_CLIENT_CA")
+
+echo "launch-center: node $NODE_RANK/$NNODES, $NPROC rank(s) here, TP size $WORLD, device $DEVICE" >&2
+if (( DRY_RUN )); then
+    printf '%q ' "${CMD[@]}"
+    echo
+    exit 0
+fi
+if [[ "$DEVICE" == cpu ]]; then
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+fi
+exec "${CMD[@]}"
