@@ -28,8 +28,8 @@ from isthmus.engine.sequence import (
     FINISH_DEADLINE,
     FINISH_LENGTH,
     FINISH_STOP,
-    Sequence,
     SeqStatus,
+    Sequence,
     SeqUpdate,
 )
 
@@ -116,7 +116,9 @@ class Scheduler:
         if len(outputs) >= params.max_tokens:
             raise InvalidRequest("resumed request already generated max_tokens tokens")
         if len(all_ids) >= self.max_model_len:
-            raise PromptTooLong(f"{len(all_ids)} tokens leave no room under max_model_len {self.max_model_len}")
+            raise PromptTooLong(
+                f"{len(all_ids)} tokens leave no room under max_model_len {self.max_model_len}"
+            )
         if len(self.waiting) >= self.max_waiting:
             raise QueueFull(f"{len(self.waiting)} requests waiting (max_waiting)")
         if params.seed is None:

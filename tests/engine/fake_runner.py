@@ -53,7 +53,9 @@ class FakeRunner:
         return out
 
 
-def reference_output(prompt: list[int], max_tokens: int, vocab_size: int, eos: int | None = None) -> list[int]:
+def reference_output(
+    prompt: list[int], max_tokens: int, vocab_size: int, eos: int | None = None
+) -> list[int]:
     ids = list(prompt)
     out: list[int] = []
     while len(out) < max_tokens:

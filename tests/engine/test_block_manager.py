@@ -1,7 +1,6 @@
 import random
 
 import pytest
-
 from isthmus.engine.block_manager import BlockManager, OutOfBlocks
 
 

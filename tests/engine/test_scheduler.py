@@ -1,10 +1,10 @@
 import random
 
 import pytest
-
 from isthmus.engine.params import SamplingParams
 from isthmus.engine.plan import RunOutput
 from isthmus.engine.scheduler import InvalidRequest, PromptTooLong, QueueFull, Scheduler
+
 from tests.engine.fake_runner import FakeRunner, reference_output
 
 VOCAB = 50
@@ -242,7 +242,7 @@ def test_random_operation_sequences(seed):
             if sched.abort(rid):
                 aborted.add(rid)
 
-    outputs, reasons = run_all(sched, runner, on_step=on_step)
+    outputs, _ = run_all(sched, runner, on_step=on_step)
     for rid, (p, mt) in expected.items():
         if rid in aborted:
             continue
