@@ -1,0 +1,225 @@
+"""One request on one QUIC stream: frames in, the orchestrator's answer out, within watermarks.
+
+The client writes one `GenerateRequest` frame and may later write a `Cancel`; the edge writes
+`TokenChunk` frames and ends with exactly one `Done` or `Error`, then ends the stream. The stream
+never touches aioquic directly: it talks to a small `StreamTransport` (the connection protocol in
+`quic_server.py`), which keeps this file testable with a fake transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from isthmus.protocol import (
+    Cancel,
+    Done,
+    Error,
+    ErrorCode,
+    FrameDecoder,
+    GenerateRequest,
+    ProtocolError,
+    TokenChunk,
+    encode_frame,
+)
+
+from .buffers import BufferLimits, FlowAction, StreamFlow
+
+log = logging.getLogger(__name__)
+
+Answer = TokenChunk | Done | Error
+Handler = Callable[[GenerateRequest], AsyncIterator[Answer]]
+
+
+class StreamTransport(Protocol):
+    """What a stream needs from its connection."""
+
+    def send(self, stream_id: int, data: bytes, end_stream: bool) -> None: ...
+
+    def reset(self, stream_id: int, code: int) -> None: ...
+
+    def stream_buffered(self, stream_id: int) -> int:
+        """Bytes handed to QUIC on this stream and not yet acknowledged by the peer."""
+        ...
+
+    def connection_buffered(self) -> int:
+        """The same, summed over the connection's streams."""
+        ...
+
+    def now(self) -> float: ...
+
+
+class SlowReaderError(Exception):
+    """The peer stopped reading: the stream stayed above its watermark too long."""
+
+
+class RequestStream:
+    """Serves one bidirectional stream. Create it on the stream's first data, then `feed` it."""
+
+    def __init__(
+        self,
+        stream_id: int,
+        transport: StreamTransport,
+        handler: Handler,
+        limits: BufferLimits,
+        max_frame_size: int,
+        on_finished: Callable[[RequestStream], None] | None = None,
+        on_slow_reader: Callable[[], None] | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.request_id = ""
+        self.max_buffered = 0  # bytes: highest unacknowledged count seen after a write
+        self.is_finished = False
+        self._transport = transport
+        self._handler = handler
+        self._decoder = FrameDecoder(max_frame_size)
+        self._flow = StreamFlow(limits)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._on_finished = on_finished
+        self._on_slow_reader = on_slow_reader
+
+    # --- events from the connection --------------------------------------------------------------
+    def feed(self, data: bytes, end_stream: bool) -> None:
+        """Bytes received on the stream. Never raises: bad input becomes an `Error` frame."""
+        if self.is_finished:
+            return
+        try:
+            messages = self._decoder.feed(data) if data else []
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        for msg in messages:
+            if self.is_finished:
+                return
+            if self._task is None:
+                if not isinstance(msg, GenerateRequest):
+                    self.fail(
+                        ProtocolError(
+                            ErrorCode.INVALID_MESSAGE,
+                            f"stream: first message must be generate_request, got {type(msg).__name__}",
+                        )
+                    )
+                    return
+                self.request_id = msg.id
+                self._task = asyncio.get_running_loop().create_task(self._serve(msg))
+            elif isinstance(msg, Cancel):
+                self.cancel(ErrorCode.CANCELLED, "cancelled by the client")
+                return
+            else:
+                self.fail(
+                    ProtocolError(
+                        ErrorCode.INVALID_MESSAGE,
+                        f"stream: unexpected {type(msg).__name__} after the request",
+                    )
+                )
+                return
+        if end_stream:
+            try:
+                self._decoder.eof()
+            except ProtocolError as exc:
+                self.fail(exc)
+                return
+            if self._task is None:
+                self.fail(ProtocolError(ErrorCode.INVALID_FRAME, "stream: ended before a request"))
+
+    def on_reset(self) -> None:
+        """The client reset its side of the stream: abort the request, write nothing more."""
+        if self.is_finished:
+            return
+        self._finish()
+        self._transport.reset(self.stream_id, ErrorCode.CANCELLED)
+        self._cancel_task()
+
+    def notify(self) -> None:
+        """Acknowledgements may have arrived: re-check the watermarks of a paused stream."""
+        self._wake.set()
+
+    def cancel(self, code: ErrorCode, message: str) -> None:
+        """Abort the request and end the stream with an `Error` (a `Cancel` frame, a drain)."""
+        if self.is_finished:
+            return
+        self._write(Error(id=self.request_id, code=code, message=message), end=True)
+        self._finish()
+        self._cancel_task()
+
+    def fail(self, exc: ProtocolError) -> None:
+        """End the stream with the `Error` for `exc`; other streams are unaffected."""
+        self.cancel(exc.code, exc.message)
+
+    async def wait(self) -> None:
+        """Until the request's task has finished (cleanup included)."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+
+    # --- the request ----------------------------------------------------------------------------
+    async def _serve(self, req: GenerateRequest) -> None:
+        try:
+            async with contextlib.aclosing(self._handler(req)) as answers:
+                async for msg in answers:
+                    if self.is_finished:
+                        return
+                    is_last = isinstance(msg, Done | Error)
+                    self._write(msg, end=is_last)
+                    if is_last:
+                        self._finish()
+                        return
+                    await self._wait_for_reader()
+            if not self.is_finished:
+                self.fail(ProtocolError(ErrorCode.INTERNAL, "answer ended without done or error"))
+        except SlowReaderError:
+            if self._on_slow_reader is not None:
+                self._on_slow_reader()
+            self.cancel(ErrorCode.SLOW_READER, "the client stopped reading the stream")
+        except asyncio.CancelledError:
+            raise
+        except ProtocolError as exc:
+            self.fail(exc)
+        except Exception as exc:
+            log.exception("request %s failed", self.request_id)
+            self.fail(ProtocolError(ErrorCode.INTERNAL, f"internal error ({type(exc).__name__})"))
+
+    async def _wait_for_reader(self) -> None:
+        """Return when the stream may pull the next chunk; raise `SlowReaderError` to give up."""
+        action = self._update_flow()
+        while action is FlowAction.PAUSE:
+            self._wake.clear()
+            timeout = self._flow.remaining_stall_s(self._transport.now())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.001))
+            action = self._update_flow()
+        if action is FlowAction.ABORT:
+            raise SlowReaderError
+
+    def _update_flow(self) -> FlowAction:
+        return self._flow.update(
+            self._transport.stream_buffered(self.stream_id),
+            self._transport.connection_buffered(),
+            self._transport.now(),
+        )
+
+    @property
+    def is_paused(self) -> bool:
+        return self._flow.is_paused
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _write(self, msg: Answer, end: bool) -> None:
+        self._transport.send(self.stream_id, encode_frame(msg), end)
+        self.max_buffered = max(self.max_buffered, self._transport.stream_buffered(self.stream_id))
+
+    def _finish(self) -> None:
+        if self.is_finished:
+            return
+        self.is_finished = True
+        self._wake.set()
+        if self._on_finished is not None:
+            self._on_finished(self)
+
+    def _cancel_task(self) -> None:
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
