@@ -198,9 +198,7 @@ class Scheduler:
                 if fit >= 1 and not seq.is_decoding:
                     chunk = min(chunk, fit)  # a smaller prefill chunk fits: no need to evict
                     continue
-                victim = max(
-                    (s for s in self.running if s.seq_id not in scheduled), key=Sequence.sort_key
-                )
+                victim = max((s for s in self.running if s.seq_id not in scheduled), key=Sequence.sort_key)
                 self._preempt(victim, plan)
                 if victim is seq:
                     break

@@ -1,0 +1,182 @@
+"""Token sampling for one step: penalties, temperature, top-k / top-p / min-p, seeded draws.
+
+Order of operations per row (``logits[i]`` belongs to ``seqs[i]``; the runner passes only the
+sequences with ``do_sample``):
+
+1. repetition penalty (Hugging Face semantics, over prompt + generated tokens): a seen token's
+   logit is divided by the penalty when positive and multiplied by it when negative;
+2. presence / frequency penalties (OpenAI semantics, over generated tokens only):
+   ``logit -= presence * (count > 0) + frequency * count``;
+3. temperature (greedy rows use 1 for what follows, and pick the argmax of step 2's logits);
+4. ``logprobs = log_softmax`` of that: the returned ``logprob`` of the chosen token, the
+   ``entropy`` (nats) and the top-k logprobs all come from this *unfiltered* distribution;
+5. filters: top-k, then top-p on the top-k-renormalised distribution, and min-p relative to the
+   most likely token (always keeping that one); the draw is from what survives.
+
+Seeded draws: the draw for a request's n-th generated token uses the Gumbel-max trick with
+noise computed by a counter-based hash of (seed, n, token id) in int64 tensor arithmetic. It
+depends on nothing else (not the batch, not the device's RNG state, not the device type), so a
+request's output is the same alone or in any batch, and can be resumed on another engine.
+"""
+
+from __future__ import annotations
+
+import torch
+from isthmus.engine.plan import SampledToken, ScheduledSeq
+
+_MASK64 = (1 << 64) - 1
+
+
+def _as_i64(x: int) -> int:
+    x &= _MASK64
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_M1 = 0xBF58476D1CE4E5B9
+_M2 = 0x94D049BB133111EB
+_GOLDEN_I64, _M1_I64, _M2_I64 = _as_i64(_GOLDEN), _as_i64(_M1), _as_i64(_M2)
+
+
+def _splitmix64(x: int) -> int:
+    """Exact splitmix64 finaliser on a Python int (per-row keys)."""
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * _M1) & _MASK64
+    x = ((x ^ (x >> 27)) * _M2) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _srl(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64 finaliser on an int64 tensor (multiplication wraps modulo 2**64)."""
+    x = x ^ _srl(x, 30)
+    x = x * _M1_I64
+    x = x ^ _srl(x, 27)
+    x = x * _M2_I64
+    return x ^ _srl(x, 31)
+
+
+def row_key(seed: int, n: int) -> int:
+    """The 64-bit key of the draw for the n-th generated token of a request with this seed."""
+    return _splitmix64(_splitmix64(seed) + n * _GOLDEN)
+
+
+def uniform_noise(keys: list[int], vocab_size: int, device: torch.device) -> torch.Tensor:
+    """Uniforms in (0, 1) of shape [len(keys), vocab_size]; element (i, v) depends on keys[i], v."""
+    k = torch.tensor([_as_i64(key) for key in keys], dtype=torch.int64, device=device)  # [n]
+    v = torch.arange(vocab_size, dtype=torch.int64, device=device) * _GOLDEN_I64  # [vocab]
+    x = _mix(k[:, None] + v[None, :])  # [n, vocab]
+    return (_srl(x, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 53))
+
+
+def apply_penalties(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> torch.Tensor:
+    """Repetition / presence / frequency penalties, in place on ``logits`` [n, vocab]."""
+    device = logits.device
+    vocab = logits.shape[1]
+    rep_rows, rep_ids, rep_vals = [], [], []
+    for i, s in enumerate(seqs):
+        rp = s.params.repetition_penalty
+        if rp != 1.0 and s.history_ids:
+            rep_rows.append(torch.full((len(s.history_ids),), i, dtype=torch.int64))
+            rep_ids.append(torch.tensor(s.history_ids, dtype=torch.int64))
+            rep_vals.append(rp)
+    if rep_rows:
+        rows = torch.cat(rep_rows).to(device)
+        ids = torch.cat(rep_ids).to(device)
+        rp_row = torch.ones(len(seqs), device=device)
+        for i, val in zip([int(r[0]) for r in rep_rows], rep_vals, strict=True):
+            rp_row[i] = val
+        picked = logits[rows, ids]
+        pen = rp_row[rows]
+        # Duplicated ids write the same value, so scattering is idempotent.
+        logits[rows, ids] = torch.where(picked > 0, picked / pen, picked * pen)
+    pf = [
+        (i, s)
+        for i, s in enumerate(seqs)
+        if (s.params.presence_penalty or s.params.frequency_penalty) and len(s.history_ids) > s.prompt_len
+    ]
+    if pf:
+        counts = torch.zeros(len(pf), vocab, device=device)  # [rows, vocab]
+        for j, (_, s) in enumerate(pf):
+            gen = torch.tensor(s.history_ids[s.prompt_len :], dtype=torch.int64, device=device)
+            counts[j].index_add_(0, gen, torch.ones(len(gen), device=device))
+        pres = torch.tensor([s.params.presence_penalty for _, s in pf], device=device)[:, None]
+        freq = torch.tensor([s.params.frequency_penalty for _, s in pf], device=device)[:, None]
+        idx = torch.tensor([i for i, _ in pf], device=device)
+        logits[idx] -= pres * (counts > 0) + freq * counts
+    return logits
+
+
+def filter_mask(
+    logprobs: torch.Tensor, top_k: list[int], top_p: list[float], min_p: list[float]
+) -> torch.Tensor:
+    """True where a token is filtered out. ``logprobs`` [n, vocab]; the argmax always survives."""
+    n, vocab = logprobs.shape
+    device = logprobs.device
+    probs = logprobs.exp()
+    mask = torch.zeros_like(probs, dtype=torch.bool)
+    if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
+        sorted_p, order = probs.sort(dim=-1, descending=True)  # [n, vocab]
+        k_row = torch.tensor([k if k > 0 else vocab for k in top_k], device=device)[:, None]
+        ranks = torch.arange(vocab, device=device)[None, :]
+        drop = ranks >= k_row
+        kept = sorted_p.masked_fill(drop, 0.0)
+        kept = kept / kept.sum(dim=-1, keepdim=True)
+        before = kept.cumsum(dim=-1) - kept  # mass of the more likely tokens
+        drop |= before >= torch.tensor(top_p, device=device)[:, None]
+        drop[:, 0] = False
+        mask.scatter_(1, order, drop)
+    if any(m > 0 for m in min_p):
+        floor = torch.tensor(min_p, device=device)[:, None] * probs.max(dim=-1, keepdim=True).values
+        mask |= probs < floor
+    mask[torch.arange(n, device=device), probs.argmax(dim=-1)] = False
+    return mask
+
+
+@torch.no_grad()
+def sample(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> list[SampledToken]:
+    """Pick one token per row of ``logits`` [n, vocab] for ``seqs`` (same order)."""
+    if logits.dim() != 2 or logits.shape[0] != len(seqs):
+        raise ValueError(f"logits shape {tuple(logits.shape)} does not match {len(seqs)} sequences")
+    if not seqs:
+        return []
+    device = logits.device
+    logits = apply_penalties(logits.float().clone(), seqs)  # [n, vocab]
+    temps = [s.params.temperature if s.params.temperature > 0 else 1.0 for s in seqs]
+    if any(t != 1.0 for t in temps):
+        logits = logits / torch.tensor(temps, device=device)[:, None]
+    logprobs = torch.log_softmax(logits, dim=-1)  # [n, vocab]
+    plogp = torch.where(logprobs > float("-inf"), logprobs.exp() * logprobs, 0.0)
+    entropy = -plogp.sum(dim=-1)  # [n]
+    chosen = logprobs.argmax(dim=-1)  # greedy choice; replaced below for sampled rows
+    rand_rows = [i for i, s in enumerate(seqs) if not s.params.is_greedy]
+    if rand_rows:
+        sub = [seqs[i] for i in rand_rows]
+        idx = torch.tensor(rand_rows, device=device)
+        lp = logprobs[idx]  # [r, vocab]
+        mask = filter_mask(
+            lp, [s.params.top_k for s in sub], [s.params.top_p for s in sub], [s.params.min_p for s in sub]
+        )
+        keys = [row_key(s.params.seed or 0, s.num_generated) for s in sub]
+        u = uniform_noise(keys, lp.shape[1], device)  # [r, vocab] float64
+        gumbel = -torch.log(-torch.log(u))
+        score = lp.double().masked_fill(mask, float("-inf")) + gumbel
+        chosen[idx] = score.argmax(dim=-1)
+    chosen_lp = logprobs.gather(1, chosen[:, None])[:, 0]
+    stats = torch.stack([chosen.to(torch.float64), chosen_lp.double(), entropy.double()]).cpu().tolist()
+    max_top = max((s.params.logprobs or 0) for s in seqs)
+    top_vals: list[list[float]] = []
+    top_ids: list[list[int]] = []
+    if max_top > 0:
+        tv, ti = logprobs.topk(min(max_top, logprobs.shape[1]), dim=-1)
+        top_vals, top_ids = tv.cpu().tolist(), ti.cpu().tolist()
+    out = []
+    for i, s in enumerate(seqs):
+        k = s.params.logprobs or 0
+        top = list(zip(top_ids[i][:k], top_vals[i][:k], strict=True)) if k > 0 else None
+        out.append(SampledToken(int(stats[0][i]), float(stats[1][i]), float(stats[2][i]), top))
+    return out
