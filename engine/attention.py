@@ -1,0 +1,132 @@
+"""Paged attention over a block-structured KV cache.
+
+Layout: per layer, K and V caches of shape [num_blocks, block_size, num_kv_heads, head_dim]. A token
+at absolute position p of a sequence lives in slot `block_table[p // block_size] * block_size +
+p % block_size`. Each step first writes the new tokens' K/V into their slots, then every query
+attends over its sequence's cached keys at positions <= its own (causal within a prefill chunk,
+everything before it from earlier chunks and decodes).
+
+Tokens are laid out prefill chunks first, then single-token decodes (the runner orders them), so
+decodes can be attended in one batched call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Where the step's tokens go in the KV cache and what each sequence attends to.
+
+    Device tensors feed the kernels; the `*_cpu` lists drive the per-sequence prefill loop
+    without device syncs.
+    """
+
+    slot_mapping: torch.Tensor  # [num_tokens] int64: flat KV slot of each new token
+    num_prefills: int  # sequences (first in the batch) fed a multi-token chunk
+    num_prefill_tokens: int  # tokens of those sequences, [0, num_prefill_tokens)
+    prefill_query_start_cpu: list[int]  # [num_prefills + 1] token offsets of each prefill chunk
+    prefill_start_pos_cpu: list[int]  # [num_prefills] absolute position of each chunk's first token
+    prefill_block_tables_cpu: list[list[int]]  # block ids covering each prefill sequence
+    decode_block_tables: torch.Tensor  # [num_decodes, max_blocks] int64 (padded with any valid id)
+    decode_context_lens: torch.Tensor  # [num_decodes] int64: cached length including this token
+    block_size: int
+
+    @property
+    def num_decodes(self) -> int:
+        return int(self.decode_block_tables.shape[0])
+
+
+def write_kv(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+) -> None:
+    """Store new keys/values ([num_tokens, num_kv_heads, head_dim]) at their flat slots."""
+    num_kv_heads, head_dim = k_cache.shape[-2:]
+    # index_copy_ (not fancy-index assignment) so the write is capturable in a CUDA graph.
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, k.to(k_cache.dtype))
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, v.to(v_cache.dtype))
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    attn: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """q [num_tokens, num_heads, head_dim] -> out [num_tokens, num_heads, head_dim].
+
+    The new tokens' K/V must already be in the cache (`write_kv`).
+    """
+    out = torch.empty_like(q)
+    for i in range(attn.num_prefills):
+        lo, hi = attn.prefill_query_start_cpu[i], attn.prefill_query_start_cpu[i + 1]
+        out[lo:hi] = _prefill_one(
+            q[lo:hi], k_cache, v_cache, attn.prefill_block_tables_cpu[i], attn.prefill_start_pos_cpu[i], scale
+        )
+    if attn.num_decodes:
+        lo = attn.num_prefill_tokens
+        out[lo:] = _decode_batch(
+            q[lo:], k_cache, v_cache, attn.decode_block_tables, attn.decode_context_lens, scale
+        )
+    return out
+
+
+def _gather(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
+    # [..., num_blocks] block ids -> [..., num_blocks * block_size, num_kv_heads, head_dim]
+    blocks = cache[block_ids]  # [..., n, block_size, num_kv_heads, head_dim]
+    return blocks.flatten(-4, -3)
+
+
+def _prefill_one(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: list[int],
+    start_pos: int,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of one chunk (positions start_pos..) over the sequence's cached keys."""
+    num_q = q.shape[0]
+    ctx_len = start_pos + num_q
+    block_size = k_cache.shape[1]
+    num_blocks = -(-ctx_len // block_size)
+    ids = torch.tensor(block_table[:num_blocks], dtype=torch.long, device=q.device)
+    k = _gather(k_cache, ids)[:ctx_len].transpose(0, 1)  # [num_kv_heads, ctx_len, head_dim]
+    v = _gather(v_cache, ids)[:ctx_len].transpose(0, 1)
+    qt = q.transpose(0, 1)  # [num_heads, num_q, head_dim]
+    if start_pos == 0:
+        o = F.scaled_dot_product_attention(
+            qt, k.to(q.dtype), v.to(q.dtype), is_causal=True, scale=scale, enable_gqa=True
+        )
+    else:
+        q_pos = torch.arange(start_pos, ctx_len, device=q.device)
+        mask = torch.arange(ctx_len, device=q.device)[None, :] <= q_pos[:, None]  # [num_q, ctx_len]
+        o = F.scaled_dot_product_attention(
+            qt, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=scale, enable_gqa=True
+        )
+    return o.transpose(0, 1)  # [num_q, num_heads, head_dim]
+
+
+def _decode_batch(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """One query per sequence over its cached keys; padded to the longest block table."""
+    k = _gather(k_cache, block_tables).transpose(1, 2)  # [num_decodes, num_kv_heads, max_len, head_dim]
+    v = _gather(v_cache, block_tables).transpose(1, 2)
+    max_len = k.shape[2]
+    mask = torch.arange(max_len, device=q.device)[None, :] < context_lens[:, None]  # [num_decodes, max_len]
+    qt = q.unsqueeze(2)  # [num_decodes, num_heads, 1, head_dim]
+    o = F.scaled_dot_product_attention(
+        qt, k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
+    )
+    return o.squeeze(2)  # [num_decodes, num_heads, head_dim]

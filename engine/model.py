@@ -1,0 +1,135 @@
+"""One plain decoder for the LLaMA and Qwen2 families (DeepSeek-LLM, -Coder, R1-Distill).
+
+The model knows nothing of quantization or tensor parallelism: both are rewrites of its
+`nn.Linear`s applied before the weights are loaded (see `engine/rewrite.py`). Module names match
+the Hugging Face checkpoints (`model.layers.0.self_attn.q_proj.weight`, ...), so loading is a
+name-for-name copy. Inputs are a flattened ragged batch: no padding, no batch dimension.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from isthmus.engine.attention import AttentionMetadata, paged_attention, write_kv
+from isthmus.engine.config import ModelConfig
+from isthmus.engine.rope import RotaryEmbedding
+from torch import nn
+
+KVCaches = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (k_cache, v_cache)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # As transformers: normalise in float32, cast back, then scale.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.scale = config.head_dim**-0.5
+        q_size, kv_size = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, q_size, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, kv_size, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, kv_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.o_bias)
+        self.rotary = [rotary]  # a list so the shared module is not registered once per layer
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        attn: AttentionMetadata,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        n = x.shape[0]
+        # -1, not the config's head counts: a tensor-parallel rewrite leaves each rank a slice of heads.
+        q = self.q_proj(x).view(n, -1, self.head_dim)  # [num_tokens, num_heads, head_dim]
+        k = self.k_proj(x).view(n, -1, self.head_dim)  # [num_tokens, num_kv_heads, head_dim]
+        v = self.v_proj(x).view(n, -1, self.head_dim)
+        q, k = self.rotary[0](positions, q, k)
+        k_cache, v_cache = kv_cache
+        write_kv(k, v, k_cache, v_cache, attn.slot_mapping)
+        o = paged_attention(q, k_cache, v_cache, attn, self.scale)  # [num_tokens, num_heads, head_dim]
+        return self.o_proj(o.reshape(n, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.self_attn = Attention(config, rotary)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        attn: AttentionMetadata,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, attn, kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderModel(nn.Module):
+    """`model.*` in the checkpoint: embeddings, layers, final norm."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.rotary_emb = RotaryEmbedding(config.rope, config.head_dim, config.max_position_embeddings)
+        self.layers = nn.ModuleList(DecoderLayer(config, self.rotary_emb) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class CausalLM(nn.Module):
+    """Decoder plus LM head. `forward` returns hidden states; `compute_logits` projects the few needed."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = DecoderModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [num_tokens]
+        positions: torch.Tensor,  # [num_tokens]
+        attn: AttentionMetadata,
+        kv_caches: KVCaches,
+    ) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
+        for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
+            x = layer(x, positions, attn, kv_cache)
+        return self.model.norm(x)  # [num_tokens, hidden]
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[n, hidden] -> [n, vocab]."""
+        return self.lm_head(hidden)
+
+    def tie_weights(self) -> None:
+        """Share the embedding matrix with the LM head (Qwen2 small models)."""
+        self.lm_head.weight = self.model.embed_tokens.weight
