@@ -1,0 +1,107 @@
+"""Streaming detokenization: one token id in, a text delta out.
+
+Decoding a token alone is wrong in two ways: a multi-byte UTF-8 character may be split over several
+byte-level tokens (decoding half of it gives U+FFFD), and sentencepiece-style (Metaspace) decoders
+drop the leading space of whatever comes first. So, like vLLM, we decode a short window: the
+already-emitted tokens from `prefix_offset` serve as context, and the delta is the window's text
+minus the context's text. The window is emitted-context plus pending tokens, so each push costs
+O(window), not O(sequence).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .hf import Tokenizer
+
+REPLACEMENT_CHAR = "\ufffd"
+NUM_CONTEXT_TOKENS = 5  # prompt tokens decoded as context before the first generated token
+MAX_PENDING_TOKENS = 8  # past this many held tokens, release what later bytes can no longer change
+MAX_UTF8_TAIL = 3  # bytes: an incomplete UTF-8 character has at most 3 bytes
+
+
+class IncrementalDetokenizer:
+    """Turn a stream of token ids into text deltas.
+
+    Invariant: the concatenation of everything `push` and `flush` return equals
+    `tokenizer.decode(token_ids)` (with `prefix_ids`: the decode of prefix+token_ids minus the decode
+    of the prefix), and no delta ends in half of a multi-byte character.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        skip_special_tokens: bool = True,
+        prefix_ids: Sequence[int] | None = None,
+    ):
+        """`prefix_ids`: tokens before the first pushed one (e.g. the prompt), used only as context."""
+        self._tokenizer = tokenizer
+        self._skip_special = skip_special_tokens
+        context = list(prefix_ids or [])[-NUM_CONTEXT_TOKENS:]
+        # _ids = context + generated; offsets index into it and only move forward.
+        self._ids: list[int] = context
+        self._prefix_offset = 0
+        self._read_offset = len(context)
+        self._prefix_text = self._decode(self._prefix_offset, self._read_offset)
+        self._chunks: list[str] = []
+        self._generated: list[int] = []
+
+    @property
+    def token_ids(self) -> list[int]:
+        """All pushed ids (context excluded)."""
+        return list(self._generated)
+
+    @property
+    def text(self) -> str:
+        """Text emitted so far."""
+        return "".join(self._chunks)
+
+    def _decode(self, start: int, end: int) -> str:
+        return self._tokenizer.decode(self._ids[start:end], skip_special_tokens=self._skip_special)
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text it completes (possibly "")."""
+        self._tokenizer.check_ids([token_id])  # a bad id must not poison the window
+        self._ids.append(token_id)
+        self._generated.append(token_id)
+        new_text = self._decode(self._prefix_offset, len(self._ids))
+        if len(new_text) > len(self._prefix_text) and not new_text.endswith(REPLACEMENT_CHAR):
+            return self._emit(new_text, len(self._ids))
+        if len(self._ids) - self._read_offset > MAX_PENDING_TOKENS:
+            return self._release_stable(new_text)
+        return ""
+
+    def _emit(self, window_text: str, end: int) -> str:
+        delta = window_text[len(self._prefix_text) :]
+        self._prefix_offset, self._read_offset = self._read_offset, end
+        self._prefix_text = self._decode(self._prefix_offset, self._read_offset)
+        self._trim()
+        self._chunks.append(delta)
+        return delta
+
+    def _release_stable(self, new_text: str) -> str:
+        # A long run of invalid bytes keeps the window ending in U+FFFD. Text before the last
+        # MAX_UTF8_TAIL byte-carrying tokens cannot change any more, so emit it and slide on.
+        end, num_tail = len(self._ids), 0
+        while end > self._read_offset and num_tail < MAX_UTF8_TAIL:
+            end -= 1
+            if not (self._skip_special and self._tokenizer.is_special_id(self._ids[end])):
+                num_tail += 1
+        stable = self._decode(self._prefix_offset, end)
+        if num_tail == MAX_UTF8_TAIL and len(stable) > len(self._prefix_text) and new_text.startswith(stable):
+            return self._emit(stable, end)
+        return ""
+
+    def _trim(self) -> None:
+        # Tokens before prefix_offset are never decoded again; dropping them keeps memory O(window).
+        if self._prefix_offset > 0:
+            del self._ids[: self._prefix_offset]
+            self._read_offset -= self._prefix_offset
+            self._prefix_offset = 0
+
+    def flush(self) -> str:
+        """Emit whatever is held back (e.g. an incomplete character at the very end, as U+FFFD)."""
+        new_text = self._decode(self._prefix_offset, len(self._ids))
+        if len(new_text) <= len(self._prefix_text):
+            return ""
+        return self._emit(new_text, len(self._ids))
