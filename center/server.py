@@ -1,0 +1,210 @@
+"""The gRPC shell around `CenterService`: generic handlers with msgpack bodies, health, TLS, drain.
+
+No protobuf for our methods: request/response bodies are the protocol's msgpack messages, plugged
+in as the (de)serializers of generic method handlers at the paths of `isthmus.protocol.rpc`. The
+standard `grpc.health.v1.Health` service runs beside them and says SERVING only after the model
+is loaded and a warm-up request went through; NOT_SERVING from the moment a drain begins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from isthmus.center.service import CenterService
+from isthmus.protocol import (
+    DrainReply,
+    DrainRequest,
+    Error,
+    GenerateRequest,
+    ProtocolError,
+    StatusRequest,
+    decode,
+    encode,
+    error_message,
+    limits,
+    rpc,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = limits.MAX_FRAME_SIZE + 64 * 1024  # bytes: one msgpack body plus gRPC slack
+KEEPALIVE_TIME_MS = 20_000  # ms between server pings on an idle connection
+KEEPALIVE_TIMEOUT_MS = 10_000  # ms to wait for the ping ack before closing the connection
+MIN_CLIENT_PING_INTERVAL_MS = 10_000  # ms: clients pinging faster than this are told off
+DEFAULT_GRACE_S = 30.0  # seconds in-flight requests get to finish on drain
+
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass(slots=True, frozen=True)
+class TLSFiles:
+    """PEM files for the server side; ``client_ca`` turns on mutual TLS."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        ca = self.client_ca.read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+
+def _decoder(expected: type) -> Callable[[bytes], Any]:
+    """A request deserializer that never raises: a bad body becomes the ProtocolError itself."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data, expected=expected)
+        except ProtocolError as exc:
+            return exc
+
+    return deserialize
+
+
+class CenterServer:
+    """grpc.aio server for one `CenterService` on ``host:port`` (port 0 picks a free one)."""
+
+    def __init__(
+        self,
+        service: CenterService,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: TLSFiles | None = None,
+        default_grace_s: float = DEFAULT_GRACE_S,
+        on_drained: Callable[[], Any] | None = None,
+    ) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.default_grace_s = default_grace_s
+        self.on_drained = on_drained
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Bind and start serving (health NOT_SERVING until `set_ready`); returns the bound port."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server.add_generic_rpc_handlers((self._handlers(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        address = f"{self.host}:{self.port}"
+        if self.tls is not None:
+            bound = server.add_secure_port(address, self.tls.credentials())
+        else:
+            bound = server.add_insecure_port(address)
+        if not bound:
+            raise OSError(f"could not bind gRPC port {address}")
+        self.port = bound
+        await server.start()
+        self._server = server
+        log.info("center gRPC listening on %s:%d (%s)", self.host, bound, "TLS" if self.tls else "plaintext")
+        return bound
+
+    async def set_ready(self) -> None:
+        """The model is loaded and warmed: admit requests and report SERVING."""
+        self.service.is_ready = True
+        if not self.service.is_draining:
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def _set_health(self, status: Any) -> None:
+        for name in ("", rpc.SERVICE_NAME):
+            await self.health.set(name, status)
+
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            rpc.SERVICE_NAME,
+            {
+                rpc.GENERATE_METHOD: grpc.unary_stream_rpc_method_handler(
+                    self._generate, request_deserializer=_decoder(GenerateRequest), response_serializer=encode
+                ),
+                rpc.STATUS_METHOD: grpc.unary_unary_rpc_method_handler(
+                    self._status, request_deserializer=_decoder(StatusRequest), response_serializer=encode
+                ),
+                rpc.DRAIN_METHOD: grpc.unary_unary_rpc_method_handler(
+                    self._drain, request_deserializer=_decoder(DrainRequest), response_serializer=encode
+                ),
+            },
+        )
+
+    async def _generate(self, req: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        stream = self.service.generate(req, time_remaining=context.time_remaining())
+        try:
+            async for msg in stream:
+                yield msg
+        finally:
+            await stream.aclose()  # on cancel: runs the service's finally (engine abort) now
+
+    async def _status(self, req: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(req, ProtocolError):
+            return error_message("", req)
+        try:
+            return self.service.status()
+        except Exception as exc:
+            log.exception("status failed")
+            return error_message("", exc)
+
+    async def _drain(self, req: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(req, ProtocolError):
+            return error_message("", req)
+        return DrainReply(num_in_flight=await self.drain(req.grace_s))
+
+    async def drain(self, grace_s: float | None = None) -> int:
+        """Begin a graceful drain (idempotent): NOT_SERVING now, stop once in-flight work is done.
+
+        Returns the number of requests in flight when it was called.
+        """
+        num = self.service.begin_drain()
+        if self._drain_task is None:
+            await self.health.enter_graceful_shutdown()
+            grace = self.default_grace_s if grace_s is None else grace_s
+            self._drain_task = asyncio.get_running_loop().create_task(self._finish_drain(grace))
+        return num
+
+    async def _finish_drain(self, grace_s: float) -> None:
+        try:
+            num_aborted = await self.service.finish_in_flight(grace_s)
+            if num_aborted:
+                log.warning("drain: %d request(s) did not finish within %.1fs", num_aborted, grace_s)
+        finally:
+            await self.stop(grace_s=1.0)
+            if self.on_drained is not None:
+                self.on_drained()
+
+    async def stop(self, grace_s: float | None = 0.0) -> None:
+        """Stop the gRPC server now (ongoing RPCs get ``grace_s`` seconds)."""
+        if self._server is not None:
+            server, self._server = self._server, None
+            await server.stop(grace_s)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        """Return once the server stopped (after a drain or `stop`)."""
+        await self._stopped.wait()
+
+
+def refusal_error(exc: BaseException) -> Error:
+    """The wire Error for a failure outside any one request."""
+    return error_message("", exc)

@@ -1,0 +1,271 @@
+"""The center's request handling: Generate, Status and Drain over an `AsyncEngine`.
+
+Transport-free: the gRPC shell (`center/server.py`) decodes bodies and calls these coroutines;
+tests can call them directly. Every failure a client can cause becomes a protocol `Error`, never
+an exception out of the handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from isthmus.center.meter import RateMeter
+from isthmus.center.request import prepare_request
+from isthmus.protocol import (
+    Done,
+    Error,
+    ErrorCode,
+    GenerateRequest,
+    ProtocolError,
+    Route,
+    Status,
+    TokenChunk,
+    Usage,
+    error_message,
+    limits,
+    pack_ids,
+)
+from isthmus.protocol.messages import Timings
+
+log = logging.getLogger(__name__)
+
+ROUTE = Route(tier="center", reason="center", score=0.0)
+
+
+@dataclass(slots=True)
+class InFlight:
+    """One Generate being served."""
+
+    engine_id: str
+    request_id: str
+    aborted_because: ErrorCode | None = None  # why the server aborted it (deadline, drain)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class CenterService:
+    """Generate / Status / Drain over one engine (TP or not: the engine hides it).
+
+    ``engine`` is an `isthmus.engine.async_engine.AsyncEngine` already started; ``tokenizer`` an
+    `isthmus.tokenizer.Tokenizer`. ``on_drained`` is called once, after a drain finished.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        tokenizer: Any,
+        model_name: str,
+        max_model_len: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.model_name = model_name[: limits.MAX_MODEL_NAME_LEN]
+        self.max_model_len = max_model_len
+        self.clock = clock
+        self.is_ready = False
+        self.is_draining = False
+        self.meter = RateMeter()
+        self.in_flight: dict[str, InFlight] = {}
+        self._ids = itertools.count()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- Generate ---------------------------------------------------------------------------------
+
+    async def generate(
+        self, req: GenerateRequest | ProtocolError, time_remaining: float | None = None
+    ) -> AsyncIterator[TokenChunk | Done | Error]:
+        """Stream the answer: TokenChunk ... then Done, or one Error.
+
+        ``req`` may be the `ProtocolError` its decoding raised (answered with that error).
+        ``time_remaining`` (seconds) is the transport's deadline; ``req.timeout_ms`` another; the
+        earlier wins. Cancelling the consumer (``aclose`` / task cancel) aborts the engine request.
+        """
+        if isinstance(req, ProtocolError):
+            yield error_message("", req)
+            return
+        refusal = self._refusal(req.id)
+        if refusal is not None:
+            yield refusal
+            return
+        try:
+            prepared = prepare_request(req, self.tokenizer, self.max_model_len)
+        except ProtocolError as exc:
+            yield error_message(req.id, exc)
+            return
+        from isthmus.engine.async_engine import EngineRequest
+
+        flight = InFlight(engine_id=f"{req.id}#{next(self._ids)}", request_id=req.id)
+        t_start = self.clock()
+        timeout_s = _earliest(time_remaining, None if req.timeout_ms is None else req.timeout_ms / 1000)
+        engine_req = EngineRequest(
+            request_id=flight.engine_id,
+            prompt_ids=prepared.prompt_ids,
+            params=prepared.params,
+            priority=req.priority,
+        )
+        self.in_flight[flight.engine_id] = flight
+        watchdog = None
+        if timeout_s is not None:
+            watchdog = asyncio.get_running_loop().call_later(
+                max(timeout_s, 0.0), self._abort_soon, flight, ErrorCode.DEADLINE_EXCEEDED
+            )
+        finished = False
+        num_generated = 0
+        first_token_s: float | None = None
+        queue_s = 0.0
+        try:
+            async for out in self.engine.generate(engine_req):
+                if out.new_token_ids or out.text_delta:
+                    now = self.clock()
+                    if first_token_s is None:
+                        first_token_s = now - t_start
+                    num_generated += len(out.new_token_ids)
+                    self.meter.add(len(out.new_token_ids), now)
+                    yield TokenChunk(
+                        id=req.id,
+                        token_ids=pack_ids(out.new_token_ids),
+                        text=out.text_delta,
+                        logprobs=_finite(out.logprobs),
+                        tier="center",
+                    )
+                if getattr(out, "queue_time", None) is not None:
+                    queue_s = float(out.queue_time)
+                if out.finish_reason is not None:
+                    finished = True
+                    if flight.aborted_because is not None:
+                        yield _aborted_error(req.id, flight.aborted_because)
+                        return
+                    total_s = self.clock() - t_start
+                    yield Done(
+                        id=req.id,
+                        finish_reason=out.finish_reason,
+                        usage=Usage(prompt_tokens=len(prepared.prompt_ids), completion_tokens=num_generated),
+                        route=ROUTE,
+                        timings=Timings(
+                            queue_ms=_ms(queue_s),
+                            first_token_ms=_ms(first_token_s or total_s),
+                            total_ms=_ms(total_s),
+                        ),
+                        model=self.model_name,
+                    )
+                    return
+            finished = True  # the stream ended without a finish reason: the engine dropped it
+            yield Error(id=req.id, code=ErrorCode.INTERNAL, message="engine ended the request early")
+        except ProtocolError as exc:  # the engine refused it (queue full, too long, ...)
+            finished = True
+            yield error_message(req.id, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            finished = True
+            log.exception("generate %s failed", req.id)
+            yield error_message(req.id, exc)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            if not finished:  # the caller went away (cancel, deadline, disconnect)
+                self._spawn(self._abort(flight.engine_id))
+            self.in_flight.pop(flight.engine_id, None)
+            flight.done.set()
+
+    def _refusal(self, request_id: str) -> Error | None:
+        if self.is_draining:
+            return Error(id=request_id, code=ErrorCode.DRAINING, message="center is draining", retryable=True)
+        if not self.is_ready:
+            return Error(
+                id=request_id, code=ErrorCode.UNAVAILABLE, message="center is not ready", retryable=True
+            )
+        return None
+
+    def _abort_soon(self, flight: InFlight, because: ErrorCode) -> None:
+        if flight.aborted_because is None:
+            flight.aborted_because = because
+        self._spawn(self._abort(flight.engine_id))
+
+    async def _abort(self, engine_id: str) -> None:
+        try:
+            await self.engine.abort(engine_id)
+        except Exception:
+            log.exception("abort %s failed", engine_id)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- Status -----------------------------------------------------------------------------------
+
+    def status(self) -> Status:
+        load = self.engine.load()
+        return Status(
+            tier="center",
+            model=self.model_name,
+            tokenizer_fingerprint=self.tokenizer.fingerprint,
+            num_running=load.num_running,
+            num_waiting=load.num_waiting,
+            num_free_kv_blocks=load.num_free_kv_blocks,
+            num_total_kv_blocks=load.num_total_kv_blocks,
+            tokens_per_s=self.meter.rate(self.clock()),
+            is_ready=self.is_ready and not self.is_draining,
+            is_draining=self.is_draining,
+        )
+
+    # --- Drain ------------------------------------------------------------------------------------
+
+    def begin_drain(self) -> int:
+        """Stop admitting new requests; returns how many are in flight."""
+        self.is_draining = True
+        return len(self.in_flight)
+
+    async def finish_in_flight(self, grace_s: float) -> int:
+        """Wait up to ``grace_s`` for in-flight requests, then abort the rest (retryable DRAINING).
+
+        Returns how many had to be aborted.
+        """
+        deadline = self.clock() + grace_s
+        while self.in_flight and self.clock() < deadline:
+            waits = [asyncio.ensure_future(f.done.wait()) for f in list(self.in_flight.values())]
+            _, pending = await asyncio.wait(waits, timeout=max(deadline - self.clock(), 0.0),
+                                            return_when=asyncio.ALL_COMPLETED)
+            for w in pending:
+                w.cancel()
+        leftovers = list(self.in_flight.values())
+        for flight in leftovers:
+            self._abort_soon(flight, ErrorCode.DRAINING)
+        for flight in leftovers:  # let their streams write the Error before the server stops
+            try:
+                await asyncio.wait_for(flight.done.wait(), timeout=5.0)
+            except TimeoutError:
+                pass
+        return len(leftovers)
+
+
+def _aborted_error(request_id: str, because: ErrorCode) -> Error:
+    if because == ErrorCode.DEADLINE_EXCEEDED:
+        return Error(id=request_id, code=because, message="deadline exceeded", retryable=False)
+    return Error(id=request_id, code=because, message="center drained before the answer finished",
+                 retryable=True)
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+def _ms(seconds: float) -> float:
+    return max(seconds, 0.0) * 1000.0
+
+
+def _finite(values: list[float] | None) -> list[float] | None:
+    # -inf logprobs (a token the filters ruled out) cannot travel: the wire takes finite floats.
+    if values is None:
+        return None
+    return [v if math.isfinite(v) else -1e30 for v in values]
