@@ -1,0 +1,166 @@
+"""The engine core shared by the offline `LLM` and the `AsyncEngine`: scheduler + runner + output
+processor, and the three-line step. Not thread-safe by itself; `step(lock=...)` releases the lock
+while the runner computes so other threads can add or abort requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Protocol
+
+from isthmus.engine.options import EngineOptions
+from isthmus.engine.outputs import EngineLoad, EngineOutput
+from isthmus.engine.params import SamplingParams
+from isthmus.engine.plan import RunOutput, SchedulePlan
+from isthmus.engine.scheduler import Scheduler
+from isthmus.engine.sequence import Sequence
+from isthmus.engine.state import RequestState
+
+TOKENS_PER_S_WINDOW = 5.0  # seconds
+
+
+class Runner(Protocol):
+    """What the engine needs of a model runner (ModelRunner, a tensor-parallel one, a fake)."""
+
+    num_kv_blocks: int
+    block_size: int
+    max_model_len: int
+
+    def run(self, plan: SchedulePlan) -> RunOutput: ...
+
+
+def _config_eos_ids(model_dir: str) -> set[int]:
+    """EOS ids named by config.json / generation_config.json (an int or a list)."""
+    ids: set[int] = set()
+    for name in ("config.json", "generation_config.json"):
+        path = Path(model_dir) / name
+        if not path.is_file():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            value = json.loads(path.read_text()).get("eos_token_id")
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(v for v in value if isinstance(v, int))
+    return ids
+
+
+class EngineCore:
+    def __init__(self, options: EngineOptions, runner: Runner | None = None, tokenizer: Any = None) -> None:
+        self.options = options
+        if runner is None:
+            from isthmus.engine.runner import ModelRunner
+
+            runner = ModelRunner(options)
+        if tokenizer is None and (Path(options.model) / "tokenizer.json").is_file():
+            from isthmus.tokenizer import Tokenizer
+
+            tokenizer = Tokenizer.from_dir(options.model)
+        self.runner = runner
+        self.tokenizer = tokenizer
+        eos = _config_eos_ids(options.model)
+        if tokenizer is not None and tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        max_len = runner.max_model_len
+        if options.max_model_len is not None:
+            max_len = min(max_len, options.max_model_len)
+        self.scheduler = Scheduler(
+            num_kv_blocks=runner.num_kv_blocks,
+            block_size=runner.block_size,
+            max_model_len=max_len,
+            max_num_seqs=options.max_num_seqs,
+            max_num_batched_tokens=options.max_num_batched_tokens,
+            max_waiting=options.max_waiting,
+            eos_token_ids=eos,
+            vocab_size=getattr(runner, "vocab_size", None),
+            seed=options.seed,
+        )
+        from isthmus.engine.output_processor import OutputProcessor
+
+        self.processor = OutputProcessor(tokenizer, self.scheduler)
+        self._generated: deque[tuple[float, int]] = deque()  # (time, tokens generated that step)
+
+    def add(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        priority: int = 0,
+        deadline: float | None = None,
+        want_prompt_logprobs: bool = False,
+        resume: RequestState | None = None,
+        now: float | None = None,
+    ) -> Sequence:
+        """Queue a request (or resume one: its prompt, params and generated ids come from ``resume``)."""
+        now = time.monotonic() if now is None else now
+        text = ""
+        output_ids = None
+        if resume is not None:
+            prompt_ids, params = resume.prompt_ids, resume.params
+            output_ids, text = resume.output_ids, resume.text
+        seq = self.scheduler.add(
+            request_id,
+            prompt_ids,
+            params,
+            priority=priority,
+            deadline=deadline,
+            now=now,
+            want_prompt_logprobs=want_prompt_logprobs,
+            output_ids=output_ids,
+        )
+        self.processor.add(seq, text)
+        return seq
+
+    def abort(self, request_id: str) -> bool:
+        self.processor.remove(request_id)
+        return self.scheduler.abort(request_id)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    def step(self, lock: Any = None) -> list[EngineOutput]:
+        """One iteration: schedule, run, postprocess. ``lock`` is held except while running."""
+        guard = lock if lock is not None else contextlib.nullcontext()
+        with guard:
+            plan = self.scheduler.schedule(time.monotonic())
+        out = self.runner.run(plan) if not plan.is_empty else RunOutput()
+        with guard:
+            now = time.monotonic()
+            updates = self.scheduler.postprocess(plan, out, now)
+            outputs = self.processor.process(updates)
+            num_new = sum(len(u.new_token_ids) for u in updates)
+            if num_new:
+                self._generated.append((now, num_new))
+        return outputs
+
+    def export_state(self, request_id: str) -> RequestState:
+        seq = self.scheduler.get(request_id)
+        if seq is None:
+            raise KeyError(f"no running or waiting request {request_id!r}")
+        return RequestState(
+            request_id=request_id,
+            prompt_ids=list(seq.prompt_ids),
+            output_ids=seq.output_ids,
+            params=seq.params,
+            text=self.processor.text(request_id),
+            priority=seq.priority,
+        )
+
+    def load(self, now: float | None = None) -> EngineLoad:
+        now = time.monotonic() if now is None else now
+        while self._generated and self._generated[0][0] < now - TOKENS_PER_S_WINDOW:
+            self._generated.popleft()
+        bm = self.scheduler.block_manager
+        return EngineLoad(
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            num_free_kv_blocks=bm.num_free_blocks,
+            num_total_kv_blocks=bm.num_total_blocks,
+            tokens_per_s=sum(n for _, n in self._generated) / TOKENS_PER_S_WINDOW,
+        )

@@ -1,0 +1,101 @@
+"""Turns the scheduler's per-step updates into stream items: text deltas and stop strings.
+
+This is the layer that owns the tokenizer. Stop token ids, EOS and length limits are handled by
+the scheduler; stop *strings* are matched here (over the detokenized text, held back until they
+can no longer start a stop string) and the request is then finished via ``scheduler.finish``.
+The emitted text excludes the stop string; the token ids include the token that completed it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from isthmus.engine.outputs import EngineOutput
+from isthmus.engine.scheduler import Scheduler
+from isthmus.engine.sequence import FINISH_STOP, Sequence, SeqUpdate
+
+
+class _Track:
+    __slots__ = ("detok", "is_first", "matcher", "text")
+
+    def __init__(self, detok: Any, matcher: Any, text: str) -> None:
+        self.detok = detok
+        self.matcher = matcher
+        self.text = text
+        self.is_first = True
+
+
+class OutputProcessor:
+    """Per-request detokenizer + stop-string matcher; ``tokenizer=None`` emits no text."""
+
+    def __init__(self, tokenizer: Any, scheduler: Scheduler) -> None:
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self._tracks: dict[str, _Track] = {}
+
+    def add(self, seq: Sequence, text: str = "") -> None:
+        """Start tracking a request; ``text`` is what a resumed request already emitted."""
+        detok = matcher = None
+        if self.tokenizer is not None:
+            from isthmus.tokenizer import IncrementalDetokenizer, StopStringMatcher
+
+            # Context: the prompt and, when resuming, the tokens generated before.
+            detok = IncrementalDetokenizer(self.tokenizer, prefix_ids=seq.all_ids)
+            if seq.params.stop:
+                matcher = StopStringMatcher(seq.params.stop)
+        self._tracks[seq.request_id] = _Track(detok, matcher, text)
+
+    def remove(self, request_id: str) -> None:
+        self._tracks.pop(request_id, None)
+
+    def text(self, request_id: str) -> str:
+        tr = self._tracks.get(request_id)
+        return tr.text if tr is not None else ""
+
+    def process(self, updates: list[SeqUpdate]) -> list[EngineOutput]:
+        outputs = []
+        for upd in updates:
+            seq = upd.seq
+            tr = self._tracks.get(seq.request_id)
+            if tr is None:
+                continue  # aborted meanwhile
+            finish = upd.finish_reason
+            delta = ""
+            if tr.detok is not None:
+                ids = upd.new_token_ids
+                if finish == FINISH_STOP and ids:
+                    ids = ids[:-1]  # the EOS / stop token itself is not text
+                delta = "".join(tr.detok.push(t) for t in ids)
+                if finish is not None:
+                    delta += tr.detok.flush()
+            if tr.matcher is not None:
+                delta, stopped = tr.matcher.push(delta)
+                if stopped:
+                    if finish is None:
+                        self.scheduler.finish(seq.seq_id, FINISH_STOP)
+                    finish = FINISH_STOP
+                elif finish is not None:
+                    delta += tr.matcher.flush()
+            tr.text += delta
+            out = EngineOutput(
+                request_id=seq.request_id,
+                new_token_ids=list(upd.new_token_ids),
+                text_delta=delta,
+                logprobs=list(upd.logprobs),
+                entropies=list(upd.entropies),
+                top_logprobs=list(upd.top_logprobs) if upd.top_logprobs else None,
+                finish_reason=finish,
+                num_prompt_tokens=seq.prompt_len,
+                num_completion_tokens=seq.num_generated,
+            )
+            if tr.is_first:
+                tr.is_first = False
+                out.prompt_logprob_mean = upd.prompt_logprob_mean
+                if seq.first_scheduled is not None:
+                    out.queue_s = max(0.0, seq.first_scheduled - seq.arrival)
+                if seq.first_token_at is not None:
+                    out.first_token_s = max(0.0, seq.first_token_at - seq.arrival)
+            if finish is not None:
+                del self._tracks[seq.request_id]
+            outputs.append(out)
+        return outputs
