@@ -128,7 +128,8 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
                 self.close(error_code=QuicErrorCode.CONNECTION_REFUSED, reason_phrase="too many connections")
         elif isinstance(event, events.StreamDataReceived):
             self._on_stream_data(event)
-        elif isinstance(event, events.StreamReset):
+        elif isinstance(event, events.StreamReset | events.StopSendingReceived):
+            # a reset of the client's side, or STOP_SENDING on ours: it no longer wants the answer
             stream = self._streams.get(event.stream_id)
             if stream is not None:
                 stream.on_reset()
