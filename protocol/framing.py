@@ -56,8 +56,8 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes held for the frame in progress (header included)."""
-        return len(self._buf)
+        """Bytes received for the frame in progress (header included); 0 at a boundary."""
+        return len(self._buf) + (FRAME_HEADER_SIZE if self._body_len is not None else 0)
 
     @property
     def at_boundary(self) -> bool:

@@ -6,7 +6,6 @@ from typing import Any
 
 import msgpack
 import pytest
-
 from isthmus.protocol import (
     MESSAGE_TYPES,
     Done,
@@ -61,7 +60,7 @@ def test_decode_accepts_bytearray_and_memoryview() -> None:
 
 
 def test_expected_type_refuses_other_valid_messages() -> None:
-    data = encode(Error(id="a", code=2, message="m"))  # type: ignore[arg-type]
+    data = encode(Error(id="a", code=2, message="m"))
     with pytest.raises(ProtocolError) as info:
         decode(data, expected=GenerateRequest)
     assert info.value.code == 2
@@ -78,9 +77,9 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
 
 def test_encode_refuses_non_messages() -> None:
     with pytest.raises(TypeError):
-        encode(Route("edge"))  # type: ignore[arg-type]
+        encode(Route("edge"))
     with pytest.raises(TypeError):
-        encode({"type": "cancel", "id": "a"})  # type: ignore[arg-type]
+        encode({"type": "cancel", "id": "a"})
 
 
 def test_encode_of_unencodable_field_is_a_protocol_error() -> None:

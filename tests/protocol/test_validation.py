@@ -9,7 +9,6 @@ from typing import Any
 
 import msgpack
 import pytest
-
 from isthmus.protocol import ErrorCode, ProtocolError, decode, limits
 from isthmus.protocol.messages import GenerateRequest
 
@@ -66,7 +65,13 @@ CASES: list[tuple[str, str, Any, ErrorCode, str]] = [
     ("prompt", "messages", [{"role": "user", "content": "hi"}], INVALID, "prompt"),
     ("prompt", "prompt_ids", le32(1), INVALID, "prompt"),
     ("chat", "messages", [], INVALID, "messages"),
-    ("chat", "messages", [{"role": "user", "content": "a"}] * (limits.MAX_MESSAGES + 1), TOO_LONG, "messages"),
+    (
+        "chat",
+        "messages",
+        [{"role": "user", "content": "a"}] * (limits.MAX_MESSAGES + 1),
+        TOO_LONG,
+        "messages",
+    ),
     ("chat", "messages[0].role", "tool", INVALID, "messages[0].role"),
     ("chat", "messages[1].content", 3, INVALID, "messages[1].content"),
     ("chat", "messages[1].content", DELETE, INVALID, "messages[1].content"),
@@ -170,9 +175,7 @@ _STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 def mutated(base: str, path: str, value: Any) -> bytes:
     """The base message's wire map with `path` set to `value` (or deleted), packed by stock msgpack."""
     wire = copy.deepcopy(BASES[base])
-    steps: list[str | int] = [
-        name if name else int(index) for name, index in _STEP.findall(path)
-    ]
+    steps: list[str | int] = [name if name else int(index) for name, index in _STEP.findall(path)]
     parent: Any = wire
     for step in steps[:-1]:
         parent = parent[step]
