@@ -1,0 +1,81 @@
+"""Build the model on `meta`, apply rewrites, then stream the checkpoint's tensors into it.
+
+Tensors are read one at a time (`engine/checkpoint.py`), converted to the target dtype and placed
+on the target device (quantized on the way by a quantization rewrite), so peak host memory stays
+near the size of the loaded model plus one tensor, never the whole full-precision checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from isthmus.engine.checkpoint import CheckpointError, open_checkpoint, verify_checksums
+from isthmus.engine.config import ModelConfig
+from isthmus.engine.model import CausalLM
+from isthmus.engine.quant import quantize_linears
+from isthmus.engine.rewrite import SliceLoadable, load_plain
+from torch import nn
+
+Rewrite = Callable[[nn.Module], object]  # e.g. a tensor-parallel rewrite of the linears
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older checkpoints saved
+
+
+def load_model(
+    path: str | Path,
+    config: ModelConfig | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quantization: str | None = None,
+    verify: bool = False,
+    rewrites: Sequence[Rewrite] = (),
+) -> CausalLM:
+    """Load a checkpoint folder into a ready-to-run `CausalLM` (eval mode, no grads)."""
+    folder = Path(path)
+    device = torch.device(device)
+    if config is None:
+        config = ModelConfig.from_pretrained(folder)
+    if verify:
+        verify_checksums(folder)
+    with torch.device("meta"):
+        model = CausalLM(config)
+    if quantization is not None:
+        quantize_linears(model, quantization, dtype)
+    for rewrite in rewrites:
+        rewrite(model)
+
+    targets = _parameter_targets(model)
+    if config.tie_word_embeddings:
+        targets.pop("lm_head.weight", None)
+    for name, tensor in open_checkpoint(folder):
+        if name.endswith(IGNORED_SUFFIXES) or (config.tie_word_embeddings and name == "lm_head.weight"):
+            continue
+        target = targets.pop(name, None)
+        if target is None:
+            raise CheckpointError(f"{tensor.file_name}: unexpected tensor {name!r} for {config.architecture}")
+        module, param_name = target
+        if isinstance(module, SliceLoadable):
+            module.load_from_slice(param_name, tensor, device=device, dtype=dtype)
+        else:
+            load_plain(module, param_name, tensor, device=device, dtype=dtype)
+    if targets:
+        raise CheckpointError(f"checkpoint {folder} is missing tensors: {sorted(targets)[:8]}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model.model.rotary_emb.materialize(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _parameter_targets(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Checkpoint name -> (module, parameter name) for every parameter slot."""
+    targets: dict[str, tuple[nn.Module, str]] = {}
+    for module_name, module in model.named_modules():
+        for param_name in module._parameters:
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if module._parameters[param_name] is not None:
+                targets[full] = (module, param_name)
+    return targets

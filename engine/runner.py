@@ -1,0 +1,210 @@
+"""The model runner: the only part of the engine loop that touches tensors.
+
+`ModelRunner(options)` loads the checkpoint (quantized or not) on the device, allocates the paged
+KV cache and, per step, turns a `SchedulePlan` into flat input tensors plus `AttentionMetadata`,
+runs the model, samples the sequences that asked for a token and scores prompt chunks.
+
+Token layout of a step: every multi-token (prefill) chunk first, then every single-token query
+(decodes, and one-token prefill chunks, which attend the same way), so the latter are attended
+in one batched call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from isthmus.engine.attention import AttentionMetadata
+from isthmus.engine.config import ModelConfig
+from isthmus.engine.device import resolve_device, resolve_dtype
+from isthmus.engine.kv_cache import allocate_kv_cache, choose_num_blocks, kv_block_bytes
+from isthmus.engine.loader import Rewrite, load_model
+from isthmus.engine.options import EngineOptions
+from isthmus.engine.plan import RunOutput, ScheduledSeq, SchedulePlan
+from isthmus.engine.quant import QUANTIZATIONS, UnsupportedQuantizationError
+from isthmus.engine.sampler import sample
+
+PROMPT_LOGPROB_ROWS = 256  # rows of full-vocab logits materialised at once when scoring prompts
+
+
+class PlanError(ValueError):
+    """A plan the runner cannot execute (positions past the cache, unknown blocks, bad ids)."""
+
+
+@dataclass(slots=True)
+class _Batch:
+    input_ids: torch.Tensor  # [num_tokens]
+    positions: torch.Tensor  # [num_tokens]
+    attn: AttentionMetadata
+    seqs: list[ScheduledSeq]  # in batch order
+    starts: list[int]  # token offset of each seq's first token in the batch
+
+
+class ModelRunner:
+    """Owns the model weights and the KV cache on one device (one rank under tensor parallelism)."""
+
+    def __init__(self, options: EngineOptions, *, rewrites: Sequence[Rewrite] = ()) -> None:
+        if options.quantization is not None and options.quantization not in QUANTIZATIONS:
+            raise UnsupportedQuantizationError(
+                f"quantization must be one of {QUANTIZATIONS} or None, got {options.quantization!r}"
+            )
+        if options.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {options.block_size}")
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype, self.device)
+        self.config: ModelConfig = ModelConfig.from_pretrained(options.model)
+        max_pos = self.config.max_position_embeddings
+        self.max_model_len = options.max_model_len or max_pos
+        if not 0 < self.max_model_len <= max_pos:
+            raise ValueError(f"max_model_len={self.max_model_len} must be in [1, {max_pos}] for this model")
+        self.block_size = options.block_size
+        self.model = load_model(
+            options.model,
+            self.config,
+            device=self.device,
+            dtype=self.dtype,
+            quantization=options.quantization,
+            verify=options.verify_checksums,
+            rewrites=rewrites,
+        )
+        # From the loaded module, not the config: a tensor-parallel rank holds a slice of the heads.
+        k_proj = self.model.model.layers[0].self_attn.k_proj
+        self.num_kv_heads = int(k_proj.out_features) // self.config.head_dim
+        block_bytes = kv_block_bytes(
+            self.config.num_layers, self.num_kv_heads, self.config.head_dim, self.block_size, self.dtype
+        )
+        max_useful = options.max_num_seqs * math.ceil(self.max_model_len / self.block_size)
+        self.num_kv_blocks = choose_num_blocks(
+            block_bytes=block_bytes,
+            device=self.device,
+            num_kv_blocks=options.num_kv_blocks,
+            kv_cache_memory=options.kv_cache_memory,
+            kv_memory_fraction=options.kv_memory_fraction,
+            max_useful_blocks=max_useful,
+        )
+        self.kv_cache_bytes = block_bytes * self.num_kv_blocks
+        self.kv_caches = allocate_kv_cache(
+            self.config.num_layers,
+            self.num_kv_blocks,
+            self.block_size,
+            self.num_kv_heads,
+            self.config.head_dim,
+            self.dtype,
+            self.device,
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @torch.inference_mode()
+    def run(self, plan: SchedulePlan) -> RunOutput:
+        """One forward pass over the plan's prefill chunks and decodes; sample where asked."""
+        out = RunOutput()
+        if plan.is_empty:
+            return out
+        batch = self._prepare(plan)
+        hidden = self.model(
+            batch.input_ids, batch.positions, batch.attn, self.kv_caches
+        )  # [num_tokens, hidden]
+
+        rows, sample_seqs = [], []
+        for seq, start in zip(batch.seqs, batch.starts, strict=True):
+            if seq.do_sample:
+                rows.append(start + len(seq.token_ids) - 1)
+                sample_seqs.append(seq)
+        if sample_seqs:
+            index = torch.tensor(rows, device=self.device)
+            logits = self.model.compute_logits(hidden[index]).float()  # [num_sampled, vocab]
+            for seq, token in zip(sample_seqs, sample(logits, sample_seqs), strict=True):
+                out.sampled[seq.seq_id] = token
+        for seq, start in zip(batch.seqs, batch.starts, strict=True):
+            if seq.want_prompt_logprobs and seq.start_pos < seq.prompt_len:
+                out.prompt_logprobs[seq.seq_id] = self._prompt_logprobs(hidden, seq, start)
+        return out
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, seq: ScheduledSeq, start: int) -> tuple[float, int]:
+        """(sum, count) of log p(prompt token) for the prompt tokens this chunk's rows predict.
+
+        Row j (position start_pos + j) predicts the token at start_pos + j + 1, so over all chunks
+        every prompt token but the first is scored exactly once.
+        """
+        num_rows = min(len(seq.token_ids), seq.prompt_len - 1 - seq.start_pos)
+        total = 0.0
+        for lo in range(0, max(num_rows, 0), PROMPT_LOGPROB_ROWS):
+            hi = min(num_rows, lo + PROMPT_LOGPROB_ROWS)
+            logits = self.model.compute_logits(hidden[start + lo : start + hi]).float()  # [rows, vocab]
+            targets = seq.history_ids[seq.start_pos + lo + 1 : seq.start_pos + hi + 1]
+            target_t = torch.tensor(targets, device=self.device).unsqueeze(1)
+            total += float(torch.log_softmax(logits, -1).gather(1, target_t).sum())
+        return total, max(num_rows, 0)
+
+    def _slots(self, seq: ScheduledSeq) -> list[int]:
+        bs, table = self.block_size, seq.block_table
+        return [
+            table[p // bs] * bs + p % bs for p in range(seq.start_pos, seq.start_pos + len(seq.token_ids))
+        ]
+
+    def _validate(self, seq: ScheduledSeq) -> None:
+        n = len(seq.token_ids)
+        end = seq.start_pos + n
+        if n == 0 or seq.start_pos < 0:
+            raise PlanError(f"seq {seq.seq_id}: empty chunk or negative start_pos")
+        if end > self.max_model_len:
+            raise PlanError(f"seq {seq.seq_id}: position {end - 1} past max_model_len={self.max_model_len}")
+        needed = math.ceil(end / self.block_size)
+        if len(seq.block_table) < needed:
+            raise PlanError(
+                f"seq {seq.seq_id}: block table has {len(seq.block_table)} blocks, needs {needed}"
+            )
+        if any(not 0 <= b < self.num_kv_blocks for b in seq.block_table[:needed]):
+            raise PlanError(f"seq {seq.seq_id}: block id outside [0, {self.num_kv_blocks})")
+        if any(not 0 <= t < self.config.vocab_size for t in seq.token_ids):
+            raise PlanError(f"seq {seq.seq_id}: token id outside [0, {self.config.vocab_size})")
+
+    def _prepare(self, plan: SchedulePlan) -> _Batch:
+        for seq in plan.seqs:
+            self._validate(seq)
+        prefills = [s for s in plan.seqs if len(s.token_ids) > 1]
+        decodes = [s for s in plan.seqs if len(s.token_ids) == 1]
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts: list[int] = []
+        query_start = [0]
+        for seq in [*prefills, *decodes]:
+            starts.append(len(ids))
+            ids.extend(seq.token_ids)
+            positions.extend(range(seq.start_pos, seq.start_pos + len(seq.token_ids)))
+            slots.extend(self._slots(seq))
+            if len(seq.token_ids) > 1:
+                query_start.append(len(ids))
+        max_blocks = max((math.ceil((s.start_pos + 1) / self.block_size) for s in decodes), default=0)
+        tables = [s.block_table[: math.ceil((s.start_pos + 1) / self.block_size)] for s in decodes]
+        tables = [t + [t[0]] * (max_blocks - len(t)) for t in tables]  # padding is masked out
+        dev = self.device
+        attn = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            num_prefills=len(prefills),
+            num_prefill_tokens=query_start[-1],
+            prefill_query_start_cpu=query_start,
+            prefill_start_pos_cpu=[s.start_pos for s in prefills],
+            prefill_block_tables_cpu=[s.block_table for s in prefills],
+            decode_block_tables=torch.tensor(tables, dtype=torch.long, device=dev).view(
+                len(decodes), max_blocks
+            ),
+            decode_context_lens=torch.tensor(
+                [s.start_pos + 1 for s in decodes], dtype=torch.long, device=dev
+            ),
+            block_size=self.block_size,
+        )
+        return _Batch(
+            input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
+            positions=torch.tensor(positions, dtype=torch.long, device=dev),
+            attn=attn,
+            seqs=[*prefills, *decodes],
+            starts=starts,
+        )
