@@ -1,9 +1,10 @@
 """Hugging Face tokenizer folders (`tokenizer.json` + `tokenizer_config.json`) without transformers.
 
 Loading follows transformers 5 (`TokenizersBackend`) so both give the same ids for the same files:
-named special tokens are registered as special added tokens, and when the config states
-`add_bos_token`/`add_eos_token` (or tokenizer.json has no post-processor) the post-processor is
-rebuilt from those flags; otherwise tokenizer.json's own post-processor decides.
+named special tokens are registered as special added tokens, and tokenizer.json's post-processor
+decides which bos/eos `encode(add_special_tokens=True)` adds. One deliberate difference: when
+tokenizer.json has no post-processor, `add_bos_token`/`add_eos_token` from the config are honoured
+(transformers 4 behaviour) instead of adding nothing.
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ class Tokenizer:
             raise TokenizerError("tokenizer has no eos_token (needed to end generation)")
         self.add_bos_token = bool(config.get("add_bos_token", False))
         self.add_eos_token = bool(config.get("add_eos_token", False))
-        if "add_bos_token" in config or "add_eos_token" in config or self._tok.post_processor is None:
+        # transformers 5 ignores the flags whenever tokenizer.json exists and lets its post-processor
+        # decide; we do the same. Only with no post-processor at all do we honour the flags (as
+        # transformers 4's LlamaTokenizerFast did) rather than silently dropping a bos the model expects.
+        if self._tok.post_processor is None:
             self._rebuild_post_processor()
         max_len = config.get("model_max_length")
         self.model_max_length = (
