@@ -8,15 +8,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from isthmus.engine.tiny_tokenizer import CORPUS_PATH, write_tiny_tokenizer
+from isthmus.tokenizer import Tokenizer
 from tokenizers import Tokenizer as RawTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
-from isthmus.engine.tiny_tokenizer import CORPUS_PATH, write_tiny_tokenizer
-from isthmus.tokenizer import Tokenizer
-
 # Shaped like DeepSeek-R1-Distill's template: system prompt hoisted through a namespace, turn
 # markers as added tokens, reasoning stripped from past assistant turns, "<think>\n" to start.
-R1_TEMPLATE = """{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}
+R1_TEMPLATE = """{% if not add_generation_prompt is defined %}
+{% set add_generation_prompt = false %}
+{% endif %}
 {% set ns = namespace(system_prompt='') %}
 {%- for message in messages %}
     {%- if message['role'] == 'system' %}{% set ns.system_prompt = message['content'] %}{% endif %}

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from isthmus.tokenizer import Tokenizer
+
 from tests.tokenizer.conftest import load_hf
 
 TEXTS = [
@@ -64,15 +64,19 @@ def test_special_ids_match_transformers(tiny_dir: Path, tiny_tok: Tokenizer) -> 
 @pytest.mark.parametrize("conversation", CONVERSATIONS)
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 def test_chat_template_matches_transformers(
-    request: pytest.FixtureRequest, fixture: str, conversation: list[dict[str, str]], add_generation_prompt: bool
+    request: pytest.FixtureRequest,
+    fixture: str,
+    conversation: list[dict[str, str]],
+    add_generation_prompt: bool,
 ) -> None:
     path: Path = request.getfixturevalue(fixture)
     ours, hf = Tokenizer.from_dir(path), load_hf(path)
     text = ours.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt)
-    expected = hf.apply_chat_template(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
+    gen = add_generation_prompt
+    expected = hf.apply_chat_template(conversation, tokenize=False, add_generation_prompt=gen)
     assert text == expected
     ids = ours.encode_chat(conversation, add_generation_prompt=add_generation_prompt)
-    hf_ids = hf.apply_chat_template(conversation, tokenize=True, add_generation_prompt=add_generation_prompt)
+    hf_ids = hf.apply_chat_template(conversation, tokenize=True, add_generation_prompt=gen)
     hf_ids = hf_ids["input_ids"] if hasattr(hf_ids, "keys") else hf_ids
     assert ids == list(hf_ids)
     assert ids.count(ours.bos_token_id) == 1 and ids[0] == ours.bos_token_id
@@ -138,7 +142,8 @@ def test_flags_apply_when_tokenizer_json_has_no_post_processor(tiny_dir: Path, t
     # Documented difference from transformers 5 (which would add nothing here): honour the flags.
     path = _variant(tiny_dir, tmp_path / "v", lambda c: c.update(add_eos_token=True), _null_post_processor)
     tok = Tokenizer.from_dir(path)
-    assert tok.encode("hi") == [tok.bos_token_id, *tok.encode("hi", add_special_tokens=False), tok.eos_token_id]
+    body = tok.encode("hi", add_special_tokens=False)
+    assert tok.encode("hi") == [tok.bos_token_id, *body, tok.eos_token_id]
 
 
 @pytest.mark.parametrize("text", TEXTS)

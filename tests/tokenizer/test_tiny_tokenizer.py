@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from isthmus.engine.tiny_tokenizer import BOS_TOKEN, EOS_TOKEN, write_tiny_tokenizer
 from isthmus.tokenizer import Tokenizer
 
