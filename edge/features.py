@@ -1,0 +1,140 @@
+"""Cheap features of a prompt that predict whether the small edge model will answer it well (sans-IO).
+
+Everything here is a handful of regular expressions over the prompt text plus counts the edge
+already has (prompt tokens, requested output length, conversation turns). Each feature is
+normalised into [0, 1] so the router's weighted sum stays interpretable: a weight is "how much of
+the score this signal can contribute at most".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Only the head of a very long prompt is scanned: the length feature saturates long before, and
+# scanning a 1 MiB prompt with a dozen regexes would cost more than the decision is worth.
+MAX_SCANNED_CHARS = 32_768  # chars
+
+# Saturation points: at or above these the normalised feature is 1.0.
+LENGTH_SATURATION_TOKENS = 2048  # prompt tokens
+OUTPUT_SATURATION_TOKENS = 2048  # requested new tokens
+DEPTH_SATURATION_TURNS = 8  # user/assistant turns
+CODE_SATURATION_HITS = 3  # code signals
+MATH_SATURATION_HITS = 3  # math signals
+STEPS_SATURATION = 4  # explicit steps / sequencing markers
+CONSTRAINTS_SATURATION = 4  # explicit constraints
+
+_CODE_STRONG = re.compile(
+    r"```|^\s*(?:def|class|import|from\s+\S+\s+import|#include|fn|func|public\s+static|package)\b"
+    r"|[;{}]\s*$|=>|::|\bconsole\.log\b|\bprintf?\(",
+    re.MULTILINE,
+)
+_CODE_WORDS = re.compile(
+    r"\b(?:python|javascript|typescript|rust|golang|java|c\+\+|sql|regex|bash|kotlin|haskell|"
+    r"function|compile[sd]?|compiler|debug|bug|stack\s*trace|exception|refactor|algorithm|"
+    r"implement(?:ation)?|api|recursion|recursive|big-?o|complexity|unit\s+tests?)\b",
+    re.IGNORECASE,
+)
+_MATH = re.compile(
+    r"\\(?:frac|int|sum|prod|sqrt|lim|partial|cdot|binom|mathbb)\b|\$[^$\n]{1,200}\$"
+    r"|\b(?:prove|proof|theorem|lemma|integral|derivative|differentiate|integrate|equation|"
+    r"inequality|polynomial|matrix|eigen\w*|probability|expected\s+value|modulo|prime|factori[sz]e|"
+    r"combinatori\w*|solve\s+for|compute|calculate|how\s+many)\b"
+    r"|\d+\s*[-+*/^=<>]\s*\d+|[∫∑∏√≤≥≠∞]",
+    re.IGNORECASE,
+)
+_STEPS = re.compile(
+    r"^\s*(?:\d+[.)]|[-*•])\s+\S"
+    r"|\bstep[\s-]by[\s-]step\b|\b(?:first(?:ly)?|second(?:ly)?|third(?:ly)?|then|next|finally|"
+    r"afterwards|after\s+that|subsequently|lastly)\b|\bexplain\s+(?:why|how)\b|\breason(?:ing)?\b",
+    re.IGNORECASE | re.MULTILINE,
+)
+_CONSTRAINTS = re.compile(
+    r"\b(?:must|must\s+not|should\s+not|do\s+not|don't|never|exactly|at\s+(?:least|most)|"
+    r"no\s+more\s+than|no\s+fewer\s+than|without|only|unless|except|ensure|make\s+sure|"
+    r"required?|format(?:ted)?\s+as|in\s+json|as\s+json|in\s+\d+\s+(?:words|sentences|lines|bullets?)|"
+    r"under\s+\d+\s+(?:words|characters))\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFeatures:
+    """Features of one prompt. Raw counts first, then each normalised into [0, 1]."""
+
+    num_prompt_tokens: int
+    max_tokens: int  # requested new tokens
+    num_turns: int  # chat turns (1 for a plain prompt)
+    num_code_hits: int
+    num_math_hits: int
+    num_step_markers: int
+    num_constraints: int
+
+    @property
+    def length(self) -> float:
+        return _ratio(self.num_prompt_tokens, LENGTH_SATURATION_TOKENS)
+
+    @property
+    def output_length(self) -> float:
+        return _ratio(self.max_tokens, OUTPUT_SATURATION_TOKENS)
+
+    @property
+    def depth(self) -> float:
+        # a single turn is no depth at all
+        return _ratio(max(0, self.num_turns - 1), DEPTH_SATURATION_TURNS - 1)
+
+    @property
+    def code(self) -> float:
+        return _ratio(self.num_code_hits, CODE_SATURATION_HITS)
+
+    @property
+    def math(self) -> float:
+        return _ratio(self.num_math_hits, MATH_SATURATION_HITS)
+
+    @property
+    def steps(self) -> float:
+        return _ratio(self.num_step_markers, STEPS_SATURATION)
+
+    @property
+    def constraints(self) -> float:
+        return _ratio(self.num_constraints, CONSTRAINTS_SATURATION)
+
+    def normalised(self) -> dict[str, float]:
+        """Every normalised feature by name (the names of `FeatureWeights`' fields)."""
+        return {
+            "length": self.length,
+            "code": self.code,
+            "math": self.math,
+            "steps": self.steps,
+            "constraints": self.constraints,
+            "output_length": self.output_length,
+            "depth": self.depth,
+        }
+
+
+def extract_features(
+    prompt_text: str, num_prompt_tokens: int, max_tokens: int, num_turns: int
+) -> PromptFeatures:
+    """Features of a prompt: its text (a chat's user-visible text joined), token counts and turns.
+
+    Negative counts are clamped to 0 (`num_turns` to 1): bad input must never crash a decision.
+    """
+    text = prompt_text[:MAX_SCANNED_CHARS] if isinstance(prompt_text, str) else ""
+    num_code = len(_CODE_STRONG.findall(text))
+    # a fenced block or a line of syntax is decisive on its own; loose words count one each
+    num_code = num_code * CODE_SATURATION_HITS + len(_CODE_WORDS.findall(text))
+    return PromptFeatures(
+        num_prompt_tokens=max(0, int(num_prompt_tokens)),
+        max_tokens=max(0, int(max_tokens)),
+        num_turns=max(1, int(num_turns)),
+        num_code_hits=num_code,
+        num_math_hits=len(_MATH.findall(text)),
+        num_step_markers=len(_STEPS.findall(text)),
+        num_constraints=len(_CONSTRAINTS.findall(text)),
+    )
+
+
+def _ratio(value: int, saturation: int) -> float:
+    if saturation <= 0:
+        return 1.0 if value > 0 else 0.0
+    return min(1.0, max(0.0, value / saturation))

@@ -1,0 +1,215 @@
+"""The escalation router: answer at the edge or send to the center (sans-IO, no clocks, no I/O).
+
+The score is a transparent weighted sum of normalised prompt features (see `features.py`), each in
+[0, 1], so the default weights (which sum to 1.0) read as "the most this signal can add":
+
+    length 0.15, code 0.15, math 0.20, steps 0.20, constraints 0.10, output_length 0.10, depth 0.10
+
+Math and multi-step reasoning weigh most: that is where a ~7B nf4 model falls furthest behind a
+67B one; plain length and a long requested answer matter less. The score is clamped to [0, 1].
+
+One `threshold` trades quality for cost: a prompt whose score reaches the threshold goes to the
+center. Load shifts the threshold: a busy center raises it (`center_load_weight` times its load in
+[0, 1]), a filling edge queue lowers it (`edge_load_weight` times queue depth / `max_edge_queue`).
+An edge queue at its limit escalates everything it can (`edge_overloaded`).
+
+After the edge's own prefill, `reconsider` adds the prompt's perplexity under the edge model: a
+mean prompt log-prob of -`perplexity_low_nats` adds nothing, -`perplexity_high_nats` or lower adds
+the full `weights.perplexity`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal
+
+from isthmus.protocol import Route
+
+from .features import PromptFeatures
+
+Tier = Literal["edge", "center"]
+Wish = Literal["auto", "edge", "center"]
+
+# Reasons (short snake-case strings carried into Done.route, logs and metrics).
+WISH_EDGE = "wish_edge"
+WISH_CENTER = "wish_center"
+SCORE_BELOW_THRESHOLD = "score_below_threshold"
+SCORE_ABOVE_THRESHOLD = "score_above_threshold"
+PROMPT_PERPLEXITY = "prompt_perplexity"
+EDGE_OVERLOADED = "edge_overloaded"
+CENTER_UNAVAILABLE = "center_unavailable"
+CONFIDENCE_COLLAPSE = "confidence_collapse"
+
+REASONS = (
+    WISH_EDGE,
+    WISH_CENTER,
+    SCORE_BELOW_THRESHOLD,
+    SCORE_ABOVE_THRESHOLD,
+    PROMPT_PERPLEXITY,
+    EDGE_OVERLOADED,
+    CENTER_UNAVAILABLE,
+    CONFIDENCE_COLLAPSE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureWeights:
+    """How much each normalised feature can add to the score (see the module docstring)."""
+
+    length: float = 0.15
+    code: float = 0.15
+    math: float = 0.20
+    steps: float = 0.20
+    constraints: float = 0.10
+    output_length: float = 0.10
+    depth: float = 0.10
+    perplexity: float = 0.40  # used by `reconsider` only: alone it can cross the default threshold
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            name, value = f.name, getattr(self, f.name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"weights.{name}: expected a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """Router settings; `threshold` is the one knob that trades quality for cost."""
+
+    threshold: float = 0.35  # score at or above which a prompt is escalated (0: all, >1: none)
+    weights: FeatureWeights = field(default_factory=FeatureWeights)
+    max_edge_queue: int = 64  # edge requests waiting at which the edge counts as overloaded
+    edge_load_weight: float = 0.15  # threshold drop when the edge queue is full
+    center_load_weight: float = 0.25  # threshold rise when the best center replica is fully loaded
+    perplexity_low_nats: float = 2.5  # mean prompt NLL (nats/token) below which it adds nothing
+    perplexity_high_nats: float = 6.0  # mean prompt NLL at which it adds the full weight
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "edge_load_weight", "center_load_weight", "perplexity_low_nats"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"router.{name}: expected a finite number >= 0, got {value!r}")
+        high, low = self.perplexity_high_nats, self.perplexity_low_nats
+        if not (math.isfinite(high) and high > low):
+            raise ValueError("router.perplexity_high_nats: must be greater than perplexity_low_nats")
+        if not isinstance(self.max_edge_queue, int) or self.max_edge_queue < 1:
+            raise ValueError(f"router.max_edge_queue: expected an integer >= 1, got {self.max_edge_queue!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadView:
+    """Load on both tiers at decision time.
+
+    `center_load` is the least-loaded healthy replica's load in [0, 1] (0 idle, 1 saturated);
+    `CenterPool.load_view()` fills the center fields, the caller the edge ones.
+    """
+
+    edge_num_waiting: int = 0
+    edge_num_running: int = 0
+    is_center_healthy: bool = False
+    center_load: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a request runs and why. `threshold` is the load-adjusted threshold it was compared to."""
+
+    tier: Tier
+    reason: str
+    score: float
+    is_degraded: bool = False  # the request wanted the center but none was reachable
+    threshold: float = 0.0
+
+    def route(self) -> Route:
+        """The wire `Route` for `Done.route` / `TokenChunk.route`."""
+        return Route(tier=self.tier, reason=self.reason, score=self.score, is_degraded=self.is_degraded)
+
+
+class Router:
+    """Decides per request; holds only its config, so one instance serves every request."""
+
+    def __init__(self, config: RouterConfig | None = None) -> None:
+        self.config = config or RouterConfig()
+
+    def score(self, features: PromptFeatures) -> float:
+        """The weighted difficulty score in [0, 1] (perplexity excluded: it is known only later)."""
+        w = self.config.weights
+        f = features.normalised()
+        total = (
+            w.length * f["length"]
+            + w.code * f["code"]
+            + w.math * f["math"]
+            + w.steps * f["steps"]
+            + w.constraints * f["constraints"]
+            + w.output_length * f["output_length"]
+            + w.depth * f["depth"]
+        )
+        return _clamp(total)
+
+    def effective_threshold(self, load: LoadView) -> float:
+        """`threshold` moved up by center load and down by edge queue depth."""
+        cfg = self.config
+        edge_fill = _clamp(max(0, load.edge_num_waiting) / cfg.max_edge_queue)
+        center_load = _clamp(load.center_load) if math.isfinite(load.center_load) else 1.0
+        shift = cfg.center_load_weight * center_load - cfg.edge_load_weight * edge_fill
+        return max(0.0, cfg.threshold + shift)
+
+    def decide(self, features: PromptFeatures, wish: str, load: LoadView) -> Decision:
+        """Before running: the tier for a request with these features, tier wish and load."""
+        score = self.score(features)
+        threshold = self.effective_threshold(load)
+        healthy = load.is_center_healthy
+        if wish == "edge":
+            return Decision("edge", WISH_EDGE, score, threshold=threshold)
+        if wish == "center":
+            if healthy:
+                return Decision("center", WISH_CENTER, score, threshold=threshold)
+            return Decision("edge", CENTER_UNAVAILABLE, score, is_degraded=True, threshold=threshold)
+        if load.edge_num_waiting >= self.config.max_edge_queue and healthy:
+            return Decision("center", EDGE_OVERLOADED, score, threshold=threshold)
+        if score >= threshold:
+            if healthy:
+                return Decision("center", SCORE_ABOVE_THRESHOLD, score, threshold=threshold)
+            return Decision("edge", CENTER_UNAVAILABLE, score, is_degraded=True, threshold=threshold)
+        return Decision("edge", SCORE_BELOW_THRESHOLD, score, threshold=threshold)
+
+    def perplexity_term(self, prompt_logprob_mean: float) -> float:
+        """What a mean prompt log-prob (nats/token, <= 0) adds to the score."""
+        cfg = self.config
+        nll = -prompt_logprob_mean
+        fraction = (nll - cfg.perplexity_low_nats) / (cfg.perplexity_high_nats - cfg.perplexity_low_nats)
+        return cfg.weights.perplexity * _clamp(fraction)
+
+    def reconsider(
+        self, decision: Decision, prompt_logprob_mean: float | None, load: LoadView | None = None
+    ) -> Decision | None:
+        """After the edge's prefill: a new center `Decision`, or None to keep answering here.
+
+        Only a request kept at the edge by its score is reconsidered (not one the app pinned to
+        the edge, nor one already degraded). Without `load` the decision's own threshold is used
+        and the center is assumed still reachable; the caller degrades if it is not.
+        """
+        if decision.tier != "edge" or decision.reason != SCORE_BELOW_THRESHOLD:
+            return None
+        if prompt_logprob_mean is None or not math.isfinite(prompt_logprob_mean):
+            return None
+        threshold = decision.threshold
+        if load is not None:
+            if not load.is_center_healthy:
+                return None
+            threshold = self.effective_threshold(load)
+        score = _clamp(decision.score + self.perplexity_term(prompt_logprob_mean))
+        if score < threshold:
+            return None
+        return replace(decision, tier="center", reason=PROMPT_PERPLEXITY, score=score, threshold=threshold)
+
+    def handover(self, decision: Decision) -> Decision:
+        """The decision after a confidence collapse mid-answer (the caller checked the center)."""
+        return replace(decision, tier="center", reason=CONFIDENCE_COLLAPSE, is_degraded=False)
+
+
+def _clamp(value: float) -> float:
+    if math.isnan(value):
+        return 0.0
+    return min(1.0, max(0.0, value))
