@@ -82,6 +82,7 @@ class EngineCore:
         from isthmus.engine.output_processor import OutputProcessor
 
         self.processor = OutputProcessor(tokenizer, self.scheduler)
+        self.last_num_scheduled = 0  # tokens in the latest step's plan
         self._generated: deque[tuple[float, int]] = deque()  # (time, tokens generated that step)
 
     def add(
@@ -129,6 +130,7 @@ class EngineCore:
         guard = lock if lock is not None else contextlib.nullcontext()
         with guard:
             plan = self.scheduler.schedule(time.monotonic())
+            self.last_num_scheduled = plan.num_tokens
         out = self.runner.run(plan) if not plan.is_empty else RunOutput()
         with guard:
             now = time.monotonic()

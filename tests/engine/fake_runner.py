@@ -9,8 +9,11 @@ token is a hash of the prefix read back, so outputs depend only on the prefix (l
 from __future__ import annotations
 
 import hashlib
+import time
 
+import torch
 from isthmus.engine.plan import RunOutput, SampledToken, SchedulePlan
+from isthmus.engine.sampler import sample
 
 
 def next_token(prefix: list[int], vocab_size: int) -> int:
@@ -18,8 +21,24 @@ def next_token(prefix: list[int], vocab_size: int) -> int:
     return int.from_bytes(digest, "little") % vocab_size
 
 
+def fake_logits(prefix: list[int], vocab_size: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(next_token(prefix, 2**62))
+    return torch.randn(vocab_size, generator=gen) * 2.0  # [vocab]
+
+
 class FakeRunner:
-    def __init__(self, num_kv_blocks: int, block_size: int, vocab_size: int = 50, max_model_len: int = 4096):
+    def __init__(
+        self,
+        num_kv_blocks: int,
+        block_size: int,
+        vocab_size: int = 50,
+        max_model_len: int = 4096,
+        use_sampler: bool = False,
+        delay_s: float = 0.0,
+    ):
+        """``use_sampler``: logits are a hash of the prefix and the real sampler picks tokens."""
+        self.use_sampler = use_sampler
+        self.delay_s = delay_s
         self.num_kv_blocks = num_kv_blocks
         self.block_size = block_size
         self.vocab_size = vocab_size
@@ -30,6 +49,8 @@ class FakeRunner:
 
     def run(self, plan: SchedulePlan) -> RunOutput:
         self.num_steps += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
         out = RunOutput()
         bs = self.block_size
         # Write every sequence's tokens first (as a batched forward would), then read back.
@@ -47,9 +68,15 @@ class FakeRunner:
             if s.want_prompt_logprobs:
                 n = max(0, min(end, s.prompt_len) - max(s.start_pos, 1))
                 out.prompt_logprobs[s.seq_id] = (-1.0 * n, n)
-            if s.do_sample:
+            if s.do_sample and not self.use_sampler:
                 tok = next_token(prefix, self.vocab_size)
                 out.sampled[s.seq_id] = SampledToken(tok, -0.5, 1.0)
+        if self.use_sampler:
+            sampling = [s for s in plan.seqs if s.do_sample]
+            if sampling:
+                logits = torch.stack([fake_logits(s.history_ids, self.vocab_size) for s in sampling])
+                for s, tok in zip(sampling, sample(logits, sampling), strict=True):
+                    out.sampled[s.seq_id] = tok
         return out
 
 
