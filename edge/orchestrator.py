@@ -1,0 +1,295 @@
+"""Answer one request: authenticate, tokenize, route, run here or at the center, hand over.
+
+`Orchestrator.handle(req)` is the edge's whole request path as one async generator of
+`TokenChunk ... Done | Error`. The QUIC session and the OpenAI HTTP routes both consume it; closing
+the generator early (stream reset, `Cancel`, client gone) aborts the request on whichever tier runs
+it: the local engine request is aborted, the center's gRPC call is cancelled.
+
+A request moves to the center at one of three points (the `escalations` metric's `when`):
+- `before_prefill`: the router's decision on features, tier wish and load;
+- `after_prefill`: the edge's own perplexity on the prompt, before any token is streamed;
+- `mid_answer`: the edge's token entropy collapses; the center continues from the prompt plus the
+  text already streamed and the first relayed chunk carries the new `route`.
+A center that cannot be reached before its first message leaves the answer (or its rest) to the
+edge; a request the router meant for the center is then marked degraded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+from isthmus.protocol import (
+    Done,
+    Error,
+    ErrorCode,
+    GenerateRequest,
+    ProtocolError,
+    TokenChunk,
+    error_message,
+    unpack_ids,
+    validate,
+)
+
+from .features import extract_features
+from .handover import make_continuation
+from .relay import CenterStream, open_center, relay_center
+from .request_run import LocalRun, RequestClock, engine_error, finish_done
+from .router import CENTER_UNAVAILABLE, Decision, LoadView, Router
+
+log = logging.getLogger(__name__)
+
+Answer = TokenChunk | Done | Error
+_engine_ids = itertools.count(1)
+
+
+class Orchestrator:
+    """The request path of one edge node. Collaborators are the node's long-lived parts.
+
+    `engine` is an `AsyncEngine` (or anything with its `generate`/`abort`/`load`/`tokenizer`),
+    `pool` a `CenterPool` or None (edge only), `metrics` an edge `Metrics` or None, `auth` an
+    `ApiKeyStore` or None (no keys configured: open), `monitor_factory` builds one
+    `ConfidenceMonitor` per request (None: no mid-answer hand-over).
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        pool: Any,
+        router: Router,
+        metrics: Any = None,
+        auth: Any = None,
+        *,
+        tokenizer: Any = None,
+        monitor_factory: Callable[[], Any] | None = None,
+        model_name: str = "",
+        max_prompt_tokens: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.pool = pool
+        self.router = router
+        self.metrics = metrics
+        self.auth = auth
+        self.tokenizer = tokenizer if tokenizer is not None else engine.tokenizer
+        self.monitor_factory = monitor_factory
+        self.model_name = model_name
+        self.max_prompt_tokens = max_prompt_tokens
+        self.clock = clock  # time.monotonic: the engine's deadlines use the same clock
+        self.num_in_flight = 0
+
+    async def handle(self, req: GenerateRequest) -> AsyncIterator[Answer]:
+        """Answer `req`: zero or more `TokenChunk`s then exactly one `Done` or `Error`."""
+        clock = RequestClock(self.clock, req.timeout_ms)
+        self.num_in_flight += 1
+        lease = None
+        try:
+            validate(req)
+            if self.auth is not None:
+                lease = self.auth.acquire(req.api_key)
+            async for msg in self._answer(req, clock):
+                if isinstance(msg, Error):
+                    self._count_error(msg.code)
+                yield msg
+        except ProtocolError as exc:
+            self._count_error(exc.code)
+            yield error_message(req.id, exc)
+        except TimeoutError:
+            self._count_error(ErrorCode.DEADLINE_EXCEEDED)
+            yield Error(id=req.id, code=ErrorCode.DEADLINE_EXCEEDED, message="deadline exceeded")
+        except Exception as exc:
+            log.exception("request %s failed", req.id)
+            self._count_error(ErrorCode.INTERNAL)
+            yield error_message(req.id, exc)
+        finally:
+            self.num_in_flight -= 1
+            if lease is not None:
+                lease.release()
+
+    # --- the paths -------------------------------------------------------------------------------
+    async def _answer(self, req: GenerateRequest, clock: RequestClock) -> AsyncIterator[Answer]:
+        prompt_ids, prompt_text, num_turns = self._tokenize(req)
+        features = extract_features(prompt_text, len(prompt_ids), req.sampling.max_tokens, num_turns)
+        decision = self.router.decide(features, req.tier, self._load_view())
+        if decision.tier == "center":
+            center = await self._open(req, clock, prompt_ids)
+            if center is not None:
+                self._record_route(decision, "before_prefill")
+                async for msg in self._relay(req, clock, center, decision, len(prompt_ids), None):
+                    yield msg
+                return
+            decision = Decision("edge", CENTER_UNAVAILABLE, decision.score, is_degraded=True)
+        self._record_route(decision, None)
+        async for msg in self._run_local(req, clock, prompt_ids, decision):
+            yield msg
+
+    async def _run_local(
+        self, req: GenerateRequest, clock: RequestClock, prompt_ids: list[int], decision: Decision
+    ) -> AsyncIterator[Answer]:
+        may_escalate = req.tier == "auto" and not decision.is_degraded and self.pool is not None
+        monitor = self.monitor_factory() if (may_escalate and self.monitor_factory) else None
+        run = LocalRun(self.engine, req, prompt_ids, f"{req.id}#{next(_engine_ids)}", clock)
+        async with run:
+            async for out in run.outputs():
+                if run.is_first_output:
+                    self._observe_first(run)
+                    again = self.router.reconsider(decision, out.prompt_logprob_mean) if may_escalate else None
+                    if again is not None and again.tier == "center":
+                        center = await self._open(req, clock, prompt_ids)
+                        if center is not None:
+                            await run.abort()
+                            self._record_route(again, "after_prefill")
+                            async for msg in self._relay(req, clock, center, again, len(prompt_ids), None):
+                                yield msg
+                            return
+                if monitor is not None and out.entropies and monitor.observe(out.entropies):
+                    monitor = None  # one hand-over attempt per request
+                    handover = self.router.handover(decision)
+                    center = await self._open_handover(req, clock, prompt_ids, run)
+                    if center is not None:
+                        await run.abort()
+                        self._record_route(handover, "mid_answer")
+                        async for msg in self._relay(req, clock, center, handover, len(prompt_ids), run):
+                            yield msg
+                        return
+                chunk = run.chunk(out)
+                if chunk is not None:
+                    self._observe_tokens(clock, len(out.new_token_ids))
+                    yield chunk
+                if out.finish_reason == "deadline":
+                    raise TimeoutError
+                if out.finish_reason is not None:
+                    self._record_tokens(run.num_prompt_tokens, run.num_streamed_tokens)
+                    yield finish_done(req.id, run, decision.route(), self.model_name, out.finish_reason, clock)
+                    return
+        raise ProtocolError(ErrorCode.INTERNAL, "engine stream ended without a finish reason")
+
+    async def _open(
+        self,
+        req: GenerateRequest,
+        clock: RequestClock,
+        prompt_ids: list[int],
+        **kw: Any,
+    ) -> CenterStream | None:
+        if self.pool is None:
+            return None
+        return await open_center(
+            self.pool, req, clock, prompt_ids, self.tokenizer, self._edge_fingerprint(),
+            self._center_fingerprint(), **kw,
+        )
+
+    async def _open_handover(
+        self, req: GenerateRequest, clock: RequestClock, prompt_ids: list[int], run: LocalRun
+    ) -> CenterStream | None:
+        """Start the center's continuation of what was streamed so far (None: keep going here)."""
+        left = req.sampling.max_tokens - run.num_streamed_tokens
+        if left < 1:
+            return None
+        cont = make_continuation(
+            run.streamed_text,
+            run.streamed_ids,
+            edge_fingerprint=self._edge_fingerprint(),
+            center_fingerprint=self._center_fingerprint(),
+            reason="confidence_collapse",
+        )
+        return await self._open(req, clock, prompt_ids, continuation=cont, max_tokens=left)
+
+    async def _relay(
+        self,
+        req: GenerateRequest,
+        clock: RequestClock,
+        center: CenterStream,
+        decision: Decision,
+        num_prompt_tokens: int,
+        run: LocalRun | None,
+    ) -> AsyncIterator[Answer]:
+        num_edge_tokens = run.num_streamed_tokens if run is not None else 0
+        async for msg in relay_center(req, clock, center, decision.route(), num_prompt_tokens, num_edge_tokens):
+            if isinstance(msg, TokenChunk):
+                self._observe_tokens(clock, len(msg.token_ids) // 4)
+            elif isinstance(msg, Done):
+                self._record_tokens(num_prompt_tokens, msg.usage.completion_tokens)
+            yield msg
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def _tokenize(self, req: GenerateRequest) -> tuple[list[int], str, int]:
+        """Prompt ids, the text the router's features read, and the number of user turns."""
+        tok = self.tokenizer
+        if req.prompt is not None:
+            ids, text, turns = tok.encode(req.prompt), req.prompt, 1
+        elif req.messages is not None:
+            ids = tok.encode_chat([{"role": m.role, "content": m.content} for m in req.messages])
+            text = "\n".join(m.content for m in req.messages)
+            turns = max(1, sum(1 for m in req.messages if m.role == "user"))
+        else:
+            ids = unpack_ids(req.prompt_ids or b"")
+            text, turns = tok.decode(ids), 1
+        if req.continuation is not None:
+            # an app may resume an answer itself; the edge then continues after its text
+            if req.continuation.token_ids and req.continuation.tokenizer_fingerprint == self._edge_fingerprint():
+                ids = ids + unpack_ids(req.continuation.token_ids)
+            elif req.continuation.text:
+                ids = ids + tok.encode(req.continuation.text, add_special_tokens=False)
+        limit = self._prompt_limit()
+        if limit is not None and len(ids) > limit:
+            raise ProtocolError(
+                ErrorCode.PROMPT_TOO_LONG, f"prompt: {len(ids)} tokens exceeds the edge's limit of {limit}"
+            )
+        return ids, text, turns
+
+    def _prompt_limit(self) -> int | None:
+        if self.max_prompt_tokens is not None:
+            return self.max_prompt_tokens
+        max_len = getattr(self.engine, "max_model_len", None)
+        return int(max_len) - 1 if isinstance(max_len, int) else None
+
+    def _load_view(self) -> LoadView:
+        view = self.pool.load_view() if self.pool is not None else LoadView()
+        load = self.engine.load()
+        return replace(view, edge_num_waiting=load.num_waiting, edge_num_running=load.num_running)
+
+    def _edge_fingerprint(self) -> str:
+        return str(getattr(self.tokenizer, "fingerprint", "") or "")
+
+    def _center_fingerprint(self) -> str | None:
+        fp = getattr(self.pool, "tokenizer_fingerprint", None)
+        if callable(fp):
+            fp = fp()
+        return fp if isinstance(fp, str) else None
+
+    # --- metrics (all optional) -------------------------------------------------------------------
+    def _count_error(self, code: int) -> None:
+        if self.metrics is not None:
+            self.metrics.record_error(ErrorCode(code))
+
+    def _record_route(self, decision: Decision, escalated_when: str | None) -> None:
+        if self.metrics is not None:
+            self.metrics.record_route(decision.tier, decision.reason)
+            if escalated_when is not None:
+                self.metrics.record_escalation(escalated_when)
+
+    def _observe_first(self, run: LocalRun) -> None:
+        if self.metrics is not None and run.queue_s is not None:
+            self.metrics.observe_queue_time(run.queue_s)
+
+    def _observe_tokens(self, clock: RequestClock, num_tokens: int) -> None:
+        if num_tokens <= 0:
+            return
+        gap = clock.mark_token()
+        if self.metrics is None:
+            return
+        if gap is None:
+            self.metrics.observe_ttft(clock.first_token_s or 0.0)
+        else:
+            self.metrics.observe_itl(gap / num_tokens)
+
+    def _record_tokens(self, num_prompt: int, num_completion: int) -> None:
+        if self.metrics is not None:
+            self.metrics.record_tokens(num_prompt, num_completion)
+
+
+__all__ = ["Orchestrator", "engine_error"]
