@@ -137,7 +137,8 @@ class Orchestrator:
             async for out in run.outputs():
                 if run.is_first_output:
                     self._observe_first(run)
-                    again = self.router.reconsider(decision, out.prompt_logprob_mean) if may_escalate else None
+                    mean = out.prompt_logprob_mean
+                    again = self.router.reconsider(decision, mean) if may_escalate else None
                     if again is not None and again.tier == "center":
                         center = await self._open(req, clock, prompt_ids)
                         if center is not None:
@@ -164,7 +165,8 @@ class Orchestrator:
                     raise TimeoutError
                 if out.finish_reason is not None:
                     self._record_tokens(run.num_prompt_tokens, run.num_streamed_tokens)
-                    yield finish_done(req.id, run, decision.route(), self.model_name, out.finish_reason, clock)
+                    route = decision.route()
+                    yield finish_done(req.id, run, route, self.model_name, out.finish_reason, clock)
                     return
         raise ProtocolError(ErrorCode.INTERNAL, "engine stream ended without a finish reason")
 
@@ -208,7 +210,8 @@ class Orchestrator:
         run: LocalRun | None,
     ) -> AsyncIterator[Answer]:
         num_edge_tokens = run.num_streamed_tokens if run is not None else 0
-        async for msg in relay_center(req, clock, center, decision.route(), num_prompt_tokens, num_edge_tokens):
+        route = decision.route()
+        async for msg in relay_center(req, clock, center, route, num_prompt_tokens, num_edge_tokens):
             if isinstance(msg, TokenChunk):
                 self._observe_tokens(clock, len(msg.token_ids) // 4)
             elif isinstance(msg, Done):
@@ -230,10 +233,11 @@ class Orchestrator:
             text, turns = tok.decode(ids), 1
         if req.continuation is not None:
             # an app may resume an answer itself; the edge then continues after its text
-            if req.continuation.token_ids and req.continuation.tokenizer_fingerprint == self._edge_fingerprint():
-                ids = ids + unpack_ids(req.continuation.token_ids)
-            elif req.continuation.text:
-                ids = ids + tok.encode(req.continuation.text, add_special_tokens=False)
+            cont = req.continuation
+            if cont.token_ids and cont.tokenizer_fingerprint == self._edge_fingerprint():
+                ids = ids + unpack_ids(cont.token_ids)
+            elif cont.text:
+                ids = ids + tok.encode(cont.text, add_special_tokens=False)
         limit = self._prompt_limit()
         if limit is not None and len(ids) > limit:
             raise ProtocolError(

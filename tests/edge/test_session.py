@@ -88,7 +88,7 @@ class FakeTransport:
 def handler_of(n: int, closed: list[int]):  # type: ignore[no-untyped-def]
     async def handler(req: GenerateRequest) -> AsyncIterator[TokenChunk | Done | Error]:
         try:
-            for i in range(n):
+            for _ in range(n):
                 yield TokenChunk(id=req.id, text="x" * 100, tier="edge")
                 await asyncio.sleep(0)
             yield Done(id=req.id, finish_reason="length", route=Route(tier="edge"))
