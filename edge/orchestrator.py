@@ -16,6 +16,7 @@ edge; a request the router meant for the center is then marked degraded.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
@@ -37,7 +38,7 @@ from isthmus.protocol import (
 
 from .features import extract_features
 from .handover import make_continuation
-from .relay import CenterStream, open_center, relay_center
+from .relay import CenterStream, num_chunk_tokens, open_center, relay_center
 from .request_run import LocalRun, RequestClock, engine_error, finish_done
 from .router import CENTER_UNAVAILABLE, Decision, LoadView, Router
 
@@ -91,10 +92,11 @@ class Orchestrator:
             validate(req)
             if self.auth is not None:
                 lease = self.auth.acquire(req.api_key)
-            async for msg in self._answer(req, clock):
-                if isinstance(msg, Error):
-                    self._count_error(msg.code)
-                yield msg
+            async with contextlib.aclosing(self._answer(req, clock)) as items:
+                async for msg in items:
+                    if isinstance(msg, Error):
+                        self._count_error(msg.code)
+                    yield msg
         except ProtocolError as exc:
             self._count_error(exc.code)
             yield error_message(req.id, exc)
@@ -119,13 +121,16 @@ class Orchestrator:
             center = await self._open(req, clock, prompt_ids)
             if center is not None:
                 self._record_route(decision, "before_prefill")
-                async for msg in self._relay(req, clock, center, decision, len(prompt_ids), None):
-                    yield msg
+                relayed = self._relay(req, clock, center, decision, len(prompt_ids), 0)
+                async with contextlib.aclosing(relayed) as items:
+                    async for msg in items:
+                        yield msg
                 return
             decision = Decision("edge", CENTER_UNAVAILABLE, decision.score, is_degraded=True)
         self._record_route(decision, None)
-        async for msg in self._run_local(req, clock, prompt_ids, decision):
-            yield msg
+        async with contextlib.aclosing(self._run_local(req, clock, prompt_ids, decision)) as items:
+            async for msg in items:
+                yield msg
 
     async def _run_local(
         self, req: GenerateRequest, clock: RequestClock, prompt_ids: list[int], decision: Decision
@@ -133,8 +138,10 @@ class Orchestrator:
         may_escalate = req.tier == "auto" and not decision.is_degraded and self.pool is not None
         monitor = self.monitor_factory() if (may_escalate and self.monitor_factory) else None
         run = LocalRun(self.engine, req, prompt_ids, f"{req.id}#{next(_engine_ids)}", clock)
-        async with run:
-            async for out in run.outputs():
+        # (center stream, new decision, when, edge tokens already streamed) once the answer moves
+        moved: tuple[CenterStream, Decision, str, int] | None = None
+        async with run, contextlib.aclosing(run.outputs()) as outputs:
+            async for out in outputs:
                 if run.is_first_output:
                     self._observe_first(run)
                     mean = out.prompt_logprob_mean
@@ -142,21 +149,15 @@ class Orchestrator:
                     if again is not None and again.tier == "center":
                         center = await self._open(req, clock, prompt_ids)
                         if center is not None:
-                            await run.abort()
-                            self._record_route(again, "after_prefill")
-                            async for msg in self._relay(req, clock, center, again, len(prompt_ids), None):
-                                yield msg
-                            return
+                            moved = (center, again, "after_prefill", 0)
+                            break
                 if monitor is not None and out.entropies and monitor.observe(out.entropies):
                     monitor = None  # one hand-over attempt per request
-                    handover = self.router.handover(decision)
                     center = await self._open_handover(req, clock, prompt_ids, run)
                     if center is not None:
-                        await run.abort()
-                        self._record_route(handover, "mid_answer")
-                        async for msg in self._relay(req, clock, center, handover, len(prompt_ids), run):
-                            yield msg
-                        return
+                        handover = self.router.handover(decision)
+                        moved = (center, handover, "mid_answer", run.num_streamed_tokens)
+                        break
                 chunk = run.chunk(out)
                 if chunk is not None:
                     self._observe_tokens(clock, len(out.new_token_ids))
@@ -168,7 +169,16 @@ class Orchestrator:
                     route = decision.route()
                     yield finish_done(req.id, run, route, self.model_name, out.finish_reason, clock)
                     return
-        raise ProtocolError(ErrorCode.INTERNAL, "engine stream ended without a finish reason")
+        # leaving `async with run` aborted the local request: its KV is free before the relay
+        if moved is None:
+            raise ProtocolError(ErrorCode.INTERNAL, "engine stream ended without a finish reason")
+        center, again, when, num_edge_tokens = moved
+        self._record_route(again, when)
+        async with contextlib.aclosing(
+            self._relay(req, clock, center, again, len(prompt_ids), num_edge_tokens)
+        ) as items:
+            async for msg in items:
+                yield msg
 
     async def _open(
         self,
@@ -207,16 +217,17 @@ class Orchestrator:
         center: CenterStream,
         decision: Decision,
         num_prompt_tokens: int,
-        run: LocalRun | None,
+        num_edge_tokens: int,
     ) -> AsyncIterator[Answer]:
-        num_edge_tokens = run.num_streamed_tokens if run is not None else 0
         route = decision.route()
-        async for msg in relay_center(req, clock, center, route, num_prompt_tokens, num_edge_tokens):
-            if isinstance(msg, TokenChunk):
-                self._observe_tokens(clock, len(msg.token_ids) // 4)
-            elif isinstance(msg, Done):
-                self._record_tokens(num_prompt_tokens, msg.usage.completion_tokens)
-            yield msg
+        relayed = relay_center(req, clock, center, route, num_prompt_tokens, num_edge_tokens)
+        async with contextlib.aclosing(relayed) as items:
+            async for msg in items:
+                if isinstance(msg, TokenChunk):
+                    self._observe_tokens(clock, num_chunk_tokens(msg))
+                elif isinstance(msg, Done):
+                    self._record_tokens(num_prompt_tokens, msg.usage.completion_tokens)
+                yield msg
 
     # --- helpers ----------------------------------------------------------------------------------
     def _tokenize(self, req: GenerateRequest) -> tuple[list[int], str, int]:
