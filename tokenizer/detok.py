@@ -18,6 +18,7 @@ REPLACEMENT_CHAR = "\ufffd"
 NUM_CONTEXT_TOKENS = 5  # prompt tokens decoded as context before the first generated token
 MAX_PENDING_TOKENS = 8  # past this many held tokens, release what later bytes can no longer change
 MAX_UTF8_TAIL = 3  # bytes: an incomplete UTF-8 character has at most 3 bytes
+MAX_BYTE_RUN_TOKENS = 256  # held <0xNN> tokens before we emit anyway (see _is_in_byte_run)
 
 
 class IncrementalDetokenizer:
@@ -52,6 +53,11 @@ class IncrementalDetokenizer:
         return list(self._generated)
 
     @property
+    def num_window_tokens(self) -> int:
+        """Tokens kept for decoding (context + pending); stays small however long the stream."""
+        return len(self._ids)
+
+    @property
     def text(self) -> str:
         """Text emitted so far."""
         return "".join(self._chunks)
@@ -64,12 +70,27 @@ class IncrementalDetokenizer:
         self._tokenizer.check_ids([token_id])  # a bad id must not poison the window
         self._ids.append(token_id)
         self._generated.append(token_id)
+        if self._is_in_byte_run():
+            return ""
         new_text = self._decode(self._prefix_offset, len(self._ids))
         if len(new_text) > len(self._prefix_text) and not new_text.endswith(REPLACEMENT_CHAR):
             return self._emit(new_text, len(self._ids))
         if len(self._ids) - self._read_offset > MAX_PENDING_TOKENS:
             return self._release_stable(new_text)
         return ""
+
+    def _is_in_byte_run(self) -> bool:
+        # HF's ByteFallback decoder turns a whole run of <0xNN> tokens into U+FFFDs when any byte
+        # of the run is invalid, so a later byte can rewrite text we would already have emitted.
+        # Hold the run until a normal token ends it (capped, so the window stays bounded).
+        fallback = self._tokenizer.byte_fallback_ids
+        num_pending = len(self._ids) - self._read_offset
+        if not fallback or num_pending > MAX_BYTE_RUN_TOKENS:
+            return False
+        for token_id in reversed(self._ids[self._read_offset :]):
+            if not (self._skip_special and self._tokenizer.is_special_id(token_id)):
+                return token_id in fallback
+        return False
 
     def _emit(self, window_text: str, end: int) -> str:
         delta = window_text[len(self._prefix_text) :]

@@ -70,6 +70,18 @@ def _chat_template(config: dict[str, Any], folder: Path) -> str | None:
     raise TokenizerError("tokenizer_config.json: chat_template must be a string or a list of named templates")
 
 
+def _byte_fallback_ids(tok: RawTokenizer) -> frozenset[int]:
+    """Ids of `<0xNN>` tokens when the decoder has a ByteFallback step (sentencepiece style)."""
+    if tok.decoder is None:
+        return frozenset()
+    decoder = json.loads(tok.decoder.__getstate__())
+    steps = decoder.get("decoders") or [decoder]
+    if not any(isinstance(d, dict) and d.get("type") == "ByteFallback" for d in steps):
+        return frozenset()
+    ids = (tok.token_to_id(f"<0x{b:02X}>") for b in range(256))
+    return frozenset(i for i in ids if i is not None)
+
+
 class Tokenizer:
     """A model's tokenizer: encode/decode, chat templates, special ids and a fingerprint."""
 
@@ -110,6 +122,7 @@ class Tokenizer:
             {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
         )
         self._special_id_set = frozenset(self.all_special_ids)
+        self.byte_fallback_ids = _byte_fallback_ids(self._tok)
         self._vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
 
     @classmethod
