@@ -6,6 +6,11 @@ drop the leading space of whatever comes first. So, like vLLM, we decode a short
 already-emitted tokens from `prefix_offset` serve as context, and the delta is the window's text
 minus the context's text. The window is emitted-context plus pending tokens, so each push costs
 O(window), not O(sequence).
+
+Text is held back while the window ends in U+FFFD (an incomplete character) and, for sentencepiece
+ByteFallback decoders, while a run of `<0xNN>` tokens is open, because HF's ByteFallback turns a
+whole run into U+FFFDs when any byte in it is invalid. Long invalid stretches are released once
+later bytes can no longer change them, so the window stays bounded.
 """
 
 from __future__ import annotations
