@@ -123,7 +123,8 @@ class Tokenizer:
         )
         self._special_id_set = frozenset(self.all_special_ids)
         self.byte_fallback_ids = _byte_fallback_ids(self._tok)
-        self._vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
+        # Number of ids, added tokens included (transformers' `len(tokenizer)`); fixed after load.
+        self.vocab_size: int = int(self._tok.get_vocab_size(with_added_tokens=True))
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
@@ -201,11 +202,6 @@ class Tokenizer:
         """Id of the pad token; the eos id when the config names no pad token."""
         pad = self._id("pad_token")
         return self.eos_token_id if pad is None else pad
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids, added tokens included (transformers' `len(tokenizer)`)."""
-        return self._vocab_size
 
     def special_tokens_map(self) -> dict[str, str]:
         """The named special tokens that are set, as chat templates see them."""
