@@ -32,6 +32,12 @@ class OutputProcessor:
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self._tracks: dict[str, _Track] = {}
+        # A model vocab may be larger than its tokenizer's (padding rows): such ids have no text.
+        self._tok_vocab: int | None = getattr(tokenizer, "vocab_size", None)
+
+    def _known(self, ids: list[int]) -> list[int]:
+        v = self._tok_vocab
+        return ids if v is None else [t for t in ids if 0 <= t < v]
 
     def add(self, seq: Sequence, text: str = "") -> None:
         """Start tracking a request; ``text`` is what a resumed request already emitted."""
@@ -40,7 +46,7 @@ class OutputProcessor:
             from isthmus.tokenizer import IncrementalDetokenizer, StopStringMatcher
 
             # Context: the prompt and, when resuming, the tokens generated before.
-            detok = IncrementalDetokenizer(self.tokenizer, prefix_ids=seq.all_ids)
+            detok = IncrementalDetokenizer(self.tokenizer, prefix_ids=self._known(seq.all_ids))
             if seq.params.stop:
                 matcher = StopStringMatcher(seq.params.stop)
         self._tracks[seq.request_id] = _Track(detok, matcher, text)
@@ -65,7 +71,7 @@ class OutputProcessor:
                 ids = upd.new_token_ids
                 if finish == FINISH_STOP and ids:
                     ids = ids[:-1]  # the EOS / stop token itself is not text
-                delta = "".join(tr.detok.push(t) for t in ids)
+                delta = "".join(tr.detok.push(t) for t in self._known(ids))
                 if finish is not None:
                     delta += tr.detok.flush()
             if tr.matcher is not None:
