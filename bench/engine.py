@@ -135,7 +135,9 @@ def main() -> None:
         vocab = json.loads((Path(path) / "config.json").read_text())["vocab_size"]
     reqs = make_requests(args.num_requests, args.seed, vocab)
     total = sum(mt for _, mt in reqs)
-    print(f"model {path}; {len(reqs)} requests, {total} generated tokens; torch threads {torch.get_num_threads()}")
+    print(
+        f"model {path}; {len(reqs)} requests, {total} generated tokens; torch threads {torch.get_num_threads()}"
+    )
 
     if args.profile:
         import cProfile

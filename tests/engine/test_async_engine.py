@@ -128,9 +128,7 @@ async def test_deadline_ends_a_request_with_deadline():
     engine = await make_engine(delay_s=0.002)
     try:
         loop_now = time.monotonic()
-        _, outs = await collect(
-            engine, EngineRequest("d", [1, 2], greedy(10_000), deadline=loop_now + 0.05)
-        )
+        _, outs = await collect(engine, EngineRequest("d", [1, 2], greedy(10_000), deadline=loop_now + 0.05))
         assert outs[-1].finish_reason == "deadline"
         assert engine.load().num_free_kv_blocks == 64
     finally:
@@ -187,3 +185,22 @@ async def test_export_and_resume_on_another_engine_is_token_identical(params):
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_real_model_streams_text_and_prompt_logprob_mean(tiny_llama):
+    engine = AsyncEngine(EngineOptions(model=str(tiny_llama), num_kv_blocks=64, block_size=4))
+    await engine.start()
+    try:
+        tok = engine.tokenizer
+        assert len(engine.tokenizer_fingerprint) == 64 and engine.max_model_len > 0
+        ids = tok.encode("hello there", add_special_tokens=True)
+        req = EngineRequest("t", ids, greedy(12), want_prompt_logprobs=True)
+        outs = [o async for o in engine.generate(req)]
+        tokens = [t for o in outs for t in o.new_token_ids]
+        assert len(tokens) == 12
+        assert "".join(o.text_delta for o in outs) == tok.decode(tokens)
+        assert outs[0].prompt_logprob_mean is not None and outs[0].prompt_logprob_mean < 0
+        assert all(o.prompt_logprob_mean is None for o in outs[1:])
+        assert sum(len(o.entropies) for o in outs) == 12
+    finally:
+        await engine.stop()
