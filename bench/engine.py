@@ -136,7 +136,8 @@ def main() -> None:
     reqs = make_requests(args.num_requests, args.seed, vocab)
     total = sum(mt for _, mt in reqs)
     print(
-        f"model {path}; {len(reqs)} requests, {total} generated tokens; torch threads {torch.get_num_threads()}"
+        f"model {path}; {len(reqs)} requests, {total} generated tokens; "
+        f"torch threads {torch.get_num_threads()}"
     )
 
     if args.profile:
