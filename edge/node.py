@@ -1,0 +1,195 @@
+"""`EdgeNode`: one edge process's parts, wired and started in order, stopped by draining.
+
+Start: engine (loads the quantized model), center pool, router, API keys, metrics, then the
+orchestrator, the QUIC listener and the HTTP app (`/metrics`, `/healthz`, `/readyz`, and whatever
+routes `edge/http.py` mounts on `node.orchestrator`). Stop: QUIC drains (stop admitting, let
+in-flight answers finish within the grace period, cancel the rest), then HTTP, pool and engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from .buffers import BufferLimits
+from .orchestrator import Orchestrator
+from .quic_server import EdgeQuicServer, QuicLimits
+
+log = logging.getLogger(__name__)
+
+GAUGE_INTERVAL_S = 1.0  # seconds between queue-depth / KV-usage gauge updates
+
+
+class EdgeNode:
+    """An edge node built from an `EdgeConfig`. Tests may pass `engine` (an unstarted or started
+    `AsyncEngine`) and `buffer_limits` to override the configured watermarks."""
+
+    def __init__(self, config: Any, *, engine: Any = None, buffer_limits: BufferLimits | None = None) -> None:
+        self.config = config
+        self.engine = engine
+        self.buffer_limits = buffer_limits
+        self.metrics: Any = None
+        self.pool: Any = None
+        self.router: Any = None
+        self.auth: Any = None
+        self.orchestrator: Orchestrator | None = None
+        self.quic: EdgeQuicServer | None = None
+        self.http_runner: Any = None
+        self.http_port: int | None = None
+        self.is_ready = False
+        self.is_draining = False
+        self._gauge_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        from .metrics import Metrics
+        from .router import Router
+
+        self.metrics = Metrics()
+        self.router = Router(cfg.router)
+        self.auth = self._make_auth()
+        await self._start_engine()
+        self.pool = self._make_pool()
+        if self.pool is not None:
+            await self.pool.start()
+        self.orchestrator = Orchestrator(
+            self.engine,
+            self.pool,
+            self.router,
+            self.metrics,
+            self.auth,
+            monitor_factory=self._monitor_factory(),
+            model_name=str(getattr(self.engine, "model_name", "")),
+        )
+        await self._start_http()
+        self.quic = EdgeQuicServer(
+            self.orchestrator.handle,
+            certfile=str(cfg.tls.cert),
+            keyfile=str(cfg.tls.key),
+            host=cfg.listen.host,
+            port=cfg.listen.port,
+            limits=self._quic_limits(),
+            on_slow_reader=None,
+        )
+        await self.quic.start()
+        self._gauge_task = asyncio.get_running_loop().create_task(self._update_gauges())
+        self.is_ready = True
+        log.info("edge node started: QUIC %s, HTTP %s", self.quic_address, self.http_address)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain and stop every part (idempotent)."""
+        if grace_s is None:
+            grace_s = float(getattr(self.config.limits, "drain_grace_s", 30.0))
+        self.is_ready = False
+        self.is_draining = True
+        if self.quic is not None:
+            num = await self.quic.drain(grace_s)
+            log.info("drained %d in-flight request(s)", num)
+            await self.quic.close()
+            self.quic = None
+        if self._gauge_task is not None:
+            self._gauge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauge_task
+            self._gauge_task = None
+        if self.http_runner is not None:
+            await self.http_runner.cleanup()
+            self.http_runner = None
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+        if self.engine is not None:
+            await self.engine.stop()
+
+    # --- addresses -------------------------------------------------------------------------------
+    @property
+    def quic_port(self) -> int:
+        if self.quic is None:
+            raise RuntimeError("edge node not started")
+        return self.quic.port
+
+    @property
+    def quic_address(self) -> str:
+        return f"{self.config.listen.host}:{self.quic_port}"
+
+    @property
+    def http_address(self) -> str:
+        return f"{self.config.http.host}:{self.http_port}"
+
+    # --- parts -----------------------------------------------------------------------------------
+    async def _start_engine(self) -> None:
+        if self.engine is None:
+            from isthmus.engine.async_engine import AsyncEngine
+
+            self.engine = AsyncEngine(self.config.engine_options())
+        if not getattr(self.engine, "is_running", False):
+            await self.engine.start()
+
+    def _make_pool(self) -> Any:
+        center = self.config.center
+        if not center.endpoints:
+            return None
+        from .pool import CenterPool
+
+        return CenterPool.from_config(center)
+
+    def _make_auth(self) -> Any:
+        if not self.config.api_keys:
+            return None
+        from .auth import ApiKeyStore
+
+        return ApiKeyStore.from_config(self.config.api_keys)
+
+    def _monitor_factory(self) -> Any:
+        conf = self.config.confidence
+        from .confidence import ConfidenceMonitor
+
+        def make() -> ConfidenceMonitor:
+            return ConfidenceMonitor(conf.window, conf.threshold, conf.max_checked_tokens)
+
+        return make
+
+    def _quic_limits(self) -> QuicLimits:
+        lim = self.config.limits
+        buffers = self.buffer_limits or BufferLimits(
+            stream_high=lim.stream_high_watermark,
+            stream_low=lim.stream_low_watermark,
+            stream_hard=lim.stream_hard_limit,
+            connection_high=lim.connection_high_watermark,
+            connection_low=lim.connection_low_watermark,
+            stall_timeout_s=lim.slow_reader_timeout_s,
+        )
+        return QuicLimits(
+            max_connections=lim.max_connections,
+            max_streams_per_connection=lim.max_streams_per_connection,
+            max_frame_size=lim.max_frame_size,
+            idle_timeout_s=lim.idle_timeout_s,
+            buffers=buffers,
+        )
+
+    async def _start_http(self) -> None:
+        from aiohttp import web
+
+        from .http import make_app
+
+        app = make_app(self)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.http.host, self.config.http.port)
+        await site.start()
+        self.http_runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = int(sockets[0].getsockname()[1]) if sockets else int(self.config.http.port)
+
+    async def _update_gauges(self) -> None:
+        """Queue depth and KV usage gauges, sampled from the engine."""
+        while True:
+            try:
+                self.metrics.observe_engine_load(self.engine.load())
+            except Exception:  # a gauge must never take the node down
+                log.debug("gauge update failed", exc_info=True)
+            await asyncio.sleep(GAUGE_INTERVAL_S)
