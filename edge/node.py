@@ -72,7 +72,7 @@ class EdgeNode:
             host=cfg.listen.host,
             port=cfg.listen.port,
             limits=self._quic_limits(),
-            on_slow_reader=None,
+            on_error=self.metrics.record_error,
         )
         await self.quic.start()
         self._gauge_task = asyncio.get_running_loop().create_task(self._update_gauges())

@@ -152,7 +152,7 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
                 self._server.limits.buffers,
                 self._server.limits.max_frame_size,
                 on_finished=self._on_stream_finished,
-                on_slow_reader=self._server.on_slow_reader,
+                on_error=self._server.on_error,
             )
             if self._server.is_draining:
                 stream.fail(ProtocolError(ErrorCode.DRAINING, "edge is draining", retryable=True))
@@ -189,12 +189,12 @@ class EdgeQuicServer:
         host: str = "127.0.0.1",
         port: int = 0,
         limits: QuicLimits | None = None,
-        on_slow_reader: Callable[[], None] | None = None,
+        on_error: Callable[[ErrorCode], None] | None = None,
     ) -> None:
         self.handler = handler
         self.limits = limits or QuicLimits()
         self.host = host
-        self.on_slow_reader = on_slow_reader
+        self.on_error = on_error  # called for errors the server writes itself
         self.is_draining = False
         self.tickets = SessionTicketStore(self.limits.max_session_tickets)
         self._requested_port = port

@@ -67,7 +67,7 @@ class RequestStream:
         limits: BufferLimits,
         max_frame_size: int,
         on_finished: Callable[[RequestStream], None] | None = None,
-        on_slow_reader: Callable[[], None] | None = None,
+        on_error: Callable[[ErrorCode], None] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.request_id = ""
@@ -80,7 +80,7 @@ class RequestStream:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._on_finished = on_finished
-        self._on_slow_reader = on_slow_reader
+        self._on_error = on_error  # errors this stream writes itself (metrics)
 
     # --- events from the connection --------------------------------------------------------------
     def feed(self, data: bytes, end_stream: bool) -> None:
@@ -142,6 +142,8 @@ class RequestStream:
         """Abort the request and end the stream with an `Error` (a `Cancel` frame, a drain)."""
         if self.is_finished:
             return
+        if self._on_error is not None:
+            self._on_error(code)
         self._write(Error(id=self.request_id, code=code, message=message), end=True)
         self._finish()
         self._cancel_task()
@@ -172,8 +174,6 @@ class RequestStream:
             if not self.is_finished:
                 self.fail(ProtocolError(ErrorCode.INTERNAL, "answer ended without done or error"))
         except SlowReaderError:
-            if self._on_slow_reader is not None:
-                self._on_slow_reader()
             self.cancel(ErrorCode.SLOW_READER, "the client stopped reading the stream")
         except asyncio.CancelledError:
             raise

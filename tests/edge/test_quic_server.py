@@ -75,7 +75,11 @@ async def served(certs: tuple[str, str]):  # type: ignore[no-untyped-def]
 
     async def make(limits: QuicLimits | None = None) -> tuple[EdgeQuicServer, FakeHandler]:
         handler = FakeHandler()
-        server = EdgeQuicServer(handler, certfile=certs[0], keyfile=certs[1], limits=limits)
+        errors: list[ErrorCode] = []
+        server = EdgeQuicServer(
+            handler, certfile=certs[0], keyfile=certs[1], limits=limits, on_error=errors.append
+        )
+        server.errors = errors  # type: ignore[attr-defined]
         await server.start()
         servers.append(server)
         return server, handler
@@ -113,6 +117,7 @@ async def test_bad_frames_get_errors_and_other_streams_are_unaffected(served) ->
             "first": ErrorCode.INVALID_MESSAGE,
             "trunc": ErrorCode.INVALID_FRAME,
         }
+        assert sorted(server.errors) == sorted(codes.values())  # reported for metrics
         # the long-running stream kept streaming through all of it
         n = len(client.messages[good])
         await wait_until(lambda: len(client.messages[good]) > n + 3)
