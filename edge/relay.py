@@ -94,7 +94,7 @@ async def relay_center(
                     id=req.id,
                     token_ids=msg.token_ids,
                     text=msg.text,
-                    logprobs=msg.logprobs,
+                    logprobs=msg.logprobs if req.sampling.logprobs is not None else None,
                     tier="center",
                     route=route if is_first_chunk else msg.route,
                 )
