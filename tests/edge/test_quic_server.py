@@ -220,3 +220,19 @@ async def test_drain_finishes_in_flight_and_refuses_new(served) -> None:  # type
         assert await drained == 1
         last = final(await client.wait_end(sid))
         assert isinstance(last, Error) and last.code == ErrorCode.DRAINING
+
+
+def test_serves_under_uvloop(certs: tuple[str, str]) -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list:
+        server = EdgeQuicServer(FakeHandler(), certfile=certs[0], keyfile=certs[1])
+        await server.start()
+        try:
+            async with raw_client(server.port) as client:
+                return await client.request(req("3"))
+        finally:
+            await server.close()
+
+    msgs = uvloop.run(main())
+    assert [type(m) for m in msgs] == [TokenChunk] * 3 + [Done]
