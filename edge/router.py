@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 from isthmus.protocol import Route
 
@@ -97,6 +97,16 @@ class RouterConfig:
             raise ValueError(f"router.max_edge_queue: expected an integer >= 1, got {self.max_edge_queue!r}")
 
 
+class EdgeLoad(Protocol):
+    """What the router reads of the edge engine's load (`isthmus.engine` `EngineLoad`)."""
+
+    @property
+    def num_waiting(self) -> int: ...
+
+    @property
+    def num_running(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LoadView:
     """Load on both tiers at decision time.
@@ -109,6 +119,16 @@ class LoadView:
     edge_num_running: int = 0
     is_center_healthy: bool = False
     center_load: float = 0.0
+
+    @classmethod
+    def from_parts(cls, edge: EdgeLoad | None, center: LoadView | None) -> LoadView:
+        """Combine the edge engine's load (`EngineLoad`) with `CenterPool.load_view()`."""
+        return cls(
+            edge_num_waiting=int(edge.num_waiting) if edge is not None else 0,
+            edge_num_running=int(edge.num_running) if edge is not None else 0,
+            is_center_healthy=center.is_center_healthy if center is not None else False,
+            center_load=center.center_load if center is not None else 0.0,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,3 +163,13 @@ def test_every_decision_is_well_formed(
     assert 0.0 <= d.score <= 1.0
     assert d.tier in ("edge", "center") and d.reason
     assert d.tier == "edge" or healthy  # never sent to a center that is not there
+
+
+def test_load_view_from_parts() -> None:
+    class EngineLoad:
+        num_waiting = 3
+        num_running = 2
+
+    view = LoadView.from_parts(EngineLoad(), LoadView(is_center_healthy=True, center_load=0.5))
+    assert view == LoadView(edge_num_waiting=3, edge_num_running=2, is_center_healthy=True, center_load=0.5)
+    assert LoadView.from_parts(None, None) == LoadView()
