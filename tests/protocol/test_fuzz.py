@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,12 @@ from .samples import SAMPLES
 
 MESSAGES = [m for m, _ in SAMPLES]
 ENCODED = [encode(m) for m in MESSAGES]
-FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# ISTHMUS_FUZZ_EXAMPLES raises the count for a deeper run than the default quick one.
+FUZZ = settings(
+    max_examples=int(os.environ.get("ISTHMUS_FUZZ_EXAMPLES", "250")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 ALLOWED_CODES = {ErrorCode.INVALID_MESSAGE, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.PROMPT_TOO_LONG}
 
 
