@@ -1,0 +1,134 @@
+"""API keys: configured as sha256 hashes, checked in constant time, with per-key concurrency limits.
+
+The edge never stores a key, only ``sha256(key).hexdigest()``. A presented key is hashed and
+compared with every configured hash using `hmac.compare_digest`, without stopping at a match, so
+neither the position nor the prefix of a matching hash shows in the timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+from isthmus.protocol import ErrorCode, ProtocolError
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One configured key: its sha256 hex digest, a name for logs and metrics, and its limit."""
+
+    sha256: str
+    name: str = ""
+    max_concurrent: int = 0  # requests at once; 0 = unlimited
+
+    def __post_init__(self) -> None:
+        if not _HEX64.match(self.sha256):
+            raise ValueError("sha256: expected 64 lowercase hex characters")
+        if self.max_concurrent < 0:
+            raise ValueError("max_concurrent: expected an integer >= 0")
+
+
+def hash_key(key: str) -> str:
+    """The sha256 hex digest to put in the config for `key`."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class Lease:
+    """One admitted request's slot; `release()` (idempotent) or use as a context manager."""
+
+    def __init__(self, store: ApiKeyStore, name: str) -> None:
+        self._store = store
+        self.key_name = name
+        self.is_released = False
+
+    def release(self) -> None:
+        if not self.is_released:
+            self.is_released = True
+            self._store._release(self.key_name)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class ApiKeyStore:
+    """Admits requests by API key.
+
+    With keys configured, a request must present one of them. With none configured, requests are
+    admitted anonymously when `allow_anonymous` (limited by `anonymous_max_concurrent`, 0 =
+    unlimited) and refused otherwise.
+    """
+
+    def __init__(
+        self,
+        keys: Iterable[ApiKey] = (),
+        *,
+        allow_anonymous: bool = True,
+        anonymous_max_concurrent: int = 0,
+    ) -> None:
+        self._keys = list(keys)
+        names = [k.name or f"key{i}" for i, k in enumerate(self._keys)]
+        if len(set(names)) != len(names):
+            raise ValueError("keys: names must be unique")
+        self._names = names
+        self._digests = [bytes.fromhex(k.sha256) for k in self._keys]
+        self._limits = {name: k.max_concurrent for name, k in zip(names, self._keys, strict=True)}
+        self._limits[ANONYMOUS] = max(0, anonymous_max_concurrent)
+        self.allow_anonymous = allow_anonymous
+        self._in_use: dict[str, int] = {}
+
+    @property
+    def is_open(self) -> bool:
+        """True when requests without a key are admitted."""
+        return not self._keys and self.allow_anonymous
+
+    def identify(self, key: str | None) -> str:
+        """The name of the key `key` matches; raises ProtocolError(UNAUTHENTICATED)."""
+        if self.is_open:
+            return ANONYMOUS
+        if not key:
+            raise ProtocolError(ErrorCode.UNAUTHENTICATED, "api_key: missing")
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+        match = -1
+        for i, stored in enumerate(self._digests):  # no early exit: constant time in the match position
+            if hmac.compare_digest(digest, stored):
+                match = i
+        if match < 0:
+            raise ProtocolError(ErrorCode.UNAUTHENTICATED, "api_key: not recognised")
+        return self._names[match]
+
+    def acquire(self, key: str | None) -> Lease:
+        """Admit one request: a `Lease`, or ProtocolError(UNAUTHENTICATED / RATE_LIMITED)."""
+        name = self.identify(key)
+        limit = self._limits.get(name, 0)
+        in_use = self._in_use.get(name, 0)
+        if limit and in_use >= limit:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"api_key: {limit} concurrent requests allowed for this key",
+                retryable=True,
+            )
+        self._in_use[name] = in_use + 1
+        return Lease(self, name)
+
+    def num_in_use(self, name: str) -> int:
+        """Requests in flight under key `name` (`ANONYMOUS` for anonymous ones)."""
+        return self._in_use.get(name, 0)
+
+    def _release(self, name: str) -> None:
+        left = self._in_use.get(name, 0) - 1
+        if left > 0:
+            self._in_use[name] = left
+        else:
+            self._in_use.pop(name, None)
