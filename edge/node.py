@@ -13,6 +13,8 @@ import contextlib
 import logging
 from typing import Any
 
+from isthmus.protocol import ErrorCode
+
 from .buffers import BufferLimits
 from .orchestrator import Orchestrator
 from .quic_server import EdgeQuicServer, QuicLimits
@@ -72,7 +74,7 @@ class EdgeNode:
             host=cfg.listen.host,
             port=cfg.listen.port,
             limits=self._quic_limits(),
-            on_error=self.metrics.record_error,
+            on_error=self._record_stream_error,
         )
         await self.quic.start()
         self._gauge_task = asyncio.get_running_loop().create_task(self._update_gauges())
@@ -185,11 +187,25 @@ class EdgeNode:
         sockets = getattr(server, "sockets", None) or []
         self.http_port = int(sockets[0].getsockname()[1]) if sockets else int(self.config.http.port)
 
+    def _record_stream_error(self, code: ErrorCode) -> None:
+        """Errors the QUIC layer writes itself (bad frames, cancels, slow readers, draining)."""
+        self.metrics.record_error(code.name)
+        if code == ErrorCode.SLOW_READER:
+            self.metrics.record_slow_reader()
+
+    def update_gauges(self) -> None:
+        """Queue depth, running requests, KV usage and connections, sampled now."""
+        load = self.engine.load()
+        self.metrics.set_load(
+            load.num_waiting, load.num_running, load.num_free_kv_blocks, load.num_total_kv_blocks
+        )
+        if self.quic is not None:
+            self.metrics.set_connections(self.quic.num_connections)
+
     async def _update_gauges(self) -> None:
-        """Queue depth and KV usage gauges, sampled from the engine."""
         while True:
             try:
-                self.metrics.observe_engine_load(self.engine.load())
+                self.update_gauges()
             except Exception:  # a gauge must never take the node down
                 log.debug("gauge update failed", exc_info=True)
             await asyncio.sleep(GAUGE_INTERVAL_S)

@@ -21,7 +21,6 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from typing import Any
 
 from isthmus.protocol import (
@@ -263,9 +262,8 @@ class Orchestrator:
         return int(max_len) - 1 if isinstance(max_len, int) else None
 
     def _load_view(self) -> LoadView:
-        view = self.pool.load_view() if self.pool is not None else LoadView()
-        load = self.engine.load()
-        return replace(view, edge_num_waiting=load.num_waiting, edge_num_running=load.num_running)
+        center = self.pool.load_view() if self.pool is not None else None
+        return LoadView.from_parts(self.engine.load(), center)
 
     def _edge_fingerprint(self) -> str:
         return str(getattr(self.tokenizer, "fingerprint", "") or "")
@@ -289,7 +287,7 @@ class Orchestrator:
 
     def _observe_first(self, run: LocalRun) -> None:
         if self.metrics is not None and run.queue_s is not None:
-            self.metrics.observe_queue_time(run.queue_s)
+            self.metrics.observe_queue(run.queue_s)
 
     def _observe_tokens(self, clock: RequestClock, num_tokens: int) -> None:
         if num_tokens <= 0:

@@ -263,12 +263,13 @@ async def test_collapse_with_center_down_keeps_answering_locally() -> None:
     assert isinstance(msgs[-1], Done) and msgs[-1].route.tier == "edge"
 
 
-async def test_unauthenticated_runs_nothing() -> None:
-    class Keys:
-        def acquire(self, key: str | None) -> Any:
-            raise ProtocolError(ErrorCode.UNAUTHENTICATED, "api_key: unknown")
+class RefusingKeys:
+    def acquire(self, key: str | None) -> Any:
+        raise ProtocolError(ErrorCode.UNAUTHENTICATED, "api_key: unknown")
 
-    orch, engine, pool = make(auth=Keys())
+
+async def test_unauthenticated_runs_nothing() -> None:
+    orch, engine, pool = make(auth=RefusingKeys())
     msgs = await collect(orch, request())
     assert len(msgs) == 1 and isinstance(msgs[0], Error) and msgs[0].code == ErrorCode.UNAUTHENTICATED
     assert engine.requests == [] and pool.requests == []
@@ -304,3 +305,21 @@ async def test_closing_the_stream_early_aborts_local_and_center() -> None:
     await gen.aclose()
     assert pool.num_closed == 1
     assert orch.num_in_flight == 0
+
+
+async def test_metrics_record_routes_escalations_tokens_and_errors() -> None:
+    from isthmus.edge.metrics import Metrics
+
+    metrics = Metrics()
+    engine = FakeEngine(entropies=[0.1, 5.0, 5.0, 5.0])
+    orch, _, _ = make(engine=engine, metrics=metrics, monitor_factory=lambda: Monitor(1.0))
+    await collect(orch, request(max_tokens=4))
+    await collect(orch, request(max_tokens=1))
+    orch.auth = RefusingKeys()
+    await collect(orch, request())
+    text = metrics.render().decode()
+    assert 'isthmus_edge_escalations_total{when="mid_answer"} 1.0' in text
+    assert 'isthmus_edge_requests_total{reason="confidence_collapse",tier="center"} 1.0' in text
+    assert 'isthmus_edge_errors_total{code="UNAUTHENTICATED"} 1.0' in text
+    assert "isthmus_edge_tokens_out_total 5.0" in text  # 1 edge + 3 center, then 1 local
+    assert "isthmus_edge_ttft_seconds_count 2.0" in text
