@@ -70,7 +70,7 @@ class FeatureWeights:
         for f in fields(self):
             name, value = f.name, getattr(self, f.name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"weights.{name}: expected a finite number >= 0, got {value!r}")
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +89,12 @@ class RouterConfig:
         for name in ("threshold", "edge_load_weight", "center_load_weight", "perplexity_low_nats"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"router.{name}: expected a finite number >= 0, got {value!r}")
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
         high, low = self.perplexity_high_nats, self.perplexity_low_nats
         if not (math.isfinite(high) and high > low):
-            raise ValueError("router.perplexity_high_nats: must be greater than perplexity_low_nats")
+            raise ValueError("perplexity_high_nats: must be greater than perplexity_low_nats")
         if not isinstance(self.max_edge_queue, int) or self.max_edge_queue < 1:
-            raise ValueError(f"router.max_edge_queue: expected an integer >= 1, got {self.max_edge_queue!r}")
+            raise ValueError(f"max_edge_queue: expected an integer >= 1, got {self.max_edge_queue!r}")
 
 
 class EdgeLoad(Protocol):

@@ -131,9 +131,9 @@ def test_handover_and_route() -> None:
 
 
 def test_bad_config_is_refused_naming_the_field() -> None:
-    with pytest.raises(ValueError, match=r"router\.threshold"):
+    with pytest.raises(ValueError, match=r"^threshold:"):
         RouterConfig(threshold=-1)
-    with pytest.raises(ValueError, match=r"weights\.math"):
+    with pytest.raises(ValueError, match=r"^math:"):
         FeatureWeights(math=float("inf"))
     with pytest.raises(ValueError, match="perplexity_high_nats"):
         RouterConfig(perplexity_low_nats=5.0, perplexity_high_nats=4.0)

@@ -1,0 +1,445 @@
+"""Edge node configuration: one TOML file, dataclasses with defaults, errors that name the field.
+
+`EdgeConfig.load("edge.toml")` refuses anything invalid with a `ConfigError` such as
+``edge.toml: center.endpoints[1]: expected "host:port", got 'nope'``. Relative paths in the file
+(model, certificates) are resolved against the file's folder. `deploy/edge.example.toml` documents
+every key. `python -m isthmus.edge.config write|check` is what the installer uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from isthmus.protocol.limits import MAX_FRAME_SIZE
+
+from .auth import ApiKey, ApiKeyStore
+from .confidence import ConfidenceMonitor
+from .router import RouterConfig
+from .toml_dataclass import ConfigError, from_table, to_toml
+
+__all__ = ["ConfigError", "EdgeConfig", "write_default_config"]
+
+_ENDPOINT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_QUANTIZATIONS = ("none", "nf4", "int8")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = ""  # Hugging Face checkpoint folder (required)
+    name: str = ""  # reported in Done.model; default: the folder name
+    quantization: str = "none"  # "none", "nf4", "int8"
+    dtype: str = "auto"
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1"
+
+    def __post_init__(self) -> None:
+        if self.quantization not in _QUANTIZATIONS:
+            raise ValueError(
+                f"quantization: expected one of {', '.join(_QUANTIZATIONS)}, got {self.quantization!r}"
+            )
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype: expected one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if not re.match(r"^(cpu|cuda(:\d+)?)$", self.device):
+            raise ValueError(f'device: expected "cpu", "cuda" or "cuda:N", got {self.device!r}')
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """The QUIC listener for apps."""
+
+    host: str = "0.0.0.0"
+    port: int = 4433  # UDP
+    cert: str = "edge.crt"  # PEM certificate chain
+    key: str = "edge.key"  # PEM private key
+
+    def __post_init__(self) -> None:
+        _check_port("port", self.port, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """Metrics, health and the OpenAI-compatible API."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9090  # TCP
+    ready_requires_center: bool = False  # /readyz also needs a healthy center replica
+
+    def __post_init__(self) -> None:
+        _check_port("port", self.port, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """API keys as sha256 hex digests (`isthmus.edge.auth.hash_key`)."""
+
+    allow_anonymous: bool = True  # only when no keys are configured
+    anonymous_max_concurrent: int = 0  # 0 = unlimited
+    keys: list[ApiKey] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.keys and not self.allow_anonymous:
+            raise ValueError("keys: none configured and allow_anonymous = false would refuse every request")
+        if self.anonymous_max_concurrent < 0:
+            raise ValueError("anonymous_max_concurrent: expected an integer >= 0")
+
+    def store(self) -> ApiKeyStore:
+        return ApiKeyStore(
+            self.keys,
+            allow_anonymous=self.allow_anonymous,
+            anonymous_max_concurrent=self.anonymous_max_concurrent,
+        )
+
+
+@dataclass(frozen=True)
+class CenterConfig:
+    """Center replicas (each one TP group) and how to reach them."""
+
+    endpoints: list[str] = field(default_factory=list)  # "host:port"
+    tls: bool = False
+    ca: str | None = None  # PEM CA bundle (None: system roots)
+    cert: str | None = None  # PEM client certificate for mutual TLS
+    key: str | None = None  # PEM client key
+    server_name: str | None = None
+    health_interval_s: float = 2.0
+    health_timeout_s: float = 1.0
+    max_attempts: int = 3
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for i, ep in enumerate(self.endpoints):
+            m = _ENDPOINT.match(ep)
+            if m is None or not 1 <= int(m.group(1)) <= 65535:
+                raise ValueError(f'endpoints[{i}]: expected "host:port", got {ep!r}')
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert: cert and key must be given together")
+        for name in ("health_interval_s", "health_timeout_s", "breaker_cooldown_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: expected a number > 0")
+        if self.max_attempts < 1 or self.breaker_failures < 1:
+            raise ValueError("max_attempts: max_attempts and breaker_failures must be >= 1")
+
+    def pool_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `CenterPool(endpoints, **kwargs)`."""
+        from .replica import CenterTls, PoolOptions
+
+        tls = None
+        if self.tls:
+            tls = CenterTls(
+                ca_file=self.ca, cert_file=self.cert, key_file=self.key, server_name=self.server_name
+            )
+        options = PoolOptions(
+            health_interval_s=self.health_interval_s,
+            health_timeout_s=self.health_timeout_s,
+            max_attempts=self.max_attempts,
+            breaker_failures=self.breaker_failures,
+            breaker_cooldown_s=self.breaker_cooldown_s,
+            breaker_max_cooldown_s=max(60.0, self.breaker_cooldown_s),
+        )
+        return {"tls": tls, "options": options}
+
+
+@dataclass(frozen=True)
+class ConfidenceConfig:
+    """Mid-answer hand-over on a confidence collapse (see `confidence.py`)."""
+
+    enabled: bool = True
+    window: int = 16  # tokens
+    threshold: float = 3.0  # nats: mean entropy over the window
+    max_checked_tokens: int = 64  # tokens
+
+    def __post_init__(self) -> None:
+        try:
+            ConfidenceMonitor(self.window, self.threshold, self.max_checked_tokens)
+        except ValueError as exc:  # its messages say "confidence.<field>"; we are already inside it
+            raise ValueError(str(exc).removeprefix("confidence.")) from None
+
+    def monitor(self) -> ConfidenceMonitor:
+        return ConfidenceMonitor(self.window, self.threshold, self.max_checked_tokens)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_connections: int = 1024
+    max_streams_per_connection: int = 64
+    max_frame_size: int = MAX_FRAME_SIZE  # bytes
+    idle_timeout_s: float = 60.0
+    stream_high_watermark: int = 256 * 1024  # bytes unacknowledged: pause the stream
+    stream_low_watermark: int = 64 * 1024  # bytes: resume
+    stream_hard_limit: int = 1024 * 1024  # bytes: cancel with SLOW_READER
+    connection_high_watermark: int = 4 * 1024 * 1024  # bytes
+    connection_low_watermark: int = 1024 * 1024  # bytes
+    stall_timeout_s: float = 30.0  # seconds paused before SLOW_READER
+    max_queue: int = 1024  # requests waiting in the engine
+    max_prompt_tokens: int | None = None  # default: the model's context length
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{f.name}: expected a number > 0, got {value!r}")
+        if not 0 < self.max_frame_size <= MAX_FRAME_SIZE:
+            raise ValueError(f"max_frame_size: at most {MAX_FRAME_SIZE} bytes (the protocol limit)")
+        if not self.stream_low_watermark <= self.stream_high_watermark <= self.stream_hard_limit:
+            raise ValueError("stream_high_watermark: need stream_low <= stream_high <= stream_hard_limit")
+        if not self.connection_low_watermark <= self.connection_high_watermark:
+            raise ValueError("connection_high_watermark: need connection_low <= connection_high")
+
+    def buffer_limits(self) -> Any:
+        from .buffers import BufferLimits
+
+        return BufferLimits(
+            stream_high=self.stream_high_watermark,
+            stream_low=self.stream_low_watermark,
+            stream_hard=self.stream_hard_limit,
+            connection_high=self.connection_high_watermark,
+            connection_low=self.connection_low_watermark,
+            stall_timeout_s=self.stall_timeout_s,
+        )
+
+    def quic_limits(self) -> Any:
+        from .quic_server import QuicLimits
+
+        return QuicLimits(
+            max_connections=self.max_connections,
+            max_streams_per_connection=self.max_streams_per_connection,
+            max_frame_size=self.max_frame_size,
+            idle_timeout_s=self.idle_timeout_s,
+            buffers=self.buffer_limits(),
+        )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine sizing (see `isthmus.engine.options.EngineOptions`)."""
+
+    block_size: int = 16  # tokens per KV block
+    num_kv_blocks: int | None = None
+    kv_cache_memory: int | None = None  # bytes
+    kv_memory_fraction: float = 0.3
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    max_model_len: int | None = None
+    use_cuda_graphs: bool = True
+    seed: int = 0
+    verify_checksums: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.kv_memory_fraction <= 1:
+            raise ValueError("kv_memory_fraction: expected a number in (0, 1]")
+        for name in (
+            "block_size",
+            "num_kv_blocks",
+            "kv_cache_memory",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """The whole edge node configuration. `load(path)` reads and checks a TOML file."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    center: CenterConfig = field(default_factory=CenterConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    source: str | None = field(default=None, compare=False)  # the file it was read from
+
+    @classmethod
+    def load(cls, path: str | Path) -> EdgeConfig:
+        """Read, check and resolve a TOML config; raises ConfigError naming the file and field."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        return cls.from_dict(data, name=path.name, base_dir=path.parent, source=str(path))
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: dict[str, Any],
+        name: str = "edge.toml",
+        base_dir: Path | None = None,
+        source: str | None = None,
+    ) -> EdgeConfig:
+        if "source" in data:
+            raise ConfigError(f"{name}: source: unknown key")
+        try:
+            cfg = from_table(cls, data, "")
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        if not cfg.model.path:
+            raise ConfigError(f"{name}: model.path: required")
+        return cfg._resolved(base_dir, source) if base_dir is not None else cfg
+
+    def _resolved(self, base: Path, source: str | None) -> EdgeConfig:
+        def res(p: str | None) -> str | None:
+            return str((base / p).resolve()) if p and not Path(p).is_absolute() else p
+
+        return dataclasses.replace(
+            self,
+            model=dataclasses.replace(self.model, path=res(self.model.path) or ""),
+            listen=dataclasses.replace(
+                self.listen, cert=res(self.listen.cert) or "", key=res(self.listen.key) or ""
+            ),
+            center=dataclasses.replace(
+                self.center, ca=res(self.center.ca), cert=res(self.center.cert), key=res(self.center.key)
+            ),
+            source=source,
+        )
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name or Path(self.model.path).name
+
+    def engine_options(self) -> Any:
+        """`EngineOptions` for the edge engine."""
+        from isthmus.engine.options import EngineOptions
+
+        e = self.engine
+        return EngineOptions(
+            model=self.model.path,
+            dtype=self.model.dtype,
+            quantization=None if self.model.quantization == "none" else self.model.quantization,
+            device=self.model.device,
+            verify_checksums=e.verify_checksums,
+            block_size=e.block_size,
+            num_kv_blocks=e.num_kv_blocks,
+            kv_cache_memory=e.kv_cache_memory,
+            kv_memory_fraction=e.kv_memory_fraction,
+            max_num_seqs=e.max_num_seqs,
+            max_num_batched_tokens=e.max_num_batched_tokens,
+            max_waiting=self.limits.max_queue,
+            max_model_len=e.max_model_len,
+            use_cuda_graphs=e.use_cuda_graphs,
+            seed=e.seed,
+        )
+
+    def to_toml(self) -> str:
+        sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
+        return to_toml(sections)
+
+
+def write_default_config(
+    path: str | Path,
+    *,
+    model: str,
+    centers: Sequence[str] = (),
+    port: int = 4433,
+    http_port: int = 9090,
+    api_key_hashes: Sequence[str] = (),
+    cert: str = "edge.crt",
+    key: str = "edge.key",
+    quantization: str = "none",
+    device: str = "cpu",
+    force: bool = False,
+) -> bool:
+    """Write a config with defaults plus these settings; keeps an existing file unless `force`.
+
+    `api_key_hashes` items are ``SHA256HEX`` or ``SHA256HEX:name`` or ``SHA256HEX:name:max_concurrent``.
+    Returns True if it wrote the file. The result is checked by loading it back before it is kept.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        return False
+    data: dict[str, Any] = {
+        "model": {"path": model, "quantization": quantization, "device": device},
+        "listen": {"port": port, "cert": cert, "key": key},
+        "http": {"port": http_port},
+        "auth": {"keys": [_parse_key(i, spec) for i, spec in enumerate(api_key_hashes)]},
+        "center": {"endpoints": list(centers)},
+    }
+    cfg = EdgeConfig.from_dict(data, name=path.name)  # never write a file we would refuse
+    text = (
+        "# isthmus edge node configuration (see deploy/edge.example.toml for every key)\n\n" + cfg.to_toml()
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return True
+
+
+def _parse_key(i: int, spec: str) -> dict[str, Any]:
+    """``SHA256HEX[:name[:max_concurrent]]`` -> an `[[auth.keys]]` table."""
+    parts = spec.split(":")
+    table: dict[str, Any] = {"sha256": parts[0].lower(), "name": parts[1] if len(parts) > 1 else f"key{i}"}
+    if len(parts) > 2:
+        if not parts[2].isdigit():
+            raise ConfigError(f"auth.keys[{i}].max_concurrent: expected an integer, got {parts[2]!r}")
+        table["max_concurrent"] = int(parts[2])
+    return table
+
+
+def _check_port(name: str, port: int, allow_zero: bool) -> None:
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise ValueError(f"{name}: expected a port number 0-65535, got {port!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`write` a default config or `check` one (exit status 1 with the field on error)."""
+    parser = argparse.ArgumentParser(prog="python -m isthmus.edge.config")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("write", help="write a config with defaults")
+    w.add_argument("--out", required=True)
+    w.add_argument("--model", required=True, help="checkpoint folder")
+    w.add_argument("--center", action="append", default=[], help="center replica host:port (repeatable)")
+    w.add_argument("--port", type=int, default=4433, help="QUIC (UDP) port")
+    w.add_argument("--http-port", type=int, default=9090, help="metrics/OpenAI API (TCP) port")
+    w.add_argument("--api-key-hash", action="append", default=[], help="SHA256HEX[:name[:max_concurrent]]")
+    w.add_argument("--cert", default="edge.crt")
+    w.add_argument("--key", default="edge.key")
+    w.add_argument("--quantization", default="none", choices=_QUANTIZATIONS)
+    w.add_argument("--device", default="cpu")
+    w.add_argument("--force", action="store_true", help="overwrite an existing file")
+    c = sub.add_parser("check", help="load a config and report the first error")
+    c.add_argument("path")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check":
+            cfg = EdgeConfig.load(args.path)
+            print(f"{args.path}: ok (model {cfg.model.path}, {len(cfg.center.endpoints)} center endpoint(s))")
+            return 0
+        wrote = write_default_config(
+            args.out,
+            model=args.model,
+            centers=args.center,
+            port=args.port,
+            http_port=args.http_port,
+            api_key_hashes=args.api_key_hash,
+            cert=args.cert,
+            key=args.key,
+            quantization=args.quantization,
+            device=args.device,
+            force=args.force,
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'wrote' if wrote else 'kept existing'} {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
