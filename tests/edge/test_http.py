@@ -1,0 +1,85 @@
+"""HTTP side: /healthz, /readyz with checks, /metrics exposition, extra routes, real server."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from isthmus.edge.http import HttpServer, make_app
+from isthmus.edge.metrics import Metrics
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def client_for(app: web.Application) -> TestClient:
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return client
+
+
+async def test_healthz_and_metrics() -> None:
+    metrics = Metrics()
+    metrics.record_route("edge", "score_below_threshold")
+    client = await client_for(make_app(metrics))
+    try:
+        resp = await client.get("/healthz")
+        assert resp.status == 200 and (await resp.json())["alive"] is True
+        resp = await client.get("/metrics")
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+        assert 'isthmus_edge_requests_total{reason="score_below_threshold",tier="edge"} 1.0' in text
+    finally:
+        await client.close()
+
+
+async def test_readyz_follows_checks() -> None:
+    state = {"model": False, "center": True}
+
+    def broken() -> bool:
+        raise RuntimeError("boom")
+
+    checks = {"model": lambda: state["model"], "center": lambda: state["center"]}
+    client = await client_for(make_app(Metrics(), checks=checks))
+    try:
+        resp = await client.get("/readyz")
+        assert resp.status == 503
+        assert (await resp.json())["checks"] == {"model": False, "center": True}
+        state["model"] = True
+        resp = await client.get("/readyz")
+        assert resp.status == 200 and (await resp.json())["ready"] is True
+    finally:
+        await client.close()
+    client = await client_for(make_app(Metrics(), checks={"x": broken}))
+    try:
+        assert (await client.get("/readyz")).status == 503
+    finally:
+        await client.close()
+
+
+async def test_setup_hook_adds_routes() -> None:
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"data": []})
+
+    def mount(app: web.Application) -> None:
+        app.router.add_get("/v1/models", models)
+
+    client = await client_for(make_app(Metrics(), setup=[mount]))
+    try:
+        assert (await (await client.get("/v1/models")).json()) == {"data": []}
+        assert (await client.get("/nope")).status == 404
+    finally:
+        await client.close()
+
+
+async def test_http_server_on_an_ephemeral_port() -> None:
+    server = HttpServer(make_app(Metrics()), "127.0.0.1", 0)
+    await server.start()
+    try:
+        assert server.port > 0
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{server.port}/healthz") as resp:
+                assert resp.status == 200
+    finally:
+        await server.stop()
