@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -27,12 +28,25 @@ METRICS_KEY = web.AppKey("isthmus_metrics", Metrics)
 
 
 def make_app(
-    metrics: Metrics,
+    metrics: Metrics | Any,
     *,
     checks: Mapping[str, ReadyCheck] | None = None,
     setup: Iterable[Setup] = (),
+    on_scrape: Callable[[], None] | None = None,
 ) -> web.Application:
-    """The aiohttp application; `checks` name -> callable returning True when ready."""
+    """The aiohttp application; `checks` name -> callable returning True when ready.
+
+    `on_scrape` runs before each `/metrics` render (to sample gauges such as queue depth). Given a
+    node instead of a `Metrics` (anything with a `.metrics`), its `ready_checks()` and
+    `update_gauges()` are used when it has them and the arguments leave them unset.
+    """
+    if not isinstance(metrics, Metrics):
+        node = metrics
+        metrics = node.metrics
+        if checks is None and callable(getattr(node, "ready_checks", None)):
+            checks = node.ready_checks()
+        if on_scrape is None and callable(getattr(node, "update_gauges", None)):
+            on_scrape = node.update_gauges
     app = web.Application()
     app[METRICS_KEY] = metrics
     ready_checks = dict(checks or {})
@@ -52,6 +66,11 @@ def make_app(
         return web.json_response({"ready": ready, "checks": results}, status=200 if ready else 503)
 
     async def metrics_handler(request: web.Request) -> web.Response:
+        if on_scrape is not None:
+            try:
+                on_scrape()
+            except Exception:  # stale gauges beat a failed scrape
+                log.exception("metrics scrape hook failed")
         body = metrics.render()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

@@ -83,3 +83,26 @@ async def test_http_server_on_an_ephemeral_port() -> None:
                 assert resp.status == 200
     finally:
         await server.stop()
+
+
+async def test_node_like_source_and_scrape_hook() -> None:
+    class Node:
+        def __init__(self) -> None:
+            self.metrics = Metrics()
+            self.num_scrapes = 0
+
+        def ready_checks(self) -> dict[str, object]:
+            return {"model": lambda: True}
+
+        def update_gauges(self) -> None:
+            self.num_scrapes += 1
+            self.metrics.set_load(7, 1, 0, 0)
+
+    node = Node()
+    client = await client_for(make_app(node))
+    try:
+        assert "isthmus_edge_queue_depth 7.0" in await (await client.get("/metrics")).text()
+        assert node.num_scrapes == 1
+        assert (await (await client.get("/readyz")).json())["checks"] == {"model": True}
+    finally:
+        await client.close()
