@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import Any
 
@@ -22,6 +23,7 @@ from .quic_server import EdgeQuicServer, QuicLimits
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL_S = 1.0  # seconds between queue-depth / KV-usage gauge updates
+DRAIN_GRACE_S = 30.0  # seconds in-flight answers get to finish on SIGTERM
 
 
 class EdgeNode:
@@ -52,7 +54,7 @@ class EdgeNode:
 
         self.metrics = Metrics()
         self.router = Router(cfg.router)
-        self.auth = self._make_auth()
+        self.auth = cfg.auth.store()
         await self._start_engine()
         self.pool = self._make_pool()
         if self.pool is not None:
@@ -63,14 +65,15 @@ class EdgeNode:
             self.router,
             self.metrics,
             self.auth,
-            monitor_factory=self._monitor_factory(),
-            model_name=str(getattr(self.engine, "model_name", "")),
+            monitor_factory=cfg.confidence.monitor if cfg.confidence.enabled else None,
+            model_name=cfg.model_name,
+            max_prompt_tokens=cfg.limits.max_prompt_tokens,
         )
         await self._start_http()
         self.quic = EdgeQuicServer(
             self.orchestrator.handle,
-            certfile=str(cfg.tls.cert),
-            keyfile=str(cfg.tls.key),
+            certfile=cfg.listen.cert,
+            keyfile=cfg.listen.key,
             host=cfg.listen.host,
             port=cfg.listen.port,
             limits=self._quic_limits(),
@@ -84,7 +87,7 @@ class EdgeNode:
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain and stop every part (idempotent)."""
         if grace_s is None:
-            grace_s = float(getattr(self.config.limits, "drain_grace_s", 30.0))
+            grace_s = DRAIN_GRACE_S
         self.is_ready = False
         self.is_draining = True
         if self.quic is not None:
@@ -136,43 +139,17 @@ class EdgeNode:
             return None
         from .pool import CenterPool
 
-        return CenterPool.from_config(center)
-
-    def _make_auth(self) -> Any:
-        if not self.config.api_keys:
-            return None
-        from .auth import ApiKeyStore
-
-        return ApiKeyStore.from_config(self.config.api_keys)
-
-    def _monitor_factory(self) -> Any:
-        conf = self.config.confidence
-        from .confidence import ConfidenceMonitor
-
-        def make() -> ConfidenceMonitor:
-            return ConfidenceMonitor(conf.window, conf.threshold, conf.max_checked_tokens)
-
-        return make
+        return CenterPool(center.endpoints, on_health=self.metrics.set_replica_health, **center.pool_kwargs())
 
     def _quic_limits(self) -> QuicLimits:
-        lim = self.config.limits
-        buffers = self.buffer_limits or BufferLimits(
-            stream_high=lim.stream_high_watermark,
-            stream_low=lim.stream_low_watermark,
-            stream_hard=lim.stream_hard_limit,
-            connection_high=lim.connection_high_watermark,
-            connection_low=lim.connection_low_watermark,
-            stall_timeout_s=lim.slow_reader_timeout_s,
-        )
-        return QuicLimits(
-            max_connections=lim.max_connections,
-            max_streams_per_connection=lim.max_streams_per_connection,
-            max_frame_size=lim.max_frame_size,
-            idle_timeout_s=lim.idle_timeout_s,
-            buffers=buffers,
-        )
+        limits = self.config.limits.quic_limits()
+        if self.buffer_limits is not None:
+            limits = dataclasses.replace(limits, buffers=self.buffer_limits)
+        return limits
 
     async def _start_http(self) -> None:
+        if not self.config.http.enabled:
+            return
         from aiohttp import web
 
         from .http import make_app

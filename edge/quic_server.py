@@ -29,6 +29,8 @@ from .session import Handler, RequestStream
 
 log = logging.getLogger(__name__)
 
+MAX_REMEMBERED_STREAMS = 4096  # finished stream ids kept per connection to ignore late frames
+
 
 @dataclass(frozen=True, slots=True)
 class QuicLimits:
@@ -78,6 +80,8 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
         # sent, which happens after the protocol is built.
         quic._local_max_streams_bidi.value = limits.max_streams_per_connection
         self._streams: dict[int, RequestStream] = {}
+        # streams already answered: a late FIN or Cancel on one must not open a new request
+        self._finished_ids: set[int] = set()
         self._is_refused = not server._register(self)
         self.num_streams_served = 0
 
@@ -85,7 +89,7 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
     def send(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         try:
             self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
-        except (ValueError, AssertionError):
+        except (ValueError, AssertionError, RuntimeError):
             return  # the stream was reset or finished meanwhile: nothing to deliver
         buffered = self.stream_buffered(stream_id)
         if buffered > self._server.max_stream_buffered:
@@ -143,8 +147,8 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
             return
         stream = self._streams.get(event.stream_id)
         if stream is None:
-            if event.stream_id % 4 != 0:
-                return  # only client-initiated bidirectional streams carry requests
+            if event.stream_id % 4 != 0 or event.stream_id in self._finished_ids:
+                return  # only new client-initiated bidirectional streams carry requests
             stream = RequestStream(
                 event.stream_id,
                 self,
@@ -166,6 +170,11 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
 
     def _on_stream_finished(self, stream: RequestStream) -> None:
         self._streams.pop(stream.stream_id, None)
+        self._finished_ids.add(stream.stream_id)
+        if len(self._finished_ids) > MAX_REMEMBERED_STREAMS:
+            # ids only grow, so the oldest are the least likely to see another frame
+            for old in sorted(self._finished_ids)[: MAX_REMEMBERED_STREAMS // 2]:
+                self._finished_ids.discard(old)
         self._server._stream_finished(stream)
 
     @property
