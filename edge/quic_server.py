@@ -29,6 +29,7 @@ from .session import Handler, RequestStream
 
 log = logging.getLogger(__name__)
 
+CLOSE_FLUSH_TIMEOUT_S = 1.0  # seconds close() waits for unacknowledged frames before closing
 MAX_REMEMBERED_STREAMS = 4096  # finished stream ids kept per connection to ignore late frames
 
 
@@ -276,6 +277,10 @@ class EdgeQuicServer:
         for conn in list(self._connections):
             conn.cancel_all(ErrorCode.DRAINING, "edge is shutting down")
         streams = [s for c in self._connections for s in c.streams]
+        # let the final Error/Done frames reach the clients before the connections close
+        deadline = asyncio.get_running_loop().time() + CLOSE_FLUSH_TIMEOUT_S
+        while self.buffered_bytes() > 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
         for conn in list(self._connections):
             conn.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="shutting down")
         for stream in streams:
