@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from isthmus.protocol import ErrorCode
@@ -30,7 +31,14 @@ class EdgeNode:
     """An edge node built from an `EdgeConfig`. Tests may pass `engine` (an unstarted or started
     `AsyncEngine`) and `buffer_limits` to override the configured watermarks."""
 
-    def __init__(self, config: Any, *, engine: Any = None, buffer_limits: BufferLimits | None = None) -> None:
+    def __init__(
+        self,
+        config: Any,
+        *,
+        engine: Any = None,
+        buffer_limits: BufferLimits | None = None,
+        http_setup: Iterable[Callable[[Any], None]] = (),
+    ) -> None:
         self.config = config
         self.engine = engine
         self.buffer_limits = buffer_limits
@@ -40,8 +48,11 @@ class EdgeNode:
         self.auth: Any = None
         self.orchestrator: Orchestrator | None = None
         self.quic: EdgeQuicServer | None = None
-        self.http_runner: Any = None
+        self.http_server: Any = None
         self.http_port: int | None = None
+        # hooks given the aiohttp app before it starts (the OpenAI `/v1` routes mount here; they
+        # reach the request path through `node.orchestrator`)
+        self.http_setup: list[Callable[[Any], None]] = list(http_setup)
         self.is_ready = False
         self.is_draining = False
         self._gauge_task: asyncio.Task[None] | None = None
@@ -100,9 +111,9 @@ class EdgeNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._gauge_task
             self._gauge_task = None
-        if self.http_runner is not None:
-            await self.http_runner.cleanup()
-            self.http_runner = None
+        if self.http_server is not None:
+            await self.http_server.stop()
+            self.http_server = None
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
@@ -150,19 +161,24 @@ class EdgeNode:
     async def _start_http(self) -> None:
         if not self.config.http.enabled:
             return
-        from aiohttp import web
+        from .http import HttpServer, make_app
 
-        from .http import make_app
+        app = make_app(self, setup=self.http_setup)
+        server = HttpServer(app, self.config.http.host, self.config.http.port)
+        await server.start()
+        self.http_server = server
+        self.http_port = server.port
 
-        app = make_app(self)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.http.host, self.config.http.port)
-        await site.start()
-        self.http_runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = int(sockets[0].getsockname()[1]) if sockets else int(self.config.http.port)
+    def ready_checks(self) -> dict[str, Callable[[], bool]]:
+        """What `/readyz` reports: the model is loaded and the node not draining (and a healthy
+        center replica, when the config asks for one)."""
+        checks: dict[str, Callable[[], bool]] = {
+            "model": lambda: self.is_ready and bool(getattr(self.engine, "is_running", False)),
+            "not_draining": lambda: not self.is_draining,
+        }
+        if self.config.http.ready_requires_center:
+            checks["center"] = lambda: self.pool is not None and self.pool.has_healthy()
+        return checks
 
     def _record_stream_error(self, code: ErrorCode) -> None:
         """Errors the QUIC layer writes itself (bad frames, cancels, slow readers, draining)."""
