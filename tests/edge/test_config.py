@@ -157,3 +157,19 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out.write_text(MINIMAL + "[listen]\nport = -1\n")
     assert main(["check", str(out)]) == 1
     assert "listen.port" in capsys.readouterr().err
+
+
+def test_example_config_documents_every_key() -> None:
+    import tomllib
+
+    example = Path(__file__).resolve().parents[2] / "deploy" / "edge.example.toml"
+    cfg = EdgeConfig.load(example)
+    assert cfg.model.quantization == "nf4" and len(cfg.center.endpoints) == 2
+    text = example.read_text()
+    defaults = tomllib.loads(EdgeConfig().to_toml())
+    for section, table in defaults.items():
+        for key in table:
+            if (section, key) == ("auth", "keys"):
+                assert "[[auth.keys]]" in text
+                continue
+            assert f"{key} =" in text, f"{section}.{key} missing from the example"
