@@ -167,9 +167,16 @@ def test_example_config_documents_every_key() -> None:
     assert cfg.model.quantization == "nf4" and len(cfg.center.endpoints) == 2
     text = example.read_text()
     defaults = tomllib.loads(EdgeConfig().to_toml())
-    for section, table in defaults.items():
-        for key in table:
-            if (section, key) == ("auth", "keys"):
+
+    def check(prefix: str, table: dict[str, object]) -> None:
+        for key, value in table.items():
+            if isinstance(value, dict):
+                assert f"[{prefix}.{key}]" in text, f"{prefix}.{key}"
+                check(f"{prefix}.{key}", value)
+            elif (prefix, key) == ("auth", "keys"):
                 assert "[[auth.keys]]" in text
-                continue
-            assert f"{key} =" in text, f"{section}.{key} missing from the example"
+            else:
+                assert f"{key} =" in text, f"{prefix}.{key} missing from the example"
+
+    for section, table in defaults.items():
+        check(section, table)
