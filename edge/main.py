@@ -13,6 +13,8 @@ import logging
 import signal
 import sys
 
+from .config import EdgeConfig
+
 log = logging.getLogger("isthmus.edge")
 
 EXIT_OK = 0
@@ -30,11 +32,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(config: object) -> None:
+async def serve(config: EdgeConfig) -> None:
     """Start a node, wait for SIGTERM/SIGINT, drain, stop."""
     from .node import EdgeNode
 
-    node = EdgeNode(config)  # type: ignore[arg-type]
+    node = EdgeNode(config)
     await node.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -57,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from .config import EdgeConfig
-
     try:
         config = EdgeConfig.load(args.config)
     except (OSError, ValueError) as exc:
@@ -68,14 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration {args.config} is valid")
         return EXIT_OK
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is in the edge extra; Windows lacks it
-        uvloop = None
-    try:
-        if uvloop is not None:
-            uvloop.run(serve(config))
-        else:  # pragma: no cover
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is in the edge extra; Windows lacks it
             asyncio.run(serve(config))
+        else:
+            uvloop.run(serve(config))
     except Exception:
         log.exception("edge failed")
         return EXIT_FAILED

@@ -20,8 +20,8 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, TypeAlias
 
 from isthmus.protocol import (
     Done,
@@ -43,7 +43,7 @@ from .router import CENTER_UNAVAILABLE, Decision, LoadView, Router
 
 log = logging.getLogger(__name__)
 
-Answer = TokenChunk | Done | Error
+Answer: TypeAlias = TokenChunk | Done | Error
 _engine_ids = itertools.count(1)
 
 
@@ -82,7 +82,7 @@ class Orchestrator:
         self.clock = clock  # time.monotonic: the engine's deadlines use the same clock
         self.num_in_flight = 0
 
-    async def handle(self, req: GenerateRequest) -> AsyncIterator[Answer]:
+    async def handle(self, req: GenerateRequest) -> AsyncGenerator[Answer, None]:
         """Answer `req`: zero or more `TokenChunk`s then exactly one `Done` or `Error`."""
         clock = RequestClock(self.clock, req.timeout_ms)
         self.num_in_flight += 1
@@ -112,7 +112,7 @@ class Orchestrator:
                 lease.release()
 
     # --- the paths -------------------------------------------------------------------------------
-    async def _answer(self, req: GenerateRequest, clock: RequestClock) -> AsyncIterator[Answer]:
+    async def _answer(self, req: GenerateRequest, clock: RequestClock) -> AsyncGenerator[Answer, None]:
         prompt_ids, prompt_text, num_turns = self._tokenize(req)
         features = extract_features(prompt_text, len(prompt_ids), req.sampling.max_tokens, num_turns)
         decision = self.router.decide(features, req.tier, self._load_view())
@@ -133,7 +133,7 @@ class Orchestrator:
 
     async def _run_local(
         self, req: GenerateRequest, clock: RequestClock, prompt_ids: list[int], decision: Decision
-    ) -> AsyncIterator[Answer]:
+    ) -> AsyncGenerator[Answer, None]:
         may_escalate = req.tier == "auto" and not decision.is_degraded and self.pool is not None
         monitor = self.monitor_factory() if (may_escalate and self.monitor_factory) else None
         run = LocalRun(self.engine, req, prompt_ids, f"{req.id}#{next(_engine_ids)}", clock)
@@ -217,7 +217,7 @@ class Orchestrator:
         decision: Decision,
         num_prompt_tokens: int,
         num_edge_tokens: int,
-    ) -> AsyncIterator[Answer]:
+    ) -> AsyncGenerator[Answer, None]:
         route = decision.route()
         relayed = relay_center(req, clock, center, route, num_prompt_tokens, num_edge_tokens)
         async with contextlib.aclosing(relayed) as items:

@@ -122,7 +122,7 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
 
     # --- aioquic --------------------------------------------------------------------------------
     def datagram_received(self, data: bytes | str, addr: object) -> None:
-        super().datagram_received(data, addr)  # type: ignore[arg-type]
+        super().datagram_received(data, addr)
         for stream in list(self._streams.values()):
             if stream.is_paused:
                 stream.notify()

@@ -10,8 +10,8 @@ counted across both tiers and the edge's own timings.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, TypeAlias
 
 from isthmus.protocol import (
     Continuation,
@@ -30,8 +30,8 @@ from .handover import escalated_request, remaining_ms
 from .pool import CenterUnavailable
 from .request_run import RequestClock
 
-Answer = TokenChunk | Done | Error
-CenterStream = tuple[AsyncIterator[Answer], Answer]  # the open stream and its first message
+Answer: TypeAlias = TokenChunk | Done | Error
+CenterStream = tuple[AsyncGenerator[Answer, None], Answer]  # the open stream and its first message
 
 
 async def open_center(
@@ -82,7 +82,7 @@ async def relay_center(
     route: Route,
     num_prompt_tokens: int,
     num_edge_tokens: int,
-) -> AsyncIterator[Answer]:
+) -> AsyncGenerator[Answer, None]:
     """The center's answer as this request's stream; closing it cancels the center's call."""
     gen, first = center
     is_first_chunk = True

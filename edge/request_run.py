@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from isthmus.protocol import (
@@ -108,7 +108,7 @@ class LocalRun:
     async def __aexit__(self, *exc: object) -> None:
         await self.abort()
 
-    async def outputs(self) -> AsyncIterator[Any]:
+    async def outputs(self) -> AsyncGenerator[Any, None]:
         """The engine's outputs, each within the request's deadline."""
         assert self._gen is not None
         while not self.is_finished:
@@ -178,7 +178,7 @@ def finish_done(
     """The `Done` of an answer the edge finished itself."""
     return Done(
         id=request_id,
-        finish_reason=finish_reason,  # type: ignore[arg-type]
+        finish_reason=finish_reason,
         usage=Usage(prompt_tokens=run.num_prompt_tokens, completion_tokens=run.num_streamed_tokens),
         route=route,
         timings=clock.timings(),

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from collections.abc import AsyncGenerator, Callable
+from typing import Protocol, TypeAlias
 
 from isthmus.protocol import (
     Cancel,
@@ -30,8 +30,8 @@ from .buffers import BufferLimits, FlowAction, StreamFlow
 
 log = logging.getLogger(__name__)
 
-Answer = TokenChunk | Done | Error
-Handler = Callable[[GenerateRequest], AsyncIterator[Answer]]
+Answer: TypeAlias = TokenChunk | Done | Error
+Handler = Callable[[GenerateRequest], AsyncGenerator[Answer, None]]
 
 
 class StreamTransport(Protocol):
