@@ -248,7 +248,9 @@ class Client:
             stream = None
             try:
                 conn = await self._connection(deadline)
-                stream = conn.open_request(_with_budget(request, deadline, loop.time()))
+                if attempt > 1:  # later attempts tell the edge what is left of the deadline
+                    request = _with_budget(request, deadline, loop.time())
+                stream = conn.open_request(request)
                 while True:
                     event = await _next_event(stream, deadline, request.id)
                     if isinstance(event, TokenChunk):
