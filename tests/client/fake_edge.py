@@ -2,7 +2,8 @@
 
 What it does depends on the prompt:
 - anything else: `chunks` (with `chunk_delay` seconds between them), then `Done`;
-- ``"drop"``: closes the whole connection before any token (a crashed edge);
+- ``"drop"``: closes the whole connection before any token (a crashed edge), also done for the
+  next `num_drops` requests whatever their prompt;
 - ``"drop-after-1"``: one chunk, then closes the connection;
 - ``"hang"``: never answers;
 - ``"slow:N"``: N chunks 50 ms apart, then `Done`.
@@ -98,7 +99,8 @@ class FakeEdgeProtocol(QuicConnectionProtocol):
                                             retryable=error.retryable), end=True)
                 return
             prompt = req.prompt or ""
-            if prompt == "drop":
+            if prompt == "drop" or edge.num_drops > 0:
+                edge.num_drops -= 1
                 self._drop()
                 return
             if prompt == "hang":
@@ -139,6 +141,7 @@ class FakeEdge:
         self.certfile, self.keyfile = certfile, keyfile
         self.chunks, self.chunk_delay = chunks, chunk_delay
         self.fail_next: list[Error] = []
+        self.num_drops = 0
         self.requests: list[GenerateRequest] = []
         self.early_request_ids: list[str] = []
         self.cancelled_ids: list[str] = []
