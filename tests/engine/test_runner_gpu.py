@@ -1,0 +1,38 @@
+"""The runner on CUDA (skipped without a GPU): bf16 and nf4 runs agree with the CPU fp32 model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from isthmus.engine.options import EngineOptions
+from isthmus.engine.runner import ModelRunner
+
+from ._runner_helpers import greedy_generate, logits_of, seq
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+PROMPT = [0, 17, 345, 12, 900, 77, 5, 613, 240, 31, 8, 1000, 64, 129, 3, 450]
+
+
+@pytest.mark.parametrize("quant", [None, "nf4", "int8"])
+def test_cuda_runner_close_to_cpu_fp32(tiny_llama: Path, quant: str | None) -> None:
+    cpu = ModelRunner(EngineOptions(model=str(tiny_llama), block_size=4, num_kv_blocks=16))
+    gpu = ModelRunner(
+        EngineOptions(
+            model=str(tiny_llama), device="cuda", quantization=quant, block_size=4, num_kv_blocks=16
+        )
+    )
+    assert gpu.dtype == torch.bfloat16
+    blocks = list(range(16))
+    ref = logits_of(cpu, seq(1, PROMPT, 0, len(PROMPT), len(PROMPT), blocks))
+    ours = logits_of(gpu, seq(1, PROMPT, 0, len(PROMPT), len(PROMPT), blocks)).cpu()
+    err = (ours - ref).abs().mean().item()
+    print(f"cuda bf16 {quant}: mean abs logit error vs CPU fp32 {err:.4f}")
+    assert err < 0.25 * ref.abs().mean().item()
+    out = greedy_generate(gpu, PROMPT, 8, chunk=5, blocks=blocks)
+    assert len(out) == 8
