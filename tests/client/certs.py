@@ -26,7 +26,7 @@ def _name(cn: str) -> x509.Name:
 
 def make_certs(folder: Path, label: str = "test") -> Certs:
     """Write a CA and a server certificate for localhost / 127.0.0.1 under `folder`."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()

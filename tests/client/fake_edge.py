@@ -24,7 +24,6 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection, QuicErrorCode
 from aioquic.tls import SessionTicket
-
 from isthmus.protocol import (
     ALPN_PROTOCOL,
     Cancel,
@@ -95,8 +94,11 @@ class FakeEdgeProtocol(QuicConnectionProtocol):
         try:
             if edge.fail_next:
                 error = edge.fail_next.pop(0)
-                self._send(stream_id, Error(id=req.id, code=error.code, message=error.message,
-                                            retryable=error.retryable), end=True)
+                self._send(
+                    stream_id,
+                    Error(id=req.id, code=error.code, message=error.message, retryable=error.retryable),
+                    end=True,
+                )
                 return
             prompt = req.prompt or ""
             if prompt == "drop" or edge.num_drops > 0:
@@ -112,8 +114,12 @@ class FakeEdgeProtocol(QuicConnectionProtocol):
                 if i and delay:
                     await asyncio.sleep(delay)
                 logprobs = [-0.5] if req.sampling.logprobs is not None else None
-                self._send(stream_id, TokenChunk(id=req.id, token_ids=pack_ids([100 + i]), text=text,
-                                                 logprobs=logprobs, tier="edge"))
+                self._send(
+                    stream_id,
+                    TokenChunk(
+                        id=req.id, token_ids=pack_ids([100 + i]), text=text, logprobs=logprobs, tier="edge"
+                    ),
+                )
                 if prompt == "drop-after-1":
                     await asyncio.sleep(0.01)
                     self._drop()
@@ -136,8 +142,14 @@ class FakeEdgeProtocol(QuicConnectionProtocol):
 class FakeEdge:
     """A fake edge on 127.0.0.1 (ephemeral port) with session tickets and 0-RTT."""
 
-    def __init__(self, certfile: str, keyfile: str, *, chunks: tuple[str, ...] = ("Hel", "lo", " world"),
-                 chunk_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        certfile: str,
+        keyfile: str,
+        *,
+        chunks: tuple[str, ...] = ("Hel", "lo", " world"),
+        chunk_delay: float = 0.0,
+    ) -> None:
         self.certfile, self.keyfile = certfile, keyfile
         self.chunks, self.chunk_delay = chunks, chunk_delay
         self.fail_next: list[Error] = []
@@ -159,7 +171,9 @@ class FakeEdge:
             "127.0.0.1",
             0,
             configuration=config,
-            create_protocol=lambda quic, stream_handler=None: FakeEdgeProtocol(quic, stream_handler, edge=self),
+            create_protocol=lambda quic, stream_handler=None: FakeEdgeProtocol(
+                quic, stream_handler, edge=self
+            ),
             session_ticket_fetcher=self._tickets.pop,
             session_ticket_handler=lambda t: self._tickets.__setitem__(t.ticket, t),
         )
@@ -189,6 +203,7 @@ class LatencyProxy(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._upstreams: dict[Any, asyncio.DatagramTransport] = {}
         self._pending: dict[Any, list[bytes]] = {}  # datagrams waiting for their upstream socket
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> LatencyProxy:
         loop = asyncio.get_running_loop()
@@ -209,7 +224,7 @@ class LatencyProxy(asyncio.DatagramProtocol):
         if upstream is None:
             if addr not in self._pending:
                 self._pending[addr] = []
-                loop.create_task(self._open_upstream(addr))
+                self._tasks.add(loop.create_task(self._open_upstream(addr)))
             self._pending[addr].append(data)
         else:
             loop.call_later(self.delay, upstream.sendto, data)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from isthmus.client import (
     Chunk,
     InvalidRequest,
@@ -14,8 +13,8 @@ from isthmus.client import (
     Unavailable,
     connect,
 )
-from isthmus.protocol import ErrorCode, unpack_ids
 from isthmus.protocol import Error as ErrorMsg
+from isthmus.protocol import ErrorCode, unpack_ids
 
 from .certs import Certs
 from .fake_edge import FakeEdge
@@ -48,9 +47,22 @@ async def test_sampling_kwargs_reach_the_wire(edge: FakeEdge, certs: Certs) -> N
     async with connect(edge.address, ca=certs.ca) as client:
         await client.complete(
             [{"role": "user", "content": "hello"}],
-            max_tokens=7, temperature=0.5, top_p=0.9, top_k=5, min_p=0.1, repetition_penalty=1.1,
-            presence_penalty=0.2, frequency_penalty=-0.2, seed=42, stop="END", stop_token_ids=[2, 3],
-            logprobs=2, tier="center", priority=5, timeout=3.5, request_id="req-1",
+            max_tokens=7,
+            temperature=0.5,
+            top_p=0.9,
+            top_k=5,
+            min_p=0.1,
+            repetition_penalty=1.1,
+            presence_penalty=0.2,
+            frequency_penalty=-0.2,
+            seed=42,
+            stop="END",
+            stop_token_ids=[2, 3],
+            logprobs=2,
+            tier="center",
+            priority=5,
+            timeout=3.5,
+            request_id="req-1",
         )
         await client.complete([1, 2, 3])
     req, by_ids = edge.requests

@@ -6,7 +6,6 @@ import asyncio
 import gc
 
 import pytest
-
 from isthmus.client import DeadlineExceeded, connect
 
 from .certs import Certs

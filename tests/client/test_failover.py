@@ -6,10 +6,9 @@ import random
 from collections.abc import Awaitable, Callable
 
 import pytest
-
 from isthmus.client import Backoff, ConnectionLost, Draining, Overloaded, Unavailable, connect
-from isthmus.protocol import ErrorCode
 from isthmus.protocol import Error as ErrorMsg
+from isthmus.protocol import ErrorCode
 
 from .certs import Certs
 from .fake_edge import FakeEdge
