@@ -18,6 +18,8 @@ from typing import Any
 
 from isthmus.center.meter import RateMeter
 from isthmus.center.request import prepare_request
+from isthmus.engine.async_engine import EngineNotRunning, EngineRequest
+from isthmus.engine.scheduler import InvalidRequest, PromptTooLong, QueueFull, SchedulerError
 from isthmus.protocol import (
     Done,
     Error,
@@ -99,8 +101,6 @@ class CenterService:
         except ProtocolError as exc:
             yield error_message(req.id, exc)
             return
-        from isthmus.engine.async_engine import EngineRequest
-
         flight = InFlight(engine_id=f"{req.id}#{next(self._ids)}", request_id=req.id)
         t_start = self.clock()
         timeout_s = _earliest(time_remaining, None if req.timeout_ms is None else req.timeout_ms / 1000)
@@ -135,10 +135,12 @@ class CenterService:
                         logprobs=_finite(out.logprobs),
                         tier="center",
                     )
-                if getattr(out, "queue_time", None) is not None:
-                    queue_s = float(out.queue_time)
+                if out.queue_s is not None:
+                    queue_s = out.queue_s
                 if out.finish_reason is not None:
                     finished = True
+                    if out.finish_reason == "deadline":
+                        flight.aborted_because = flight.aborted_because or ErrorCode.DEADLINE_EXCEEDED
                     if flight.aborted_because is not None:
                         yield _aborted_error(req.id, flight.aborted_because)
                         return
@@ -158,9 +160,9 @@ class CenterService:
                     return
             finished = True  # the stream ended without a finish reason: the engine dropped it
             yield Error(id=req.id, code=ErrorCode.INTERNAL, message="engine ended the request early")
-        except ProtocolError as exc:  # the engine refused it (queue full, too long, ...)
+        except (ProtocolError, SchedulerError, EngineNotRunning) as exc:  # refused by the engine
             finished = True
-            yield error_message(req.id, exc)
+            yield error_message(req.id, _as_protocol_error(exc))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -245,6 +247,18 @@ class CenterService:
             except TimeoutError:
                 pass
         return len(leftovers)
+
+
+def _as_protocol_error(exc: Exception) -> ProtocolError:
+    if isinstance(exc, ProtocolError):
+        return exc
+    if isinstance(exc, QueueFull):
+        return ProtocolError(ErrorCode.OVERLOADED, f"center overloaded: {exc}", retryable=True)
+    if isinstance(exc, PromptTooLong):
+        return ProtocolError(ErrorCode.PROMPT_TOO_LONG, str(exc))
+    if isinstance(exc, InvalidRequest):
+        return ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc))
+    return ProtocolError(ErrorCode.UNAVAILABLE, f"center engine unavailable: {exc}", retryable=True)
 
 
 def _aborted_error(request_id: str, because: ErrorCode) -> Error:
