@@ -31,47 +31,12 @@ from .errors import (
     from_error_message,
 )
 from .request import BuiltRequest, Prompt, build_request
-from .results import Chunk, Completion, CompletionBuilder
+from .results import Chunk, Completion
+from .stream import ResponseStream
 from .tickets import MemoryTicketStore, TicketStore
 
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds per handshake
 DEFAULT_RETRIES = 2  # extra attempts per request
-
-
-class ResponseStream:
-    """The chunks of one answer: `async for chunk in stream`. After the last chunk, `completion`
-    holds the whole answer (route, usage, timings). Leaving early (`break`, `aclose()`, task
-    cancellation) cancels the request on the edge."""
-
-    def __init__(self, inner: AsyncIterator[Chunk | Done], request_id: str) -> None:
-        self._inner = inner
-        self.request_id = request_id
-        self._builder = CompletionBuilder(request_id)
-        self.completion: Completion | None = None
-
-    def __aiter__(self) -> ResponseStream:
-        return self
-
-    async def __anext__(self) -> Chunk:
-        item = await self._inner.__anext__()
-        if isinstance(item, Done):
-            self.completion = self._builder.finish(item)
-            await self.aclose()
-            raise StopAsyncIteration
-        self._builder.add(item)
-        return item
-
-    async def aclose(self) -> None:
-        """Stop reading; cancels the request on the edge if it is still running."""
-        aclose = getattr(self._inner, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-    async def __aenter__(self) -> ResponseStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 class Client:
