@@ -104,7 +104,9 @@ class Client:
 
         conn = await open_connection(addr.host, addr.port, self._configuration(addr, ticket), keep)
         if ticket is not None and self.early_data and ticket.max_early_data_size:
-            return conn  # requests go out now as 0-RTT; a failed handshake shows up as ConnectionLost
+            # requests go out now as 0-RTT; a failed or late handshake shows up as ConnectionLost
+            conn.expire_handshake(_budget(self.connect_timeout, deadline))
+            return conn
         try:
             await asyncio.wait_for(conn.handshake_done(), _budget(self.connect_timeout, deadline))
         except BaseException:

@@ -148,6 +148,20 @@ class EdgeProtocol(QuicConnectionProtocol):
         for stream in streams.values():
             stream._on_lost(ConnectionLost(f"connection lost: {reason}", request_id=stream.request_id))
 
+    def expire_handshake(self, after: float) -> None:
+        """Give up on the connection if the handshake has not finished within `after` seconds.
+
+        For 0-RTT, where requests leave before the handshake: without this a dead edge would
+        only be noticed at the idle timeout. Its streams see `ConnectionLost` and fail over.
+        """
+
+        def check() -> None:
+            if not self.is_connected and self.close_reason is None:
+                self._lost(f"handshake not finished within {after:g} s")
+                self.close()
+
+        self._loop.call_later(after, check)
+
     def _forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
 

@@ -86,3 +86,22 @@ async def test_resumed_first_token_arrives_a_round_trip_sooner(edge: FakeEdge, c
     assert cold >= 4 * ONE_WAY_DELAY  # two round trips
     assert warm < cold - ONE_WAY_DELAY
     assert edge.early_request_ids == [edge.requests[1].id]
+
+
+async def test_0rtt_to_a_dead_edge_fails_over_after_connect_timeout(
+    make_edge: MakeEdge, certs: Certs
+) -> None:
+    gone, good = await make_edge(), await make_edge()
+    store = MemoryTicketStore()
+    async with connect(gone.address, ca=certs.ca, ticket_store=store) as client:
+        await client.complete("cold")  # leaves a ticket for `gone`
+    gone_address = gone.address
+    gone.close()
+    async with connect(
+        [gone_address, good.address], ca=certs.ca, ticket_store=store, connect_timeout=0.3
+    ) as client:
+        answer = await client.complete("hi")  # sent as 0-RTT to `gone`, then moved to `good`
+        info = client.connection_info
+        assert info is not None and info.port == good.port
+    assert answer.text == "Hello world"
+    assert len(good.requests) == 1
