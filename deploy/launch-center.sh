@@ -218,4 +218,21 @@ fi
 if [[ "$DEVICE" == cpu ]]; then
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 fi
-exec "${CMD[@]}"
+# torchrun's agent treats SIGTERM as a failure of the job (exit status 1). For a graceful drain
+# the signal goes to the ranks instead: rank 0 drains, stops the followers and exits 0; followers
+# ignore it and leave on rank 0's stop message; torchrun then exits 0 on its own.
+"${CMD[@]}" &
+TORCHRUN_PID=$!
+forward_to_ranks() {
+    echo "launch-center: draining (signal forwarded to the ranks)" >&2
+    pkill -TERM -P "$TORCHRUN_PID" 2>/dev/null || true
+}
+trap forward_to_ranks TERM INT
+set +e
+wait "$TORCHRUN_PID"
+rc=$?
+while kill -0 "$TORCHRUN_PID" 2>/dev/null; do
+    wait "$TORCHRUN_PID"
+    rc=$?
+done
+exit "$rc"

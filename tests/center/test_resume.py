@@ -30,7 +30,9 @@ async def _full(engine: AsyncEngine, rid: str, params: SamplingParams) -> list[i
     ],
     ids=["greedy", "seeded", "seeded-penalty"],
 )
-async def test_export_then_resume_elsewhere_is_token_identical(tp_llama: Path, params: SamplingParams) -> None:
+async def test_export_then_resume_elsewhere_is_token_identical(
+    tp_llama: Path, params: SamplingParams
+) -> None:
     source, target = AsyncEngine(engine_options(tp_llama)), AsyncEngine(engine_options(tp_llama))
     await source.start()
     await target.start()

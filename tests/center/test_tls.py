@@ -36,7 +36,8 @@ def _cert(name: str, folder: Path, issuer: tuple[x509.Certificate, ec.EllipticCu
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
     )
     if not is_ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        san = x509.SubjectAlternativeName([x509.DNSName("localhost")])
+        builder = builder.add_extension(san, critical=False)
     cert = builder.sign(issuer_key, hashes.SHA256())
     cert_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -70,9 +71,12 @@ async def test_mutual_tls_requires_a_client_certificate(tp_llama: Path, tmp_path
         try:
             from isthmus.protocol import decode, encode, rpc
 
-            stub = anonymous.unary_stream(rpc.GENERATE, request_serializer=encode, response_deserializer=decode)
+            stub = anonymous.unary_stream(
+                rpc.GENERATE, request_serializer=encode, response_deserializer=decode
+            )
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                _ = [m async for m in stub(GenerateRequest(id="anon", prompt="hi", sampling=GREEDY), timeout=5)]
+                req = GenerateRequest(id="anon", prompt="hi", sampling=GREEDY)
+                _ = [m async for m in stub(req, timeout=5)]
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             await anonymous.close()
