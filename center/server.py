@@ -21,7 +21,6 @@ from isthmus.center.service import CenterService
 from isthmus.protocol import (
     DrainReply,
     DrainRequest,
-    Error,
     GenerateRequest,
     ProtocolError,
     StatusRequest,
@@ -204,7 +203,3 @@ class CenterServer:
         """Return once the server stopped (after a drain or `stop`)."""
         await self._stopped.wait()
 
-
-def refusal_error(exc: BaseException) -> Error:
-    """The wire Error for a failure outside any one request."""
-    return error_message("", exc)

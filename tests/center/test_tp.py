@@ -102,3 +102,9 @@ def test_tp_size_checks(tp_llama: Path) -> None:
         check_tp_size(cfg, 3)
     with pytest.raises(TPConfigError, match="does not divide the 4 attention heads"):
         check_tp_size(cfg, 8)
+
+
+def test_idle_longer_than_the_collective_timeout_is_fine(tp_llama: Path) -> None:
+    results = _spawn(tp_procs.idle_rank, 2, str(tp_llama), timeout_s=90.0)
+    assert results[0] == ("ok", (True, [0])), results[0]
+    assert results[1] == ("ok", 1), results[1]

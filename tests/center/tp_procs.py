@@ -112,3 +112,26 @@ def dying_rank(rank: int, world: int, port: int, model: str, queue: Any) -> None
         queue.put((rank, "no error", None))
     except BaseException:
         queue.put((rank, "error", traceback.format_exc()))
+
+
+def idle_rank(rank: int, world: int, port: int, model: str, queue: Any) -> None:
+    """Idle for longer than the collective timeout: heartbeats keep the followers' wait alive."""
+    import time
+
+    try:
+        group = _join(rank, world, port, timeout_s=2.0)
+        runner = build_shard_runner(options_for(model), group)
+        if rank != 0:
+            num = follow_plans(runner, group)
+            destroy_tp_group(group)
+            queue.put((rank, "ok", num))
+            return
+        tp = TPRunner(runner, group, heartbeat_s=0.4)
+        time.sleep(5.0)  # 2.5x the collective timeout with no plan at all
+        out = tp.run(prefill_plan([1, 2, 3, 4]))
+        healthy = tp.is_healthy
+        tp.stop()
+        destroy_tp_group(group)
+        queue.put((rank, "ok", (healthy, list(out.sampled))))
+    except BaseException:
+        queue.put((rank, "error", traceback.format_exc()))
