@@ -162,8 +162,9 @@ class EdgeNode:
         if not self.config.http.enabled:
             return
         from .http import HttpServer, make_app
+        from .openai_api import openai_setup
 
-        app = make_app(self, setup=self.http_setup)
+        app = make_app(self, setup=[openai_setup(self), *self.http_setup])
         server = HttpServer(app, self.config.http.host, self.config.http.port)
         await server.start()
         self.http_server = server

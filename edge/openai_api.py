@@ -1,0 +1,306 @@
+"""OpenAI-compatible HTTP API on the edge: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
+
+`openai_setup(node)` returns an `edge/http.py` setup hook that mounts the routes; they answer
+through `node.orchestrator.handle`, the same request path as QUIC. The API key comes from
+`Authorization: Bearer ...`. The route is reported in `x-isthmus-tier`, `x-isthmus-route-reason`
+and `x-isthmus-route-score` headers (for streams: the route known when the first message came)
+and, final, in an `isthmus_route` extension field of the completion object / last stream chunk.
+
+Streams wait for the orchestrator's first message before sending headers, so a request refused
+up front (auth, validation, overload) gets a real HTTP status. A client that disconnects mid-stream
+makes the next write fail; leaving the `aclosing` block then closes the orchestrator's generator,
+which aborts the request on whichever tier runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from aiohttp import web
+from isthmus.protocol import Done, Error, GenerateRequest, Route, TokenChunk
+
+from .openai_schema import (
+    OpenAIError,
+    error_from_protocol,
+    include_usage,
+    invalid,
+    is_streaming,
+    parse_chat,
+    parse_completion,
+)
+
+log = logging.getLogger(__name__)
+
+# decisions the router made for the request the current task is serving (None: not an API request)
+_decisions: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "isthmus_openai_decisions", default=None
+)
+
+
+class _ObservedRouter:
+    """Delegates to the node's router and records its decisions for the HTTP request being served
+    (the orchestrator calls the router inside the task that iterates `handle`, so a context
+    variable set by the handler sees exactly its own request's decisions)."""
+
+    def __init__(self, router: Any) -> None:
+        self._router = router
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._router, name)
+
+    def decide(self, *args: Any, **kwargs: Any) -> Any:
+        return self._note(self._router.decide(*args, **kwargs))
+
+    def reconsider(self, *args: Any, **kwargs: Any) -> Any:
+        return self._note(self._router.reconsider(*args, **kwargs))
+
+    @staticmethod
+    def _note(decision: Any) -> Any:
+        slot = _decisions.get()
+        if slot is not None and decision is not None:
+            slot.append(decision)
+        return decision
+
+
+def route_json(route: Route) -> dict[str, Any]:
+    return {
+        "tier": route.tier, "reason": route.reason, "score": route.score, "is_degraded": route.is_degraded,
+    }
+
+
+def route_headers(route: Route) -> dict[str, str]:
+    return {
+        "x-isthmus-tier": route.tier,
+        "x-isthmus-route-reason": route.reason,
+        "x-isthmus-route-score": f"{route.score:.4f}",
+    }
+
+
+def initial_route(first: TokenChunk | Done, decisions: list[Any]) -> Route:
+    """The route as known when the first message arrived."""
+    if isinstance(first, Done):
+        return first.route
+    if first.route is not None:
+        return first.route
+    last = decisions[-1] if decisions else None
+    if last is not None and last.tier == first.tier:
+        return Route(tier=first.tier, reason=last.reason, score=last.score, is_degraded=last.is_degraded)
+    # the router chose the center but none answered: the orchestrator degraded to the edge
+    reason = "center_unavailable" if last is not None and first.tier == "edge" else ""
+    score = last.score if last is not None else 0.0
+    return Route(tier=first.tier, reason=reason, score=score, is_degraded=bool(reason))
+
+
+def _finish_reason(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _usage(done: Done) -> dict[str, int]:
+    p, c = done.usage.prompt_tokens, done.usage.completion_tokens
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _error_response(err: OpenAIError) -> web.Response:
+    return web.json_response(err.body(), status=err.status)
+
+
+def _api_key(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+async def _read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise invalid(None, f"request body is not valid JSON ({exc})") from None
+
+
+class OpenAIApi:
+    """The handlers; `orchestrator` is looked up per request (the node builds it at start)."""
+
+    def __init__(self, get_orchestrator: Callable[[], Any], model_name: Callable[[], str]) -> None:
+        self._get_orchestrator = get_orchestrator
+        self._model_name = model_name
+
+    def mount(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_get("/v1/models", self.models)
+
+    def _orchestrator(self) -> Any:
+        orch = self._get_orchestrator()
+        if orch is None:
+            raise OpenAIError(503, "edge node is not started", type="service_unavailable", code="unavailable")
+        if not isinstance(orch.router, _ObservedRouter):
+            orch.router = _ObservedRouter(orch.router)
+        return orch
+
+    async def models(self, request: web.Request) -> web.Response:
+        try:
+            orch = self._orchestrator()
+            if orch.auth is not None:
+                from isthmus.protocol import ProtocolError
+
+                try:
+                    orch.auth.identify(_api_key(request))
+                except ProtocolError as exc:
+                    raise error_from_protocol(exc.code, exc.message) from None
+        except OpenAIError as err:
+            return _error_response(err)
+        name = self._model_name()
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "isthmus"}]
+        return web.json_response({"object": "list", "data": data})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, is_chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, is_chat=False)
+
+    async def _serve(self, request: web.Request, *, is_chat: bool) -> web.StreamResponse:
+        try:
+            orch = self._orchestrator()
+            body = await _read_json(request)
+            parse = parse_chat if is_chat else parse_completion
+            req = parse(body, _api_key(request))
+            stream = is_streaming(body)
+            with_usage = include_usage(body) if stream else False
+        except OpenAIError as err:
+            return _error_response(err)
+        decisions: list[Any] = []
+        _decisions.set(decisions)  # this handler's task context only
+        shape = _Shape(req, is_chat, self._model_name())
+        async with contextlib.aclosing(orch.handle(req)) as answers:
+            first = await anext(answers, None)
+            if first is None:
+                return _error_response(OpenAIError(500, "no answer", type="server_error", code="internal"))
+            if isinstance(first, Error):
+                return _error_response(error_from_protocol(first.code, first.message, is_chat=is_chat))
+            headers = route_headers(initial_route(first, decisions))
+            if not stream:
+                return await self._whole(first, answers, shape, headers, is_chat)
+            return await self._stream(request, first, answers, shape, headers, with_usage)
+
+    async def _whole(
+        self, first: TokenChunk | Done, answers: AsyncGenerator[Any, None], shape: _Shape,
+        headers: dict[str, str], is_chat: bool,
+    ) -> web.Response:
+        texts: list[str] = []
+        msg: Any = first
+        while not isinstance(msg, Done):
+            if isinstance(msg, Error):
+                return _error_response(error_from_protocol(msg.code, msg.message, is_chat=is_chat))
+            texts.append(msg.text)
+            msg = await anext(answers)
+        headers = route_headers(msg.route)  # the whole answer is known: report its final route
+        return web.json_response(shape.whole("".join(texts), msg), headers=headers)
+
+    async def _stream(
+        self, request: web.Request, first: TokenChunk | Done, answers: AsyncGenerator[Any, None],
+        shape: _Shape, headers: dict[str, str], with_usage: bool,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+
+        async def send(obj: Any) -> None:
+            data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
+            await resp.write(f"data: {data}\n\n".encode())
+
+        try:
+            if shape.is_chat:
+                await send(shape.chunk({"role": "assistant", "content": ""}, None, with_usage))
+            msg: Any = first
+            while True:
+                if isinstance(msg, TokenChunk):
+                    if msg.text:
+                        await send(shape.chunk(msg.text, None, with_usage))
+                elif isinstance(msg, Done):
+                    await send(shape.last_chunk(msg, with_usage))
+                    if with_usage:
+                        await send(shape.usage_chunk(msg))
+                    break
+                elif isinstance(msg, Error):
+                    await send(error_from_protocol(msg.code, msg.message, is_chat=shape.is_chat).body())
+                    break
+                msg = await anext(answers)
+            await send("[DONE]")
+            await resp.write_eof()
+        except (ConnectionResetError, ConnectionError) as exc:
+            # the client went away: leaving the caller's `aclosing` aborts the request
+            log.debug("openai stream %s: client gone (%s)", shape.req.id, exc)
+        return resp
+
+
+class _Shape:
+    """Builds the OpenAI response objects of one request."""
+
+    def __init__(self, req: GenerateRequest, is_chat: bool, model: str) -> None:
+        self.req = req
+        self.is_chat = is_chat
+        self.model = model
+        self.created = int(time.time())
+
+    def _base(self, obj: str, model: str | None = None) -> dict[str, Any]:
+        return {"id": self.req.id, "object": obj, "created": self.created, "model": model or self.model}
+
+    def whole(self, text: str, done: Done) -> dict[str, Any]:
+        reason = _finish_reason(done.finish_reason)
+        if self.is_chat:
+            out = self._base("chat.completion", done.model)
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
+        else:
+            out = self._base("text_completion", done.model)
+            choice = {"index": 0, "text": text, "logprobs": None}
+        choice["finish_reason"] = reason
+        out.update(choices=[choice], usage=_usage(done), isthmus_route=route_json(done.route))
+        return out
+
+    def chunk(self, content: Any, finish: str | None, with_usage: bool) -> dict[str, Any]:
+        if self.is_chat:
+            out = self._base("chat.completion.chunk")
+            delta = content if isinstance(content, dict) else ({"content": content} if content else {})
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        else:
+            out = self._base("text_completion")
+            choice = {"index": 0, "text": content or "", "logprobs": None, "finish_reason": finish}
+        out["choices"] = [choice]
+        if with_usage:
+            out["usage"] = None
+        return out
+
+    def last_chunk(self, done: Done, with_usage: bool) -> dict[str, Any]:
+        out = self.chunk(None, _finish_reason(done.finish_reason), with_usage)
+        if done.model:
+            out["model"] = done.model
+        out["isthmus_route"] = route_json(done.route)
+        return out
+
+    def usage_chunk(self, done: Done) -> dict[str, Any]:
+        out = self._base("chat.completion.chunk" if self.is_chat else "text_completion", done.model)
+        out.update(choices=[], usage=_usage(done))
+        return out
+
+
+def openai_setup(node: Any) -> Callable[[web.Application], None]:
+    """An `edge/http.py` setup hook mounting the OpenAI routes on `node` (an `EdgeNode`)."""
+
+    def model_name() -> str:
+        orch = node.orchestrator
+        name = getattr(orch, "model_name", "") if orch is not None else ""
+        return str(name or getattr(node.config, "model_name", "") or "isthmus")
+
+    api = OpenAIApi(lambda: node.orchestrator, model_name)
+    return api.mount
