@@ -72,8 +72,13 @@ def describe(answer: Answer) -> str:
 
 
 async def run_chat(
-    address: str, ca: str | None, api_key: str | None, prompt: str | None, sampling: dict[str, Any],
-    stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
+    address: str,
+    ca: str | None,
+    api_key: str | None,
+    prompt: str | None,
+    sampling: dict[str, Any],
+    stdin: TextIO = sys.stdin,
+    out: TextIO = sys.stdout,
 ) -> int:
     """The `chat` subcommand; returns the exit status."""
     from isthmus.client import connect
@@ -88,8 +93,11 @@ async def run_chat(
             return await _interactive(client, sampling, stdin, out)
     except IsthmusError as exc:
         print(f"isthmus chat: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(f"isthmus chat: is an edge listening on {address}? (`isthmus up` starts one; "
-              "--edge and --ca point elsewhere)", file=sys.stderr)
+        print(
+            f"isthmus chat: is an edge listening on {address}? (`isthmus up` starts one; "
+            "--edge and --ca point elsewhere)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -21,12 +21,24 @@ MODELS_VERSION = 1  # bump when the default shapes change: a new folder is writt
 
 VOCAB_SIZE = 1024  # tokens, shared by both defaults (same tokenizer => same fingerprint)
 EDGE_SHAPE: dict[str, Any] = {
-    "arch": "llama", "seed": 1, "hidden_size": 64, "num_layers": 2, "num_heads": 4,
-    "num_kv_heads": 2, "intermediate_size": 128, "vocab_size": VOCAB_SIZE,
+    "arch": "llama",
+    "seed": 1,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "intermediate_size": 128,
+    "vocab_size": VOCAB_SIZE,
 }
 CENTER_SHAPE: dict[str, Any] = {
-    "arch": "llama", "seed": 2, "hidden_size": 128, "num_layers": 2, "num_heads": 4,
-    "num_kv_heads": 2, "intermediate_size": 256, "vocab_size": VOCAB_SIZE,
+    "arch": "llama",
+    "seed": 2,
+    "hidden_size": 128,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "intermediate_size": 256,
+    "vocab_size": VOCAB_SIZE,
 }
 
 

@@ -43,12 +43,19 @@ async def run_prompts(net: LocalNetwork, out: TextIO) -> list[tuple[DemoPrompt, 
             wish = f"  (tier={prompt.tier})" if prompt.tier != "auto" else ""
             out.write(f"\n> {prompt.text}{wish}\n")
             answer = await stream_answer(
-                client, prompt.text, out, tier=prompt.tier, max_tokens=MAX_TOKENS,
-                temperature=0.0, ignore_eos=True,
+                client,
+                prompt.text,
+                out,
+                tier=prompt.tier,
+                max_tokens=MAX_TOKENS,
+                temperature=0.0,
+                ignore_eos=True,
             )
             route = answer.completion.route
-            out.write(f"\n  [answered by {route.tier}: {route.reason}"
-                      f"{', handed over mid-answer' if answer.handed_over else ''}]\n")
+            out.write(
+                f"\n  [answered by {route.tier}: {route.reason}"
+                f"{', handed over mid-answer' if answer.handed_over else ''}]\n"
+            )
             results.append((prompt, answer))
     return results
 
@@ -61,8 +68,16 @@ def table(results: list[tuple[DemoPrompt, Answer]]) -> str:
         c = a.completion
         text = prompt.text if len(prompt.text) <= 40 else prompt.text[:37] + "..."
         tier = "edge->center" if a.handed_over else c.route.tier
-        rows.append((text, tier, c.route.reason, f"{c.timings.first_token_ms:.0f}",
-                     f"{a.tokens_per_s:.1f}", "yes" if a.handed_over else "no"))
+        rows.append(
+            (
+                text,
+                tier,
+                c.route.reason,
+                f"{c.timings.first_token_ms:.0f}",
+                f"{a.tokens_per_s:.1f}",
+                "yes" if a.handed_over else "no",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -71,10 +86,12 @@ def table(results: list[tuple[DemoPrompt, Answer]]) -> str:
 
 async def run_demo(net: LocalNetwork, out: TextIO = sys.stdout) -> int:
     """Up, prompts, table, down; 0 when the network answered every prompt."""
-    out.write("isthmus demo: the default models have RANDOM weights, so answers are gibberish; the demo\n"
-              "shows the network (routing, escalation, mid-answer hand-over, streaming), not a model.\n"
-              "Real models: isthmus demo --edge-model /models/deepseek-r1-distill-qwen-1.5b "
-              "--center-model /models/deepseek-llm-7b-chat\n\n")
+    out.write(
+        "isthmus demo: the default models have RANDOM weights, so answers are gibberish; the demo\n"
+        "shows the network (routing, escalation, mid-answer hand-over, streaming), not a model.\n"
+        "Real models: isthmus demo --edge-model /models/deepseek-r1-distill-qwen-1.5b "
+        "--center-model /models/deepseek-llm-7b-chat\n\n"
+    )
     out.flush()
     try:
         await net.start()
@@ -85,7 +102,9 @@ async def run_demo(net: LocalNetwork, out: TextIO = sys.stdout) -> int:
     num_handed = sum(a.handed_over for _, a in results)
     num_edge = sum(1 for _, a in results if not a.handed_over and a.completion.route.tier == "edge")
     num_center = sum(1 for _, a in results if not a.handed_over and a.completion.route.tier == "center")
-    out.write(f"\n{len(results)} prompts: {num_edge} answered at the edge, {num_center} escalated to the "
-              f"center, {num_handed} handed over mid-answer.\n")
+    out.write(
+        f"\n{len(results)} prompts: {num_edge} answered at the edge, {num_center} escalated to the "
+        f"center, {num_handed} handed over mid-answer.\n"
+    )
     out.flush()
     return 0

@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--vocab-size", type=int, default=1024)
     tiny.add_argument("--sharded", action="store_true", help="split the weights into shards with an index")
 
-    center = sub.add_parser("center", help="run one center process (arguments of isthmus.center.main)",
-                            add_help=False)
+    center = sub.add_parser(
+        "center", help="run one center process (arguments of isthmus.center.main)", add_help=False
+    )
     center.add_argument("args", nargs=argparse.REMAINDER)
     edge = sub.add_parser("edge", help="run one edge node from its config", add_help=False)
     edge.add_argument("args", nargs=argparse.REMAINDER)
@@ -69,8 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _network_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge-model", type=Path, help="edge checkpoint folder (default: a tiny one, nf4)")
     p.add_argument("--center-model", type=Path, help="center checkpoint folder (default: a tiny one)")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
-                   help=f"where default models, certificates and state live (default {DEFAULT_CACHE_DIR})")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=DEFAULT_CACHE_DIR,
+        help=f"where default models, certificates and state live (default {DEFAULT_CACHE_DIR})",
+    )
 
 
 def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
@@ -96,8 +101,10 @@ def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.command in ("up", "demo"):
         for flag, value in (("--edge-model", a.edge_model), ("--center-model", a.center_model)):
             if value is not None and not (value.expanduser() / "config.json").is_file():
-                p.error(f"{flag}: {value} is not a checkpoint folder (no config.json); "
-                        "give a Hugging Face model folder or leave the flag out for the default")
+                p.error(
+                    f"{flag}: {value} is not a checkpoint folder (no config.json); "
+                    "give a Hugging Face model folder or leave the flag out for the default"
+                )
     if a.command == "chat":
         if a.max_tokens < 1:
             p.error(f"--max-tokens must be >= 1, got {a.max_tokens}")
@@ -135,9 +142,16 @@ def _make_tiny(a: argparse.Namespace) -> int:
     shard = 64 * 1024 if a.sharded else None  # bytes per shard: several shards even for tiny models
     try:
         path = make_tiny_checkpoint(
-            a.path, a.arch, seed=a.seed, hidden_size=a.hidden_size, num_layers=a.num_layers,
-            num_heads=a.num_heads, num_kv_heads=a.num_kv_heads, intermediate_size=a.intermediate_size,
-            vocab_size=a.vocab_size, max_shard_size=shard,
+            a.path,
+            a.arch,
+            seed=a.seed,
+            hidden_size=a.hidden_size,
+            num_layers=a.num_layers,
+            num_heads=a.num_heads,
+            num_kv_heads=a.num_kv_heads,
+            intermediate_size=a.intermediate_size,
+            vocab_size=a.vocab_size,
+            max_shard_size=shard,
         )
     except (OSError, ValueError) as exc:
         print(f"isthmus model make-tiny: error: {exc}", file=sys.stderr)
@@ -153,8 +167,10 @@ def _chat(parser: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     if address is None:
         state = read_state(a.cache_dir)
         if state is None:
-            parser.error(f"--edge not given and no running `isthmus up` found ({a.cache_dir}/up.json); "
-                         "start one with `isthmus up` or pass --edge HOST:PORT --ca CERT")
+            parser.error(
+                f"--edge not given and no running `isthmus up` found ({a.cache_dir}/up.json); "
+                "start one with `isthmus up` or pass --edge HOST:PORT --ca CERT"
+            )
         address = str(state["edge"])
         ca = ca or state.get("ca")
     sampling = {"tier": a.tier, "max_tokens": a.max_tokens, "temperature": a.temperature}
@@ -167,11 +183,16 @@ def _chat(parser: argparse.ArgumentParser, a: argparse.Namespace) -> int:
 def _run_network(a: argparse.Namespace) -> int:
     from .network import LocalNetwork, NetworkError, NetworkSettings
 
-    settings = NetworkSettings(cache_dir=a.cache_dir.expanduser(), edge_model=a.edge_model,
-                               center_model=a.center_model)
+    settings = NetworkSettings(
+        cache_dir=a.cache_dir.expanduser(), edge_model=a.edge_model, center_model=a.center_model
+    )
     if a.command == "up":
         settings.port, settings.http_port, settings.center_port, settings.tp = (
-            a.port, a.http_port, a.center_port, a.tp)
+            a.port,
+            a.http_port,
+            a.center_port,
+            a.tp,
+        )
     else:  # the demo takes whatever ports are free
         settings.port = settings.http_port = settings.center_port = 0
     net = LocalNetwork(settings)
@@ -207,7 +228,8 @@ async def _up(net: object) -> int:
         starting.result()
         state = net.write_state()
         node = net.node
-        print(f"""
+        print(
+            f"""
 isthmus is up (Ctrl-C stops it):
   edge QUIC    {node.quic_address}   (TLS; CA certificate {net.ca_path})
   edge HTTP    http://{node.http_address}   (/metrics, /healthz, /readyz, OpenAI API under /v1)
@@ -217,7 +239,9 @@ talk to it:
   isthmus chat "Hello there"
   isthmus chat "Write a Python function that sorts a list" --tier center
   isthmus chat                      # interactive
-""", flush=True)
+""",
+            flush=True,
+        )
         await stopping
         print("isthmus: stopping ...", flush=True)
         return 0

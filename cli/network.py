@@ -95,17 +95,38 @@ class LocalNetwork:
         self.center_address = f"127.0.0.1:{port}"
         self.log_path = s.cache_dir / "center.log"
         cmd = [
-            "bash", str(LAUNCH_SCRIPT), "--model", str(model), "--device", "cpu", "--tp-size", str(s.tp),
-            "--host", "127.0.0.1", "--port", str(port), "--rdzv", f"127.0.0.1:{free_port()}",
-            "--num-kv-blocks", "128", "--max-num-seqs", "16", "--grace-s", str(s.grace_s),
-            "--python", sys.executable,
+            "bash",
+            str(LAUNCH_SCRIPT),
+            "--model",
+            str(model),
+            "--device",
+            "cpu",
+            "--tp-size",
+            str(s.tp),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--rdzv",
+            f"127.0.0.1:{free_port()}",
+            "--num-kv-blocks",
+            "128",
+            "--max-num-seqs",
+            "16",
+            "--grace-s",
+            str(s.grace_s),
+            "--python",
+            sys.executable,
         ]
-        self.progress(f"starting the center (TP={s.tp} over gloo, {model.name}) on {self.center_address}; "
-                      f"log: {self.log_path}")
+        self.progress(
+            f"starting the center (TP={s.tp} over gloo, {model.name}) on {self.center_address}; "
+            f"log: {self.log_path}"
+        )
         env = dict(os.environ, OMP_NUM_THREADS="1")
         with open(self.log_path, "wb") as log:
-            self.center = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                           start_new_session=True)
+            self.center = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         await self._wait_center_serving()
 
     async def _wait_center_serving(self) -> None:
@@ -129,8 +150,9 @@ class LocalNetwork:
                         break
                 now = time.monotonic()
                 if now - started > CENTER_READY_TIMEOUT_S:
-                    raise NetworkError(f"the center was not ready after {CENTER_READY_TIMEOUT_S:.0f} s; "
-                                       f"see {self.log_path}")
+                    raise NetworkError(
+                        f"the center was not ready after {CENTER_READY_TIMEOUT_S:.0f} s; see {self.log_path}"
+                    )
                 if now - last_note >= 5.0:
                     self.progress(f"waiting for the center to load and warm up ... {now - started:.0f} s")
                     last_note = now
