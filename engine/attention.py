@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from isthmus.engine import decode_attention
 
 
 @dataclass(slots=True)
@@ -70,9 +71,9 @@ def paged_attention(
         )
     if attn.num_decodes:
         lo = attn.num_prefill_tokens
-        out[lo:] = _decode_batch(
-            q[lo:], k_cache, v_cache, attn.decode_block_tables, attn.decode_context_lens, scale
-        )
+        # On CUDA a Triton kernel reads only the live blocks (and is CUDA-graph capturable).
+        decode = decode_attention.paged_decode if decode_attention.available(q.device) else _decode_batch
+        out[lo:] = decode(q[lo:], k_cache, v_cache, attn.decode_block_tables, attn.decode_context_lens, scale)
     return out
 
 

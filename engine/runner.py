@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from isthmus.engine import decode_attention
 from isthmus.engine.attention import AttentionMetadata
 from isthmus.engine.config import ModelConfig
+from isthmus.engine.cuda_graph import DecodeGraphs
 from isthmus.engine.device import resolve_device, resolve_dtype
 from isthmus.engine.kv_cache import allocate_kv_cache, choose_num_blocks, kv_block_bytes
 from isthmus.engine.loader import Rewrite, load_model
@@ -86,15 +88,26 @@ class ModelRunner:
             max_useful_blocks=max_useful,
         )
         self.kv_cache_bytes = block_bytes * self.num_kv_blocks
+        use_graphs = options.use_cuda_graphs and decode_attention.available(self.device)
         self.kv_caches = allocate_kv_cache(
             self.config.num_layers,
-            self.num_kv_blocks,
+            self.num_kv_blocks + (1 if use_graphs else 0),  # + the graphs' scratch block
             self.block_size,
             self.num_kv_heads,
             self.config.head_dim,
             self.dtype,
             self.device,
         )
+        self.graphs: DecodeGraphs | None = None
+        if use_graphs:
+            self.graphs = DecodeGraphs(
+                self.model,
+                self.kv_caches,
+                max_batch=options.max_num_seqs,
+                max_model_len=self.max_model_len,
+                block_size=self.block_size,
+                scratch_block=self.num_kv_blocks,
+            )
 
     @property
     def vocab_size(self) -> int:
@@ -106,6 +119,8 @@ class ModelRunner:
         out = RunOutput()
         if plan.is_empty:
             return out
+        if self.graphs is not None and self._graph_eligible(plan):
+            return self._run_graph(plan)
         batch = self._prepare(plan)
         hidden = self.model(
             batch.input_ids, batch.positions, batch.attn, self.kv_caches
@@ -124,6 +139,36 @@ class ModelRunner:
         for seq, start in zip(batch.seqs, batch.starts, strict=True):
             if seq.want_prompt_logprobs and seq.start_pos < seq.prompt_len:
                 out.prompt_logprobs[seq.seq_id] = self._prompt_logprobs(hidden, seq, start)
+        return out
+
+    def _graph_eligible(self, plan: SchedulePlan) -> bool:
+        """Decode-only steps that fit a captured size and need no prompt scoring."""
+        assert self.graphs is not None
+        return len(plan.seqs) <= self.graphs.max_batch and all(
+            len(s.token_ids) == 1 and not (s.want_prompt_logprobs and s.start_pos < s.prompt_len)
+            for s in plan.seqs
+        )
+
+    def _run_graph(self, plan: SchedulePlan) -> RunOutput:
+        """A decode-only step replayed from a captured CUDA graph; sampling runs eagerly after."""
+        assert self.graphs is not None
+        for seq in plan.seqs:
+            self._validate(seq)
+        seqs = plan.seqs
+        bs = self.block_size
+        logits = self.graphs.run(
+            [s.token_ids[0] for s in seqs],
+            [s.start_pos for s in seqs],
+            [s.block_table[s.start_pos // bs] * bs + s.start_pos % bs for s in seqs],
+            [s.block_table[: s.start_pos // bs + 1] for s in seqs],
+        )  # [n, vocab]
+        out = RunOutput()
+        rows = [i for i, s in enumerate(seqs) if s.do_sample]
+        if rows:
+            sample_seqs = [seqs[i] for i in rows]
+            picked = logits if len(rows) == len(seqs) else logits[torch.tensor(rows, device=self.device)]
+            for seq, token in zip(sample_seqs, sample(picked.float(), sample_seqs), strict=True):
+                out.sampled[seq.seq_id] = token
         return out
 
     def _prompt_logprobs(self, hidden: torch.Tensor, seq: ScheduledSeq, start: int) -> tuple[float, int]:
