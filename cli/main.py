@@ -117,19 +117,21 @@ def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # the tiers parse their own arguments (argparse's REMAINDER drops leading flags)
+    if args and args[0] == "center":
+        from isthmus.center.main import main as center_main
+
+        return int(center_main(args[1:]) or 0)
+    if args and args[0] == "edge":
+        from isthmus.edge.main import main as edge_main
+
+        return int(edge_main(args[1:]) or 0)
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a = parser.parse_args(args)
     check_args(parser, a)
     if a.command == "model":
         return _make_tiny(a)
-    if a.command == "center":
-        from isthmus.center.main import main as center_main
-
-        return int(center_main(list(a.args)) or 0)
-    if a.command == "edge":
-        from isthmus.edge.main import main as edge_main
-
-        return int(edge_main(list(a.args)) or 0)
     if a.command == "chat":
         return _chat(parser, a)
     return _run_network(a)
