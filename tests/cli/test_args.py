@@ -48,8 +48,9 @@ def test_chat_without_a_running_network_says_how_to_start_one(
 
 
 def test_chat_with_a_dead_edge_fails_with_advice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from isthmus.cli.network import free_port
     import socket
+
+    from isthmus.cli.network import free_port
 
     port = free_port(socket.SOCK_DGRAM)
     state = {"edge": f"127.0.0.1:{port}", "ca": None}
