@@ -203,6 +203,8 @@ def _run_network(a: argparse.Namespace) -> int:
     except NetworkError as exc:
         print(f"isthmus {a.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C during the demo: the network was stopped on the way out
+        return 130
 
 
 async def _demo(net: object) -> int:

@@ -174,7 +174,13 @@ class LocalNetwork:
         config = EdgeConfig.load(config_path)
         self.progress(f"starting the edge ({model.name}, {s.edge_quantization}) from {config_path} ...")
         self.node = EdgeNode(config)
-        await self.node.start()
+        try:
+            await self.node.start()
+        except OSError as exc:  # a port in use, most likely
+            raise NetworkError(
+                f"the edge could not start: {exc}; is --port {s.port} (QUIC/UDP) or --http-port "
+                f"{s.http_port} (TCP) in use? Pick others, or 0 for any free one"
+            ) from exc
         self.progress(f"edge ready: QUIC {self.node.quic_address}, HTTP {self.node.http_address}")
 
     def edge_toml(self, model: Path, cert: Path, key: Path) -> str:
