@@ -1,0 +1,189 @@
+"""GPU decode suite: ours vs transformers `generate` on DeepSeek-LLM-7B's shape, same run.
+
+Cases (each: `--prompt`-token random prompts, `--new` new tokens, greedy, ignore_eos; tok/s =
+generated tokens / wall time of the whole generate call, prefill included, for both sides):
+  bf16 b1, nf4 b1, bf16 b<--batch>   (ours: LLM with CUDA graphs; hf: generate, nf4 via
+                                        BitsAndBytesConfig)
+
+    python3 bench/gpu/suite.py                       # H100: writes the 7B-shaped checkpoint to /tmp
+    .venv/bin/python bench/gpu/suite.py --tiny       # CPU smoke run of the same code path
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+CASES = (("bf16", None, 1), ("bf16", None, 0), ("nf4", "nf4", 1))  # batch 0 -> --batch
+
+
+def checkpoint(args: argparse.Namespace) -> str:
+    from isthmus.engine.tiny import make_7b_shaped_checkpoint, make_tiny_checkpoint
+
+    if args.model:
+        return args.model
+    if args.tiny:
+        return str(make_tiny_checkpoint(tempfile.mkdtemp(prefix="isthmus-gpu-tiny-"), "llama", seed=0))
+    path = Path("/tmp/isthmus-7b-shaped")
+    if not (path / "config.json").exists():
+        t0 = time.perf_counter()
+        make_7b_shaped_checkpoint(path)
+        print(f"wrote 7B-shaped checkpoint in {time.perf_counter() - t0:.0f} s", flush=True)
+    return str(path)
+
+
+def prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(2, vocab) for _ in range(length)] for _ in range(n)]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def run_ours(path: str, quant: str | None, reqs: list[list[int]], args: argparse.Namespace) -> float:
+    from isthmus.engine.llm import LLM
+    from isthmus.engine.params import SamplingParams
+
+    t0 = time.perf_counter()
+    blocks_per_seq = -(-(args.prompt + args.new) // 16)
+    llm = LLM(
+        path,
+        device=args.device,
+        dtype="bfloat16" if args.device.startswith("cuda") else "float32",
+        quantization=quant,
+        block_size=16,
+        num_kv_blocks=max(args.batch, 1) * blocks_per_seq + 16,
+        max_num_seqs=max(args.batch, 1),
+        max_num_batched_tokens=max(args.batch, 1) * args.prompt,
+        max_model_len=args.prompt + args.new + 16,
+        use_cuda_graphs=not args.no_graphs,
+    )
+    sync(args.device)
+    load_s = time.perf_counter() - t0
+    llm.generate([reqs[0][:8]], SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    params = SamplingParams(max_tokens=args.new, temperature=0.0, ignore_eos=True)
+    sync(args.device)
+    t0 = time.perf_counter()
+    outs = llm.generate(reqs, [params] * len(reqs))
+    sync(args.device)
+    dt = time.perf_counter() - t0
+    n = sum(len(o.token_ids) for o in outs)
+    assert n == len(reqs) * args.new, n
+    print(f"  ours load+capture {load_s:.1f} s; {n} tokens in {dt:.2f} s", flush=True)
+    del llm, outs
+    free(args.device)
+    return n / dt
+
+
+def load_hf(path: str, quant: str | None, args: argparse.Namespace):
+    import transformers
+
+    kw = {}
+    if quant == "nf4":
+        kw["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        )
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, device_map=args.device, **kw
+    ).eval()
+
+
+@torch.inference_mode()
+def run_hf(model, reqs: list[list[int]], args: argparse.Namespace) -> float:
+    def gen(ids: torch.Tensor, new: int) -> torch.Tensor:
+        return model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            pad_token_id=0,
+        )
+
+    ids = torch.tensor(reqs, device=args.device)
+    gen(ids[:1, :8], 8)  # warm-up
+    sync(args.device)
+    t0 = time.perf_counter()
+    out = gen(ids, args.new)
+    sync(args.device)
+    dt = time.perf_counter() - t0
+    n = (out.shape[1] - ids.shape[1]) * ids.shape[0]
+    assert n == len(reqs) * args.new, n
+    return n / dt
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="tiny checkpoint (CPU smoke run)")
+    ap.add_argument("--model", help="checkpoint folder (default: the 7B-shaped one in /tmp)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--no-graphs", action="store_true", help="ours without CUDA graphs")
+    ap.add_argument("--cases", default="bf16-b1,nf4-b1,bf16-bN")
+    ap.add_argument("--json", help="write results here")
+    args = ap.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = checkpoint(args)
+    vocab = json.loads((Path(path) / "config.json").read_text())["vocab_size"]
+    wanted = set(args.cases.split(","))
+    results: dict[str, dict[str, float]] = {}
+    hf_models: dict[str | None, object] = {}
+    for name, quant, batch in CASES:
+        b = batch or args.batch
+        key = f"{name}-b{'1' if batch == 1 else 'N'}"
+        if key not in wanted:
+            continue
+        if quant == "nf4" and not args.device.startswith("cuda"):
+            print(f"{key}: skipped (bitsandbytes nf4 needs CUDA here)")
+            continue
+        label = f"{name} b{b}"
+        reqs = prompts(b, args.prompt, vocab, seed=b)
+        print(f"{label}: ours ...", flush=True)
+        results[label] = {"ours": run_ours(path, quant, reqs, args)}
+        if not args.skip_hf:
+            print(f"{label}: transformers ...", flush=True)
+            if quant not in hf_models:
+                for q in list(hf_models):
+                    del hf_models[q]
+                free(args.device)
+                t0 = time.perf_counter()
+                hf_models[quant] = load_hf(path, quant, args)
+                print(f"  hf load {time.perf_counter() - t0:.1f} s", flush=True)
+            results[label]["hf"] = run_hf(hf_models[quant], reqs, args)
+        r = results[label]
+        ratio = f"  ours/hf {r['ours'] / r['hf']:.2f}x" if "hf" in r else ""
+        hf_part = f", hf {r['hf']:.1f} tok/s" if "hf" in r else ""
+        print(f"{label}: ours {r['ours']:.1f} tok/s{hf_part}{ratio}")
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"\n{dev}, torch {torch.__version__}, prompt {args.prompt}, new {args.new}")
+    print(f"{'case':<12}{'ours tok/s':>12}{'hf tok/s':>12}{'ratio':>8}")
+    for label, r in results.items():
+        hf = r.get("hf")
+        ratio = f"{r['ours'] / hf:.2f}x" if hf else "-"
+        print(f"{label:<12}{r['ours']:>12.1f}{(hf or 0):>12.1f}{ratio:>8}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": dev, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
