@@ -19,7 +19,7 @@ from isthmus.client import connect
 from isthmus.client.errors import Unauthenticated
 from isthmus.edge.buffers import BufferLimits
 from isthmus.engine.tiny import make_tiny_checkpoint
-from isthmus.protocol import Error, ErrorCode, GenerateRequest, SamplingOptions, TokenChunk
+from isthmus.protocol import Error, ErrorCode, GenerateRequest, SamplingOptions, TokenChunk, unpack_ids
 
 from tests.edge.quic_helpers import final, raw_client, write_self_signed
 
@@ -199,7 +199,8 @@ async def test_bad_frames_and_unauthenticated(harness: Harness) -> None:
         junk = client.send(b"\x00\x00\x00\x02\xc1\xc1")
         assert final(await client.wait_end(junk)).code == ErrorCode.INVALID_MESSAGE
         msgs = await client.wait_end(good)
-        assert sum(isinstance(m, TokenChunk) for m in msgs) == 20
+        # Chunks may coalesce several tokens when the reader lags: count tokens, not chunks.
+        assert sum(len(unpack_ids(m.token_ids)) for m in msgs if isinstance(m, TokenChunk)) == 20
     async with connect(node.quic_address, api_key="wrong", verify=False, retries=0) as client:
         with pytest.raises(Unauthenticated):
             await client.complete("Hello", **greedy(3))
