@@ -45,7 +45,7 @@ Configuration (used only when the config is written: first run, or with --force)
                           sha256 hex digest of an API key (printf %s KEY | sha256sum), with an
                           optional name and max concurrent requests. Repeatable. None: the edge
                           admits anonymous requests.
-  --quantization Q        none, nf4 or int8. Default nf4 when --device is cuda, else none.
+  --quantization Q        none, nf4 or int8. Default nf4.
   --device D              cpu, cuda or cuda:N. Default cuda if nvidia-smi works, else cpu.
   --cert FILE --key FILE  Use this certificate and key instead of a self-signed pair.
   --hostname NAME         Name or IP address the self-signed certificate is valid for.
@@ -149,9 +149,7 @@ fi
 if [[ -z "$DEVICE" ]]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then DEVICE=cuda; else DEVICE=cpu; fi
 fi
-if [[ -z "$QUANT" ]]; then
-    if [[ "$DEVICE" == cuda* ]]; then QUANT=nf4; else QUANT=none; fi
-fi
+if [[ -z "$QUANT" ]]; then QUANT=nf4; fi  # the edge serves a quantized model (bitsandbytes runs on CPU too)
 
 # --- virtualenv and package ------------------------------------------------------------------
 if [[ ! -x "$VENV/bin/python" ]]; then
