@@ -111,7 +111,7 @@ def test_up_then_chat_then_ctrl_c(cache_dir: Path) -> None:
             [
                 *ISTHMUS,
                 "chat",
-                "Hello there",
+                "Hi there!",
                 "--cache-dir",
                 str(cache_dir),
                 "--max-tokens",
