@@ -134,6 +134,17 @@ def test_up_then_chat_then_ctrl_c(cache_dir: Path) -> None:
             errors="replace",
         )
         assert center.returncode == 0 and "tier=center reason=wish_center" in center.stdout, center.stderr
+        interactive = subprocess.run(
+            [*ISTHMUS, "chat", "--cache-dir", str(cache_dir), "--max-tokens", "3", "--tier", "edge"],
+            input="Hi there!\nAnd again\n\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            errors="replace",
+        )
+        assert interactive.returncode == 0, interactive.stderr
+        assert interactive.stdout.count("[tier=edge reason=wish_edge") == 2
+        assert "tokens=" in interactive.stdout
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=60)
         assert up.returncode == 0, out[-3000:]
