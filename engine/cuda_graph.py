@@ -28,7 +28,8 @@ class DecodeGraphs:
     """Captured decode steps for one model and KV cache on one CUDA device.
 
     `scratch_block` must be a KV block id no sequence is ever given (the runner allocates one
-    block more than the scheduler sees).
+    block more than the scheduler sees). On a CUDA device each size is captured; elsewhere `run`
+    executes the same padded static-buffer forward eagerly.
     """
 
     def __init__(
@@ -42,8 +43,9 @@ class DecodeGraphs:
         scratch_block: int,
     ) -> None:
         device = kv_caches[0][0].device
-        if device.type != "cuda":
-            raise ValueError("CUDA graphs need a CUDA device")
+        # Off CUDA nothing is captured: `run` executes the same static-buffer forward eagerly
+        # (how the padding and scratch-block logic is tested on CPU).
+        self.captured = device.type == "cuda"
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
@@ -60,7 +62,8 @@ class DecodeGraphs:
         self.block_tables = torch.full((max_batch, self.max_blocks), scratch_block, **long)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}  # batch size -> static [bs, vocab] output
-        self._capture()
+        if self.captured:
+            self._capture()
 
     def _metadata(self, bs: int) -> AttentionMetadata:
         return AttentionMetadata(
@@ -128,12 +131,14 @@ class DecodeGraphs:
             flat += t
             flat += [self.scratch_block] * (width - len(t))
         flat += [self.scratch_block] * (width * pad)
-        host = torch.tensor(flat, dtype=torch.long).pin_memory()
-        dev = host.to(self.device, non_blocking=True)
+        host = torch.tensor(flat, dtype=torch.long)
+        dev = host.pin_memory().to(self.device, non_blocking=True) if self.captured else host
         self.input_ids[:bs].copy_(dev[:bs])
         self.positions[:bs].copy_(dev[bs : 2 * bs])
         self.slot_mapping[:bs].copy_(dev[2 * bs : 3 * bs])
         self.context_lens[:bs].copy_(dev[3 * bs : 4 * bs])
         self.block_tables[:bs, :width].copy_(dev[4 * bs :].view(bs, width))
+        if not self.captured:
+            return self._forward(bs)[:n]
         self.graphs[bs].replay()
         return self.logits[bs][:n]
