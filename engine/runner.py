@@ -12,6 +12,7 @@ in one batched call.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -100,14 +101,17 @@ class ModelRunner:
         )
         self.graphs: DecodeGraphs | None = None
         if use_graphs:
-            self.graphs = DecodeGraphs(
-                self.model,
-                self.kv_caches,
-                max_batch=options.max_num_seqs,
-                max_model_len=self.max_model_len,
-                block_size=self.block_size,
-                scratch_block=self.num_kv_blocks,
-            )
+            try:
+                self.graphs = DecodeGraphs(
+                    self.model,
+                    self.kv_caches,
+                    max_batch=options.max_num_seqs,
+                    max_model_len=self.max_model_len,
+                    block_size=self.block_size,
+                    scratch_block=self.num_kv_blocks,
+                )
+            except RuntimeError as exc:  # a layer that cannot be captured: decode stays eager
+                warnings.warn(f"CUDA graph capture failed, decoding eagerly: {exc}", stacklevel=2)
 
     @property
     def vocab_size(self) -> int:
