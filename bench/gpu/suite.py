@@ -1,7 +1,8 @@
 """GPU decode suite: ours vs transformers `generate` on DeepSeek-LLM-7B's shape, same run.
 
-Cases (each: `--prompt`-token random prompts, `--new` new tokens, greedy, ignore_eos; tok/s =
-generated tokens / wall time of the whole generate call, prefill included, for both sides):
+Cases (each: `--prompt`-token random prompts, `--new` new tokens, greedy, ignore_eos; tok/s
+end-to-end = generated tokens / wall time of the whole generate call, prefill included; decode =
+the same minus a timed max_tokens=1 run on the same prompts; both sides measured alike):
   bf16 b1, nf4 b1, bf16 b<--batch>   (ours: LLM with CUDA graphs; hf: generate, nf4 via
                                         BitsAndBytesConfig)
 
@@ -55,7 +56,10 @@ def free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def run_ours(path: str, quant: str | None, reqs: list[list[int]], args: argparse.Namespace) -> float:
+def run_ours(
+    path: str, quant: str | None, reqs: list[list[int]], args: argparse.Namespace
+) -> tuple[float, float]:
+    """(end-to-end tok/s, decode-only tok/s): the latter subtracts a timed max_tokens=1 run."""
     from isthmus.engine.llm import LLM
     from isthmus.engine.params import SamplingParams
 
@@ -76,6 +80,14 @@ def run_ours(path: str, quant: str | None, reqs: list[list[int]], args: argparse
     sync(args.device)
     load_s = time.perf_counter() - t0
     llm.generate([reqs[0][:8]], SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    first = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+    prefill_s = 0.0
+    for _ in range(2):  # the first warms the prefill shapes; the second is timed
+        sync(args.device)
+        t0 = time.perf_counter()
+        llm.generate(reqs, [first] * len(reqs))
+        sync(args.device)
+        prefill_s = time.perf_counter() - t0
     params = SamplingParams(max_tokens=args.new, temperature=0.0, ignore_eos=True)
     sync(args.device)
     t0 = time.perf_counter()
@@ -84,10 +96,13 @@ def run_ours(path: str, quant: str | None, reqs: list[list[int]], args: argparse
     dt = time.perf_counter() - t0
     n = sum(len(o.token_ids) for o in outs)
     assert n == len(reqs) * args.new, n
-    print(f"  ours load+capture {load_s:.1f} s; {n} tokens in {dt:.2f} s", flush=True)
+    print(
+        f"  ours load+capture {load_s:.1f} s; {n} tokens in {dt:.2f} s (prefill+1st token {prefill_s:.3f} s)",
+        flush=True,
+    )
     del llm, outs
     free(args.device)
-    return n / dt
+    return n / dt, (n - len(reqs)) / max(dt - prefill_s, 1e-9)
 
 
 def load_hf(path: str, quant: str | None, args: argparse.Namespace):
@@ -105,7 +120,8 @@ def load_hf(path: str, quant: str | None, args: argparse.Namespace):
 
 
 @torch.inference_mode()
-def run_hf(model, reqs: list[list[int]], args: argparse.Namespace) -> float:
+def run_hf(model, reqs: list[list[int]], args: argparse.Namespace) -> tuple[float, float]:
+    """(end-to-end tok/s, decode-only tok/s), as `run_ours`."""
     def gen(ids: torch.Tensor, new: int) -> torch.Tensor:
         return model.generate(
             ids,
@@ -118,6 +134,13 @@ def run_hf(model, reqs: list[list[int]], args: argparse.Namespace) -> float:
 
     ids = torch.tensor(reqs, device=args.device)
     gen(ids[:1, :8], 8)  # warm-up
+    prefill_s = 0.0
+    for _ in range(2):
+        sync(args.device)
+        t0 = time.perf_counter()
+        gen(ids, 1)
+        sync(args.device)
+        prefill_s = time.perf_counter() - t0
     sync(args.device)
     t0 = time.perf_counter()
     out = gen(ids, args.new)
@@ -125,7 +148,8 @@ def run_hf(model, reqs: list[list[int]], args: argparse.Namespace) -> float:
     dt = time.perf_counter() - t0
     n = (out.shape[1] - ids.shape[1]) * ids.shape[0]
     assert n == len(reqs) * args.new, n
-    return n / dt
+    print(f"  hf {n} tokens in {dt:.2f} s (prefill+1st token {prefill_s:.3f} s)", flush=True)
+    return n / dt, (n - len(reqs)) / max(dt - prefill_s, 1e-9)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         label = f"{name} b{b}"
         reqs = prompts(b, args.prompt, vocab, seed=b)
         print(f"{label}: ours ...", flush=True)
-        results[label] = {"ours": run_ours(path, quant, reqs, args)}
+        ours_e2e, ours_dec = run_ours(path, quant, reqs, args)
+        results[label] = {"ours": ours_e2e, "ours_decode": ours_dec}
         if not args.skip_hf:
             print(f"{label}: transformers ...", flush=True)
             if quant not in hf_models:
@@ -169,18 +194,20 @@ def main(argv: list[str] | None = None) -> None:
                 t0 = time.perf_counter()
                 hf_models[quant] = load_hf(path, quant, args)
                 print(f"  hf load {time.perf_counter() - t0:.1f} s", flush=True)
-            results[label]["hf"] = run_hf(hf_models[quant], reqs, args)
+            results[label]["hf"], results[label]["hf_decode"] = run_hf(hf_models[quant], reqs, args)
         r = results[label]
         ratio = f"  ours/hf {r['ours'] / r['hf']:.2f}x" if "hf" in r else ""
         hf_part = f", hf {r['hf']:.1f} tok/s" if "hf" in r else ""
         print(f"{label}: ours {r['ours']:.1f} tok/s{hf_part}{ratio}")
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"\n{dev}, torch {torch.__version__}, prompt {args.prompt}, new {args.new}")
-    print(f"{'case':<12}{'ours tok/s':>12}{'hf tok/s':>12}{'ratio':>8}")
+    print("tok/s: e2e = all generated tokens / whole generate call; decode = prefill run subtracted")
+    print(f"{'case':<12}{'ours e2e':>10}{'ours dec':>10}{'hf e2e':>10}{'hf dec':>10}{'e2e x':>8}{'dec x':>8}")
     for label, r in results.items():
-        hf = r.get("hf")
-        ratio = f"{r['ours'] / hf:.2f}x" if hf else "-"
-        print(f"{label:<12}{r['ours']:>12.1f}{(hf or 0):>12.1f}{ratio:>8}")
+        hf, hfd = r.get("hf", 0.0), r.get("hf_decode", 0.0)
+        x = f"{r['ours'] / hf:.2f}" if hf else "-"
+        xd = f"{r['ours_decode'] / hfd:.2f}" if hfd else "-"
+        print(f"{label:<12}{r['ours']:>10.1f}{r['ours_decode']:>10.1f}{hf:>10.1f}{hfd:>10.1f}{x:>8}{xd:>8}")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": dev, "results": results}, indent=1))
 
