@@ -36,11 +36,14 @@ class StopStringMatcher:
         if self.is_stopped:
             return "", True
         buf = self._held + text
-        hit_at, hit = -1, None
+        # The stop that completes first wins (ties: the one that starts first), so the result
+        # does not depend on where token boundaries fall.
+        hit_at, hit, hit_end = -1, None, -1
         for stop in self.stops:
             i = buf.find(stop)
-            if i != -1 and (hit_at == -1 or i < hit_at):
-                hit_at, hit = i, stop
+            end = i + len(stop)
+            if i != -1 and (hit is None or (end, i) < (hit_end, hit_at)):
+                hit_at, hit, hit_end = i, stop, end
         if hit is not None:
             self.is_stopped, self.matched, self._held = True, hit, ""
             return buf[:hit_at], True

@@ -83,8 +83,9 @@ def test_bad_stops_are_typed_errors() -> None:
 def test_matches_reference(text: str, stops: list[str], cuts: list[int]) -> None:
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
     pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
-    found = [i for i in (text.find(s) for s in stops) if i != -1]
-    expected = text[: min(found)] if found else text
+    # The stop that completes first wins (ties: the one that starts first).
+    found = [(i + len(s), i) for s, i in ((s, text.find(s)) for s in stops) if i != -1]
+    expected = text[: min(found)[1]] if found else text
     out, stopped, emitted = run(stops, pieces)
     assert (out, stopped) == (expected, bool(found))
     max_hold = max((len(s) for s in stops), default=1) - 1
