@@ -72,7 +72,7 @@ def paged_attention(
     if attn.num_decodes:
         lo = attn.num_prefill_tokens
         # On CUDA a Triton kernel reads only the live blocks (and is CUDA-graph capturable).
-        decode = decode_attention.paged_decode if decode_attention.available(q.device) else _decode_batch
+        decode = decode_attention.paged_decode if decode_attention.supports(q, k_cache) else _decode_batch
         out[lo:] = decode(q[lo:], k_cache, v_cache, attn.decode_block_tables, attn.decode_context_lens, scale)
     return out
 

@@ -29,6 +29,17 @@ def available(device: torch.device) -> bool:
     return triton is not None and device.type == "cuda"
 
 
+def supports(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """True when `paged_decode` runs on q's device and handles these shapes."""
+    return available(q.device) and _shapes_ok(q, k_cache)
+
+
+def _shapes_ok(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    # GQA groups must divide evenly; tl.arange needs a power-of-two head_dim.
+    num_heads, head_dim = q.shape[-2:]
+    return num_heads % k_cache.shape[-2] == 0 and head_dim & (head_dim - 1) == 0 and k_cache.is_contiguous()
+
+
 if triton is not None:
 
     @triton.jit
@@ -99,7 +110,7 @@ def paged_decode(
         raise RuntimeError("paged_decode needs Triton")
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
-    if num_heads % num_kv_heads or head_dim & (head_dim - 1):
+    if not _shapes_ok(q, k_cache):
         raise ValueError(
             f"unsupported decode shape: heads {num_heads}/{num_kv_heads}, head_dim {head_dim}, "
             f"block_size {block_size}"

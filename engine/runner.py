@@ -89,7 +89,8 @@ class ModelRunner:
             max_useful_blocks=max_useful,
         )
         self.kv_cache_bytes = block_bytes * self.num_kv_blocks
-        use_graphs = options.use_cuda_graphs and decode_attention.available(self.device)
+        # Not under rewrites (tensor parallelism): capturing collectives in lockstep is untested.
+        use_graphs = options.use_cuda_graphs and not rewrites and decode_attention.available(self.device)
         self.kv_caches = allocate_kv_cache(
             self.config.num_layers,
             self.num_kv_blocks + (1 if use_graphs else 0),  # + the graphs' scratch block

@@ -157,7 +157,8 @@ def test_graph_decode_matches_eager(tiny_llama: Path, quant: str | None) -> None
     for i, h in enumerate(histories):
         eager = logits_of(runner, seq(i, h, len(h) - 1, len(h), len(prompts[i]), tables[i]))[0]
         rel = ((graph_logits[i] - eager).norm() / eager.norm()).item()
-        assert rel < 2e-2, (i, rel)
+        # bf16; nf4 at batch 4 dequantizes + matmuls while batch 1 uses bitsandbytes' gemv.
+        assert rel < (2e-2 if quant is None else 5e-2), (i, rel)
     assert torch.isfinite(graph_logits).all()
 
 
