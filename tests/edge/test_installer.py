@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
 import stat
 import subprocess
 import sys
 import sysconfig
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,7 +54,7 @@ def installed_python(prefix: Path, code: str) -> str:
 
 def test_install_twice_and_start(tmp_path: Path) -> None:
     prefix = tmp_path / "edge"
-    out = run(prefix, "--model", "/models/tiny", "--center", "10.0.0.5:50051", "--port", "4500",
+    out = run(prefix, "--model", "/models/tiny", "--center", "127.0.0.1:50051", "--port", "4500",
               "--api-key-hash", "a" * 64 + ":ops:3").stdout  # fmt: skip
     etc = prefix / "etc"
     for name in ("edge.toml", "edge.crt", "edge.key", "isthmus-edge.service"):
@@ -69,7 +73,7 @@ def test_install_twice_and_start(tmp_path: Path) -> None:
     )
     module_file, summary = installed_python(prefix, code).splitlines()
     assert module_file.startswith(str(prefix / "venv"))
-    assert summary == f"4500 10.0.0.5:50051 ops {etc / 'edge.crt'}"
+    assert summary == f"4500 127.0.0.1:50051 ops {etc / 'edge.crt'}"
 
     # second run: same prefix, different flags -> config and certificate are kept
     config_before, cert_before = (etc / "edge.toml").read_text(), (etc / "edge.crt").read_bytes()
@@ -115,3 +119,49 @@ def test_help_documents_every_option() -> None:
     assert len(options) > 15
     for option in options:
         assert option in proc.stdout, option
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_installed_edge_serves_a_request_and_stops_on_sigterm(tmp_path: Path) -> None:
+    from isthmus.client import sync
+    from isthmus.engine.tiny import make_tiny_checkpoint
+
+    model = make_tiny_checkpoint(tmp_path / "model", "llama", seed=3)
+    prefix = tmp_path / "edge"
+    quic_port, http_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
+    dead_center = _free_port(socket.SOCK_STREAM)  # nothing listens there: the edge degrades to local
+    run(prefix, "--model", str(model), "--center", f"127.0.0.1:{dead_center}",
+        "--port", str(quic_port), "--http-port", str(http_port))  # fmt: skip
+    etc = prefix / "etc"
+    assert 'quantization = "nf4"' in (etc / "edge.toml").read_text()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.Popen(
+        [str(prefix / "venv" / "bin" / "isthmus"), "edge", "--config", str(etc / "edge.toml")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd="/",
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the installed edge never became ready"
+            time.sleep(0.5)
+        with sync.connect(f"127.0.0.1:{quic_port}", ca=str(etc / "edge.crt"), timeout=60) as client:
+            answer = client.complete("Hello", max_tokens=5, temperature=0.0)
+        assert answer.usage.completion_tokens == 5 and answer.route.tier == "edge"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
