@@ -133,8 +133,7 @@ def _forward_only(runner: ModelRunner, plan: SchedulePlan) -> None:
     """A follower's share of a step: the forward pass (and its all-reduces), no logits."""
     if plan.is_empty:
         return
-    batch = runner._prepare(plan)  # validation happens here, before any collective, on every rank
-    runner.model(batch.input_ids, batch.positions, batch.attn, runner.kv_caches)
+    runner.forward(plan)  # validates before any collective, on every rank
 
 
 def follow_plans(runner: ModelRunner, group: TPGroup) -> int:

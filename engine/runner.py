@@ -126,10 +126,7 @@ class ModelRunner:
             return out
         if self.graphs is not None and self._graph_eligible(plan):
             return self._run_graph(plan)
-        batch = self._prepare(plan)
-        hidden = self.model(
-            batch.input_ids, batch.positions, batch.attn, self.kv_caches
-        )  # [num_tokens, hidden]
+        batch, hidden = self.forward(plan)
 
         rows, sample_seqs = [], []
         for seq, start in zip(batch.seqs, batch.starts, strict=True):
@@ -145,6 +142,19 @@ class ModelRunner:
             if seq.want_prompt_logprobs and seq.start_pos < seq.prompt_len:
                 out.prompt_logprobs[seq.seq_id] = self._prompt_logprobs(hidden, seq, start)
         return out
+
+    @torch.inference_mode()
+    def forward(self, plan: SchedulePlan) -> tuple[_Batch, torch.Tensor]:
+        """The eager forward pass over a non-empty plan: writes its KV, returns the batch and hidden.
+
+        The plan is validated before the model runs, so in tensor parallelism every rank refuses a
+        bad plan before any collective. Center followers call this alone (no logits, no sampling).
+        """
+        batch = self._prepare(plan)
+        hidden = self.model(
+            batch.input_ids, batch.positions, batch.attn, self.kv_caches
+        )  # [num_tokens, hidden]
+        return batch, hidden
 
     def _graph_eligible(self, plan: SchedulePlan) -> bool:
         """Decode-only steps that fit a captured size and need no prompt scoring."""
