@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 from isthmus.edge.auth import hash_key
-from isthmus.edge.config import ConfigError, EdgeConfig, main, write_default_config
+from isthmus.edge.config import ConfigError, EdgeConfig
+from isthmus.edge.config_write import main, write_default_config
 
 MINIMAL = 'model = { path = "models/tiny" }\n'
 
