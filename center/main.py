@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -145,6 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     env = DistEnv.from_environ()
     if env is None or env.world_size == 1:  # TP=1: no process group needed
         return asyncio.run(serve(a, engine_options(a, 0 if env is None else env.local_rank)))
+    code = _main_tp(a, env)
+    # A rank of a TP group leaves with os._exit: after a clean drain, C++ threads of gloo and grpc
+    # that are still joinable at static destruction abort the process ("terminate called without
+    # an active exception"), which would turn exit 0 into SIGABRT. Everything is flushed first.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _main_tp(a: argparse.Namespace, env: DistEnv) -> int:
+    """One rank of a tensor-parallel group: rank 0 serves, the others follow its plans."""
     from isthmus.center.worker import TPRunner, build_shard_runner, follow_plans
 
     group = init_tp_group(env, device=a.device, timeout_s=a.collective_timeout_s)
