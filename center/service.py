@@ -109,6 +109,11 @@ class CenterService:
             prompt_ids=prepared.prompt_ids,
             params=prepared.params,
             priority=req.priority,
+            continued=(
+                (prepared.num_continuation_tokens, req.continuation.text)
+                if prepared.is_exact_continuation and req.continuation is not None
+                else None
+            ),
         )
         self.in_flight[flight.engine_id] = flight
         watchdog = None

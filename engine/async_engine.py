@@ -43,6 +43,8 @@ class EngineRequest:
     deadline: float | None = None  # time.monotonic() seconds; past it the request ends "deadline"
     want_prompt_logprobs: bool = False
     resume: RequestState | None = None  # continue a request exported from another engine
+    # (n, text): the last n prompt ids are an answer another engine began and streamed `text` of
+    continued: tuple[int, str] | None = None
 
 
 class _Stream:
@@ -165,6 +167,7 @@ class AsyncEngine:
                 deadline=req.deadline,
                 want_prompt_logprobs=req.want_prompt_logprobs,
                 resume=req.resume,
+                continued=req.continued,
                 now=time.monotonic(),
             )
             self._streams[req.request_id] = stream

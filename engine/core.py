@@ -95,15 +95,24 @@ class EngineCore:
         deadline: float | None = None,
         want_prompt_logprobs: bool = False,
         resume: RequestState | None = None,
+        continued: tuple[int, str] | None = None,
         now: float | None = None,
     ) -> Sequence:
-        """Queue a request (or resume one: its prompt, params and generated ids come from ``resume``)."""
+        """Queue a request (or resume one: its prompt, params and generated ids come from ``resume``).
+
+        ``continued=(n, text)``: the last ``n`` prompt ids are an answer another engine began and
+        streamed ``text`` of (an edge's hand-over); see `OutputProcessor.add`.
+        """
         now = time.monotonic() if now is None else now
         text = ""
         output_ids = None
+        num_replayed = 0
+        if continued is not None:
+            num_replayed, text = continued
         if resume is not None:
             prompt_ids, params = resume.prompt_ids, resume.params
             output_ids, text = resume.output_ids, resume.text
+            num_replayed = len(output_ids)
         seq = self.scheduler.add(
             request_id,
             prompt_ids,
@@ -114,7 +123,7 @@ class EngineCore:
             want_prompt_logprobs=want_prompt_logprobs,
             output_ids=output_ids,
         )
-        self.processor.add(seq, text)
+        self.processor.add(seq, text, num_replayed)
         return seq
 
     def abort(self, request_id: str) -> bool:

@@ -95,6 +95,18 @@ async def test_continuation_by_ids_when_fingerprints_match_else_by_text(center: 
     assert _ids(msgs) == await _direct(center, tok.encode("The quick brown fox jumps over"))
 
 
+async def test_continuation_text_the_edge_held_back_is_sent_first(center: Center) -> None:
+    # The edge generated " hello world" but streamed only " hello" (its stop-string matcher held
+    # " world" back): the center's answer starts with the held-back text.
+    tok = center.engine.tokenizer
+    cont_ids = tok.encode(" hello world", add_special_tokens=False)
+    cont = Continuation(token_ids=pack_ids(cont_ids), tokenizer_fingerprint=tok.fingerprint, text=" hello")
+    req = GenerateRequest(id="h", prompt="Say it:", sampling=GREEDY, continuation=cont)
+    msgs = await center.generate(req)
+    text = "".join(m.text for m in msgs if isinstance(m, TokenChunk))
+    assert text.startswith(" world") and len(text) > len(" world")
+
+
 async def test_cancel_aborts_and_frees_kv_blocks(center: Center) -> None:
     call = center.generate_call(GenerateRequest(id="x", prompt="tell me a long story", sampling=LONG))
     first = await call.read()
