@@ -12,6 +12,8 @@ h // (num_heads // num_kv_heads).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs may lack it.
@@ -119,25 +121,28 @@ def paged_decode(
     out = torch.empty_like(q)
     if num_seqs == 0:
         return out
-    _paged_decode_kernel[(num_seqs, num_heads)](
-        q,
-        k_cache,
-        v_cache,
-        out,
-        block_tables,
-        context_lens,
-        scale,
-        q.stride(0),
-        q.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        block_tables.stride(0),
-        out.stride(0),
-        out.stride(1),
-        GROUP=num_heads // num_kv_heads,
-        BLOCK_SIZE=block_size,
-        HEAD_DIM=head_dim,
-        TOK=TOKENS_PER_ITER,
-    )
+    # Triton launches on the *current* CUDA device, not the tensors' one: with device="cuda:1"
+    # and device 0 current the kernel would run on GPU 0 against GPU 1's memory.
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        _paged_decode_kernel[(num_seqs, num_heads)](
+            q,
+            k_cache,
+            v_cache,
+            out,
+            block_tables,
+            context_lens,
+            scale,
+            q.stride(0),
+            q.stride(1),
+            k_cache.stride(0),
+            k_cache.stride(1),
+            k_cache.stride(2),
+            block_tables.stride(0),
+            out.stride(0),
+            out.stride(1),
+            GROUP=num_heads // num_kv_heads,
+            BLOCK_SIZE=block_size,
+            HEAD_DIM=head_dim,
+            TOK=TOKENS_PER_ITER,
+        )
     return out
