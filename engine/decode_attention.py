@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None  # type: ignore[assignment]
     tl = None  # type: ignore[assignment]
 
-TOKENS_PER_ITER = 64  # keys handled per loop iteration of one program (a multiple of the block size)
+TOKENS_PER_ITER = 64  # keys handled per loop iteration of one program (any block size works)
 
 
 def available(device: torch.device) -> bool:
@@ -44,7 +44,10 @@ def _shapes_ok(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
 
 if triton is not None:
 
-    @triton.jit
+    # stride_ts is the padded width of the step's block tables, which changes from step to step
+    # on the eager path; Triton specializes integer arguments on == 1 and % 16 == 0, so without
+    # this it would JIT-compile new kernel variants in the middle of serving.
+    @triton.jit(do_not_specialize=["stride_ts"])
     def _paged_decode_kernel(
         q_ptr,
         k_ptr,
