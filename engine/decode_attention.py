@@ -36,10 +36,16 @@ def supports(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     return available(q.device) and _shapes_ok(q, k_cache)
 
 
+def supports_shape(num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
+    """True when the kernel handles this head layout: GQA groups divide evenly and head_dim is a
+    power of two (`tl.arange` extents must be)."""
+    pow2 = head_dim > 0 and head_dim & (head_dim - 1) == 0
+    return num_kv_heads > 0 and num_heads % num_kv_heads == 0 and pow2
+
+
 def _shapes_ok(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    # GQA groups must divide evenly; tl.arange needs a power-of-two head_dim.
     num_heads, head_dim = q.shape[-2:]
-    return num_heads % k_cache.shape[-2] == 0 and head_dim & (head_dim - 1) == 0 and k_cache.is_contiguous()
+    return supports_shape(num_heads, k_cache.shape[-2], head_dim) and k_cache.is_contiguous()
 
 
 if triton is not None:

@@ -90,7 +90,15 @@ class ModelRunner:
         )
         self.kv_cache_bytes = block_bytes * self.num_kv_blocks
         # Not under rewrites (tensor parallelism): capturing collectives in lockstep is untested.
-        use_graphs = options.use_cuda_graphs and not rewrites and decode_attention.available(self.device)
+        # Only where the Triton decode handles the heads: the portable fallback would gather the
+        # graph's full max_model_len-wide block table for every row, every layer, every step.
+        heads = (self.config.num_heads, self.num_kv_heads, self.config.head_dim)
+        use_graphs = (
+            options.use_cuda_graphs
+            and not rewrites
+            and decode_attention.available(self.device)
+            and decode_attention.supports_shape(*heads)
+        )
         self.kv_caches = allocate_kv_cache(
             self.config.num_layers,
             self.num_kv_blocks + (1 if use_graphs else 0),  # + the graphs' scratch block

@@ -188,6 +188,30 @@ def test_graph_path_skips_prefill_and_prompt_logprobs(tiny_llama: Path) -> None:
     assert runner._graph_eligible(decode)
 
 
+def test_supports_shape() -> None:
+    from isthmus.engine.decode_attention import supports_shape
+
+    assert supports_shape(32, 32, 128) and supports_shape(28, 4, 128) and supports_shape(4, 2, 16)
+    assert not supports_shape(4, 2, 80)  # tl.arange extents must be powers of two
+    assert not supports_shape(6, 4, 64)  # GQA groups must divide evenly
+    assert not supports_shape(4, 0, 64)
+
+
+def test_runner_graphs_only_for_heads_the_kernel_handles(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Graphs are built only when the Triton decode takes the model's heads (else the captured
+    decode would gather the whole max_model_len-wide table). `available` is forced on, so the
+    runner builds its graphs on CPU, where nothing is captured or run at construction."""
+    from isthmus.engine import decode_attention
+    from isthmus.engine.tiny import make_tiny_checkpoint
+
+    monkeypatch.setattr(decode_attention, "available", lambda device: True)
+    assert _cpu_runner(tiny_llama).graphs is not None  # head_dim 16
+    odd = make_tiny_checkpoint(tmp_path / "hd12", "llama", seed=6, hidden_size=48)  # head_dim 12
+    assert _cpu_runner(odd).graphs is None
+
+
 _INTERPRET_CHECK = """
 import torch
 from isthmus.engine.attention import _decode_batch
