@@ -84,22 +84,30 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def _capture(self) -> None:
-        pool = None
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up: lazy inits (cuBLAS handles, Triton/bitsandbytes kernels)
-                self._forward(self.max_batch)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        torch.cuda.synchronize(self.device)
-        for bs in reversed(self.sizes):  # largest first, so smaller graphs reuse its pool
-            self._forward(bs)  # this size's own warm-up outside capture
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.logits[bs] = self._forward(bs)
-            if pool is None:
-                pool = graph.pool()
-            self.graphs[bs] = graph
+        # Under the model's device: torch.cuda.graph's default side stream is created on the
+        # current device, and Triton launches on the current device too.
+        with torch.cuda.device(self.device):
+            caller = torch.cuda.current_stream()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(caller)
+            # Warm-ups and captures all run on `stream`, and leaving this block restores the
+            # caller's stream even if a capture fails: torch.cuda.graph's __exit__ does not
+            # restore its stream when capture_end raises, which would leave every later eager
+            # step (after the runner falls back) on the side stream.
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # lazy inits (cuBLAS handles, Triton JIT, bitsandbytes state)
+                    self._forward(self.max_batch)
+                pool = None
+                for bs in reversed(self.sizes):  # largest first, so smaller graphs reuse its pool
+                    self._forward(bs)  # this size's own warm-up
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool, stream=stream):
+                        logits = self._forward(bs)
+                    if pool is None:
+                        pool = graph.pool()
+                    self.graphs[bs] = graph
+                    self.logits[bs] = logits
+            caller.wait_stream(stream)
         torch.cuda.synchronize(self.device)
 
     def padded_size(self, n: int) -> int | None:
