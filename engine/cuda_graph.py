@@ -99,12 +99,13 @@ class DecodeGraphs:
                     self._forward(self.max_batch)
                 pool = None
                 for bs in reversed(self.sizes):  # largest first, so smaller graphs reuse its pool
-                    self._forward(bs)  # this size's own warm-up
+                    eager = self._forward(bs)  # this size's warm-up, and the replay check's reference
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=pool, stream=stream):
                         logits = self._forward(bs)
                     if pool is None:
                         pool = graph.pool()
+                    _check_replay(bs, graph, logits, eager)
                     self.graphs[bs] = graph
                     self.logits[bs] = logits
             caller.wait_stream(stream)
@@ -150,3 +151,19 @@ class DecodeGraphs:
             return self._forward(bs)[:n]
         self.graphs[bs].replay()
         return self.logits[bs][:n]
+
+
+def _check_replay(bs: int, graph: torch.cuda.CUDAGraph, logits: torch.Tensor, eager: torch.Tensor) -> None:
+    """Replay once over the warm-up's inputs and compare with its eager logits ([bs, vocab]).
+
+    The same kernels run on the same inputs, so they agree to rounding. A capture that recorded
+    nothing (work sent to another stream or device) or baked a host-side value into the graph
+    fails here, at start-up, as a RuntimeError (the runner then decodes eagerly), instead of
+    decoding garbage.
+    """
+    logits.fill_(float("nan"))  # a graph that never writes its output cannot pass
+    graph.replay()
+    ref = eager.float()
+    err = ((logits.float() - ref).norm() / ref.norm()).item()
+    if not err <= 1e-2:  # also catches NaN
+        raise RuntimeError(f"decode graph for batch {bs} disagrees with eager (relative error {err:.3g})")

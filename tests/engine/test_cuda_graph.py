@@ -188,6 +188,29 @@ def test_graph_path_skips_prefill_and_prompt_logprobs(tiny_llama: Path) -> None:
     assert runner._graph_eligible(decode)
 
 
+def test_replay_check_rejects_graphs_that_do_not_reproduce_eager() -> None:
+    """`_check_replay` on stand-in graphs: one that recomputes the eager logits passes; one that
+    writes nothing (its output is NaN-filled first) or writes other values is refused."""
+    from isthmus.engine.cuda_graph import _check_replay
+
+    eager = torch.randn(4, 32, generator=torch.Generator().manual_seed(0))
+
+    class Graph:
+        def __init__(self, write: torch.Tensor | None) -> None:
+            self.write = write
+            self.out = torch.empty_like(eager)
+
+        def replay(self) -> None:
+            if self.write is not None:
+                self.out.copy_(self.write)
+
+    good = Graph(eager + 1e-4)
+    _check_replay(4, good, good.out, eager)  # type: ignore[arg-type]
+    for bad in (Graph(None), Graph(eager.roll(1, 0)), Graph(eager * float("inf"))):
+        with pytest.raises(RuntimeError, match="disagrees with eager"):
+            _check_replay(4, bad, bad.out, eager)  # type: ignore[arg-type]
+
+
 def test_supports_shape() -> None:
     from isthmus.engine.decode_attention import supports_shape
 
