@@ -275,7 +275,8 @@ async def _next_event(
     try:
         if left <= 0:
             raise TimeoutError
-        return await asyncio.wait_for(stream.next_event(), left)
+        async with asyncio.timeout(left):  # not wait_for: on 3.11 it can swallow the app's cancel
+            return await stream.next_event()
     except TimeoutError:
         raise DeadlineExceeded("request timed out in the client", request_id=request_id) from None
 

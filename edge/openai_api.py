@@ -15,7 +15,6 @@ which aborts the request on whichever tier runs it.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import json
 import logging
 import time
@@ -37,37 +36,6 @@ from .openai_schema import (
 
 log = logging.getLogger(__name__)
 
-# decisions the router made for the request the current task is serving (None: not an API request)
-_decisions: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
-    "isthmus_openai_decisions", default=None
-)
-
-
-class _ObservedRouter:
-    """Delegates to the node's router and records its decisions for the HTTP request being served
-    (the orchestrator calls the router inside the task that iterates `handle`, so a context
-    variable set by the handler sees exactly its own request's decisions)."""
-
-    def __init__(self, router: Any) -> None:
-        self._router = router
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._router, name)
-
-    def decide(self, *args: Any, **kwargs: Any) -> Any:
-        return self._note(self._router.decide(*args, **kwargs))
-
-    def reconsider(self, *args: Any, **kwargs: Any) -> Any:
-        return self._note(self._router.reconsider(*args, **kwargs))
-
-    @staticmethod
-    def _note(decision: Any) -> Any:
-        slot = _decisions.get()
-        if slot is not None and decision is not None:
-            slot.append(decision)
-        return decision
-
-
 def route_json(route: Route) -> dict[str, Any]:
     return {
         "tier": route.tier, "reason": route.reason, "score": route.score, "is_degraded": route.is_degraded,
@@ -82,19 +50,11 @@ def route_headers(route: Route) -> dict[str, str]:
     }
 
 
-def initial_route(first: TokenChunk | Done, decisions: list[Any]) -> Route:
-    """The route as known when the first message arrived."""
-    if isinstance(first, Done):
+def initial_route(first: TokenChunk | Done) -> Route:
+    """The route as known when the first message arrived (an answer's first chunk carries it)."""
+    if isinstance(first, Done) or first.route is not None:
         return first.route
-    if first.route is not None:
-        return first.route
-    last = decisions[-1] if decisions else None
-    if last is not None and last.tier == first.tier:
-        return Route(tier=first.tier, reason=last.reason, score=last.score, is_degraded=last.is_degraded)
-    # the router chose the center but none answered: the orchestrator degraded to the edge
-    reason = "center_unavailable" if last is not None and first.tier == "edge" else ""
-    score = last.score if last is not None else 0.0
-    return Route(tier=first.tier, reason=reason, score=score, is_degraded=bool(reason))
+    return Route(tier=first.tier, reason="", score=0.0)  # a sender that leaves it out
 
 
 def _finish_reason(reason: str) -> str:
@@ -142,8 +102,6 @@ class OpenAIApi:
         orch = self._get_orchestrator()
         if orch is None:
             raise OpenAIError(503, "edge node is not started", type="service_unavailable", code="unavailable")
-        if not isinstance(orch.router, _ObservedRouter):
-            orch.router = _ObservedRouter(orch.router)
         return orch
 
     async def models(self, request: web.Request) -> web.Response:
@@ -178,8 +136,6 @@ class OpenAIApi:
             with_usage = include_usage(body) if stream else False
         except OpenAIError as err:
             return _error_response(err)
-        decisions: list[Any] = []
-        _decisions.set(decisions)  # this handler's task context only
         shape = _Shape(req, is_chat, self._model_name())
         async with contextlib.aclosing(orch.handle(req)) as answers:
             first = await anext(answers, None)
@@ -187,7 +143,7 @@ class OpenAIApi:
                 return _error_response(OpenAIError(500, "no answer", type="server_error", code="internal"))
             if isinstance(first, Error):
                 return _error_response(error_from_protocol(first.code, first.message, is_chat=is_chat))
-            headers = route_headers(initial_route(first, decisions))
+            headers = route_headers(initial_route(first))
             if not stream:
                 return await self._whole(first, answers, shape, headers, is_chat)
             return await self._stream(request, first, answers, shape, headers, with_usage)

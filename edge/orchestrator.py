@@ -157,7 +157,7 @@ class Orchestrator:
                         handover = self.router.handover(decision)
                         moved = (center, handover, "mid_answer", run.num_streamed_tokens)
                         break
-                chunk = run.chunk(out)
+                chunk = run.chunk(out, decision.route() if run.num_streamed_tokens == 0 else None)
                 if chunk is not None:
                     self._observe_tokens(clock, len(out.new_token_ids))
                     yield chunk

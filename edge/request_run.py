@@ -41,7 +41,10 @@ class RequestClock:
             if asyncio.iscoroutine(awaitable):
                 awaitable.close()
             raise TimeoutError
-        return await asyncio.wait_for(_as_coro(awaitable), timeout=left)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel that arrives
+        # as the awaited item completes, and a cancelled request must stop.
+        async with asyncio.timeout(left):
+            return await awaitable
 
     def mark_token(self) -> float | None:
         """Note that tokens were sent now; return the gap since the previous ones (None: first)."""
@@ -60,10 +63,6 @@ class RequestClock:
             first_token_ms=max(0.0, (total if self.first_token_s is None else self.first_token_s) * 1000.0),
             total_ms=max(0.0, total * 1000.0),
         )
-
-
-async def _as_coro(awaitable: Awaitable[T]) -> T:
-    return await awaitable
 
 
 class LocalRun:
@@ -131,8 +130,11 @@ class LocalRun:
                 self.is_finished = True
             yield out
 
-    def chunk(self, out: Any) -> TokenChunk | None:
-        """The wire chunk for one engine output (None when it holds nothing to send)."""
+    def chunk(self, out: Any, route: Route | None = None) -> TokenChunk | None:
+        """The wire chunk for one engine output (None when it holds nothing to send).
+
+        `route` goes on the answer's first chunk (the caller passes it until a chunk is sent).
+        """
         ids = list(out.new_token_ids)
         text = out.text_delta or ""
         if not ids and not text:
@@ -140,7 +142,9 @@ class LocalRun:
         self.streamed_ids.extend(ids)
         self.streamed_text += text
         logprobs = list(out.logprobs) if (self.req.sampling.logprobs is not None and out.logprobs) else None
-        return TokenChunk(id=self.req.id, token_ids=pack_ids(ids), text=text, logprobs=logprobs, tier="edge")
+        return TokenChunk(
+            id=self.req.id, token_ids=pack_ids(ids), text=text, logprobs=logprobs, tier="edge", route=route
+        )
 
     @property
     def num_streamed_tokens(self) -> int:

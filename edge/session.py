@@ -186,11 +186,14 @@ class RequestStream:
     async def _wait_for_reader(self) -> None:
         """Return when the stream may pull the next chunk; raise `SlowReaderError` to give up."""
         action = self._update_flow()
-        while action is FlowAction.PAUSE:
+        while action is FlowAction.PAUSE and not self.is_finished:
             self._wake.clear()
             timeout = self._flow.remaining_stall_s(self._transport.now())
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the inner result when
+            # the task is cancelled just as the event is set (a cancel sets it), losing the cancel.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.001))
+                async with asyncio.timeout(max(timeout, 0.001)):
+                    await self._wake.wait()
             action = self._update_flow()
         if action is FlowAction.ABORT:
             raise SlowReaderError

@@ -121,7 +121,8 @@ class GenerateRequest(msgspec.Struct, kw_only=True, tag_field="type", tag="gener
 class TokenChunk(msgspec.Struct, kw_only=True, tag_field="type", tag="token_chunk"):
     """New tokens of an answer. `logprobs` has one entry per new token when asked for.
 
-    `route` is set only when the route changes mid-answer (a hand-over).
+    `route` is set on an answer's first chunk (the route it starts on) and again on the first
+    chunk after the route changes mid-answer (a hand-over); None on every other chunk.
     """
 
     id: RequestId

@@ -179,7 +179,8 @@ async def test_local_answer_streams_then_done_with_route_usage_timings() -> None
     orch, engine, pool = make()
     msgs = await collect(orch, request("hello", max_tokens=3))
     assert [m.text for m in msgs[:-1]] == ["a", "b", "c"]
-    assert all(m.tier == "edge" and m.route is None for m in msgs[:-1])
+    assert all(m.tier == "edge" for m in msgs[:-1])
+    assert msgs[0].route == msgs[-1].route and all(m.route is None for m in msgs[1:-1])
     done = msgs[-1]
     assert isinstance(done, Done) and done.finish_reason == "length"
     assert done.route.tier == "edge" and not done.route.is_degraded
