@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -52,8 +53,31 @@ class NetworkSettings:
     grace_s: float = 2.0  # seconds in-flight answers get when stopping
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux default 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port nothing listens on right now (bound and released)."""
+    """A port on 127.0.0.1 that nothing holds right now (bound and released).
+
+    Picked at random below the ephemeral range: a port the kernel handed out and took back could
+    be handed out again (to gloo's pair sockets, a TCPStore, any outgoing connection) before the
+    process we pass it to binds it.
+    """
+    high = _ephemeral_low()
+    low = max(1024, high - 16384)
+    for _ in range(64):
+        port = random.randrange(low, high)
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

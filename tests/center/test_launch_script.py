@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from isthmus.cli.network import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "launch-center.sh"
@@ -26,12 +27,6 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_help_documents_every_option() -> None:
     out = _run("--help")
     assert out.returncode == 0
@@ -42,7 +37,7 @@ def test_help_documents_every_option() -> None:
 
 def test_dry_run_prints_the_torchrun_command(tmp_path: Path) -> None:
     model = _model(tmp_path)
-    port, rdzv = _free_port(), _free_port()
+    port, rdzv = free_port(), free_port()
     out = _run("--model", str(model), "--device", "cpu", "--tp-size", "2", "--port", str(port),
                "--rdzv", f"127.0.0.1:{rdzv}", "--dry-run")
     assert out.returncode == 0, out.stderr
@@ -95,5 +90,5 @@ def test_busy_grpc_port_is_refused(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         out = _run("--model", str(model), "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
-                   "--rdzv", f"127.0.0.1:{_free_port()}", "--dry-run")
+                   "--rdzv", f"127.0.0.1:{free_port()}", "--dry-run")
     assert out.returncode == 2 and f"--port: port {port}" in out.stderr, out.stderr

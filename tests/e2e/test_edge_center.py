@@ -8,13 +8,13 @@ client SDK, or with the raw test client where a test must misbehave (stop readin
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from isthmus.cli.network import free_port
 from isthmus.client import connect
 from isthmus.client.errors import Unauthenticated
 from isthmus.edge.buffers import BufferLimits
@@ -222,7 +222,5 @@ def _req(id: str, tier: str, max_tokens: int) -> GenerateRequest:
 
 def _dead_port() -> int:
     """A loopback port nothing listens on (bound and released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 

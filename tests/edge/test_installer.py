@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from isthmus.cli.network import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "install-edge.sh"
@@ -121,20 +122,14 @@ def test_help_documents_every_option() -> None:
         assert option in proc.stdout, option
 
 
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_installed_edge_serves_a_request_and_stops_on_sigterm(tmp_path: Path) -> None:
     from isthmus.client import sync
     from isthmus.engine.tiny import make_tiny_checkpoint
 
     model = make_tiny_checkpoint(tmp_path / "model", "llama", seed=3)
     prefix = tmp_path / "edge"
-    quic_port, http_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
-    dead_center = _free_port(socket.SOCK_STREAM)  # nothing listens there: the edge degrades to local
+    quic_port, http_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+    dead_center = free_port(socket.SOCK_STREAM)  # nothing listens there: the edge degrades to local
     run(prefix, "--model", str(model), "--center", f"127.0.0.1:{dead_center}",
         "--port", str(quic_port), "--http-port", str(http_port))  # fmt: skip
     etc = prefix / "etc"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from isthmus.cli.network import free_port
 from isthmus.edge.config import EdgeConfig
 from isthmus.edge.main import main
 from isthmus.edge.node import EdgeNode
@@ -89,14 +90,8 @@ async def test_node_serves_and_drains_in_flight_requests(tmp_path: Path, model: 
     assert not node.engine.is_running
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_main_serves_then_exits_0_on_sigterm(tmp_path: Path, model: Path) -> None:
-    port = _free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     path = write_config(tmp_path, model, port=port)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
