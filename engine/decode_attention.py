@@ -126,6 +126,8 @@ def paged_decode(
             f"unsupported decode shape: heads {num_heads}/{num_kv_heads}, head_dim {head_dim}, "
             f"block_size {block_size}"
         )
+    if v_cache.shape != k_cache.shape or v_cache.stride() != k_cache.stride():
+        raise ValueError("v_cache must match k_cache in shape and strides (one offset reads both)")
     q = q.contiguous()
     out = torch.empty_like(q)
     if num_seqs == 0:
