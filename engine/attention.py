@@ -32,7 +32,7 @@ class AttentionMetadata:
     num_prefill_tokens: int  # tokens of those sequences, [0, num_prefill_tokens)
     prefill_query_start_cpu: list[int]  # [num_prefills + 1] token offsets of each prefill chunk
     prefill_start_pos_cpu: list[int]  # [num_prefills] absolute position of each chunk's first token
-    prefill_block_tables_cpu: list[list[int]]  # block ids covering each prefill sequence
+    prefill_block_ids: list[torch.Tensor]  # [num_prefills] of [ceil(ctx_len / block_size)] int64
     decode_block_tables: torch.Tensor  # [num_decodes, max_blocks] int64 (padded with any valid id)
     decode_context_lens: torch.Tensor  # [num_decodes] int64: cached length including this token
     block_size: int
@@ -67,7 +67,7 @@ def paged_attention(
     for i in range(attn.num_prefills):
         lo, hi = attn.prefill_query_start_cpu[i], attn.prefill_query_start_cpu[i + 1]
         out[lo:hi] = _prefill_one(
-            q[lo:hi], k_cache, v_cache, attn.prefill_block_tables_cpu[i], attn.prefill_start_pos_cpu[i], scale
+            q[lo:hi], k_cache, v_cache, attn.prefill_block_ids[i], attn.prefill_start_pos_cpu[i], scale
         )
     if attn.num_decodes:
         lo = attn.num_prefill_tokens
@@ -87,16 +87,16 @@ def _prefill_one(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    block_table: list[int],
+    ids: torch.Tensor,
     start_pos: int,
     scale: float,
 ) -> torch.Tensor:
-    """Causal attention of one chunk (positions start_pos..) over the sequence's cached keys."""
+    """Causal attention of one chunk (positions start_pos..) over the sequence's cached keys.
+
+    ``ids``: the device block ids covering positions [0, start_pos + num_q).
+    """
     num_q = q.shape[0]
     ctx_len = start_pos + num_q
-    block_size = k_cache.shape[1]
-    num_blocks = -(-ctx_len // block_size)
-    ids = torch.tensor(block_table[:num_blocks], dtype=torch.long, device=q.device)
     k = _gather(k_cache, ids)[:ctx_len].transpose(0, 1)  # [num_kv_heads, ctx_len, head_dim]
     v = _gather(v_cache, ids)[:ctx_len].transpose(0, 1)
     qt = q.transpose(0, 1)  # [num_heads, num_q, head_dim]

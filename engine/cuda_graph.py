@@ -72,7 +72,7 @@ class DecodeGraphs:
             num_prefill_tokens=0,
             prefill_query_start_cpu=[0],
             prefill_start_pos_cpu=[],
-            prefill_block_tables_cpu=[],
+            prefill_block_ids=[],
             decode_block_tables=self.block_tables[:bs],
             decode_context_lens=self.context_lens[:bs],
             block_size=self.block_size,

@@ -253,25 +253,36 @@ class ModelRunner:
         max_blocks = max((math.ceil((s.start_pos + 1) / self.block_size) for s in decodes), default=0)
         tables = [s.block_table[: math.ceil((s.start_pos + 1) / self.block_size)] for s in decodes]
         tables = [t + [t[0]] * (max_blocks - len(t)) for t in tables]  # padding is masked out
-        dev = self.device
+        prefill_tables = [
+            s.block_table[: math.ceil((s.start_pos + len(s.token_ids)) / self.block_size)] for s in prefills
+        ]
+        # Every int64 input of the step in one host buffer and one copy (pinned and asynchronous on
+        # CUDA), then views: one transfer per step instead of one per tensor and per prefill layer.
+        parts = [ids, positions, slots, [s.start_pos + 1 for s in decodes], *tables,
+                 *prefill_tables]
+        flat = [x for part in parts for x in part]
+        host = torch.tensor(flat, dtype=torch.long)
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        dev_buf = host.to(self.device, non_blocking=True)
+        views = list(torch.split(dev_buf, [len(p) for p in parts]))
+        input_ids, pos_t, slot_t, ctx_t = views[:4]
+        num_d = len(decodes)
+        table_t = dev_buf[sum(len(p) for p in parts[:4]) :][: num_d * max_blocks].view(num_d, max_blocks)
         attn = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            slot_mapping=slot_t,
             num_prefills=len(prefills),
             num_prefill_tokens=query_start[-1],
             prefill_query_start_cpu=query_start,
             prefill_start_pos_cpu=[s.start_pos for s in prefills],
-            prefill_block_tables_cpu=[s.block_table for s in prefills],
-            decode_block_tables=torch.tensor(tables, dtype=torch.long, device=dev).view(
-                len(decodes), max_blocks
-            ),
-            decode_context_lens=torch.tensor(
-                [s.start_pos + 1 for s in decodes], dtype=torch.long, device=dev
-            ),
+            prefill_block_ids=views[4 + num_d :],
+            decode_block_tables=table_t,
+            decode_context_lens=ctx_t,
             block_size=self.block_size,
         )
         return _Batch(
-            input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
-            positions=torch.tensor(positions, dtype=torch.long, device=dev),
+            input_ids=input_ids,
+            positions=pos_t,
             attn=attn,
             seqs=[*prefills, *decodes],
             starts=starts,
