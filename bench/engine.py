@@ -98,8 +98,8 @@ def bench_hf(model, reqs: list[tuple[list[int], int]], batch: int, device: str) 
     return time.perf_counter() - t0, sum(mt for _, mt in reqs)
 
 
-def gpu_suite(argv: list[str]) -> None:
-    """Run bench/gpu/suite.py (loaded by path: bench/ is not a package)."""
+def gpu_suite(argv: list[str]) -> int:
+    """Run bench/gpu/suite.py (loaded by path: bench/ is not a package); its exit status."""
     import importlib.util
     from pathlib import Path
 
@@ -107,13 +107,12 @@ def gpu_suite(argv: list[str]) -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(argv)
+    return int(module.main(argv) or 0)
 
 
 def main() -> None:
     if "--gpu-suite" in sys.argv[1:]:
-        gpu_suite([a for a in sys.argv[1:] if a != "--gpu-suite"])
-        return
+        sys.exit(gpu_suite([a for a in sys.argv[1:] if a != "--gpu-suite"]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="checkpoint folder (default: write the bench checkpoint)")
     ap.add_argument("--num-requests", type=int, default=64)

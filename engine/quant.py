@@ -9,6 +9,7 @@ no outlier decomposition (threshold 0): the fastest int8 mode at large batch (se
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -23,9 +24,20 @@ class UnsupportedQuantizationError(ValueError):
     pass
 
 
+class _DropInt8CastNotice(logging.Filter):
+    """bitsandbytes logs "inputs will be cast from ... to float16" on *every* int8 matmul with
+    bf16/fp32 inputs (hundreds of lines per eager step). The cast is expected here: drop it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "inputs will be cast from" not in record.getMessage()
+
+
 def _bnb() -> Any:
     import bitsandbytes
 
+    notices = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _DropInt8CastNotice) for f in notices.filters):
+        notices.addFilter(_DropInt8CastNotice())
     return bitsandbytes
 
 
