@@ -12,7 +12,7 @@ decodes can be attended in one batched call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,10 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor  # [num_decodes, max_blocks] int64 (padded with any valid id)
     decode_context_lens: torch.Tensor  # [num_decodes] int64: cached length including this token
     block_size: int
+    # (start, stop, num_blocks) row ranges of decodes of similar length (the runner sorts decodes
+    # by length), so the portable decode pads each range to its own longest table, not the step's.
+    # Empty: one range over every decode. The Triton kernel reads live blocks only and ignores it.
+    decode_groups_cpu: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def num_decodes(self) -> int:
@@ -72,8 +76,14 @@ def paged_attention(
     if attn.num_decodes:
         lo = attn.num_prefill_tokens
         # On CUDA a Triton kernel reads only the live blocks (and is CUDA-graph capturable).
-        decode = decode_attention.paged_decode if decode_attention.supports(q, k_cache) else _decode_batch
-        out[lo:] = decode(q[lo:], k_cache, v_cache, attn.decode_block_tables, attn.decode_context_lens, scale)
+        tables, lens = attn.decode_block_tables, attn.decode_context_lens
+        if decode_attention.supports(q, k_cache):
+            out[lo:] = decode_attention.paged_decode(q[lo:], k_cache, v_cache, tables, lens, scale)
+        else:
+            for a, b, num_blocks in attn.decode_groups_cpu or [(0, attn.num_decodes, tables.shape[1])]:
+                out[lo + a : lo + b] = _decode_batch(
+                    q[lo + a : lo + b], k_cache, v_cache, tables[a:b, :num_blocks], lens[a:b], scale
+                )
     return out
 
 
@@ -121,13 +131,19 @@ def _decode_batch(
     context_lens: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """One query per sequence over its cached keys; padded to the longest block table."""
+    """One query per sequence over its cached keys; padded to the longest block table.
+
+    The query heads sharing a KV head attend as that KV head's queries (a group of G rows), so
+    the keys are used as they are, never repeated per query head.
+    """
+    num, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
     k = _gather(k_cache, block_tables).transpose(1, 2)  # [num_decodes, num_kv_heads, max_len, head_dim]
     v = _gather(v_cache, block_tables).transpose(1, 2)
     max_len = k.shape[2]
     mask = torch.arange(max_len, device=q.device)[None, :] < context_lens[:, None]  # [num_decodes, max_len]
-    qt = q.unsqueeze(2)  # [num_decodes, num_heads, 1, head_dim]
+    qg = q.view(num, num_kv_heads, num_heads // num_kv_heads, head_dim)  # [num_decodes, kv_heads, G, d]
     o = F.scaled_dot_product_attention(
-        qt, k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
+        qg, k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :], scale=scale
     )
-    return o.squeeze(2)  # [num_decodes, num_heads, head_dim]
+    return o.reshape(num, num_heads, head_dim)

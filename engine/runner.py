@@ -11,6 +11,7 @@ in one batched call.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -30,6 +31,9 @@ from isthmus.engine.quant import QUANTIZATIONS, UnsupportedQuantizationError
 from isthmus.engine.sampler import sample
 
 PROMPT_LOGPROB_ROWS = 256  # rows of full-vocab logits materialised at once when scoring prompts
+# Portable decode attention (CPU): at most this many length groups, each of at least ~this many rows.
+DECODE_GROUPS = 4
+DECODE_GROUP_ROWS = 8
 
 
 class PlanError(ValueError):
@@ -233,11 +237,23 @@ class ModelRunner:
         if any(not 0 <= t < self.config.vocab_size for t in seq.token_ids):
             raise PlanError(f"seq {seq.seq_id}: token id outside [0, {self.config.vocab_size})")
 
+    def _decode_groups(self, lens: list[int]) -> list[tuple[int, int, int]]:
+        """Split decodes (sorted by context length) into up to 4 row ranges of about 8+ rows.
+
+        (start, stop, blocks to read): each range is padded only to its own longest context.
+        """
+        n = len(lens)
+        num_groups = min(DECODE_GROUPS, max(1, n // DECODE_GROUP_ROWS))
+        cuts = [round(i * n / num_groups) for i in range(num_groups + 1)]
+        bs = self.block_size
+        return [(a, b, math.ceil(lens[b - 1] / bs)) for a, b in itertools.pairwise(cuts) if b > a]
+
     def _prepare(self, plan: SchedulePlan) -> _Batch:
         for seq in plan.seqs:
             self._validate(seq)
         prefills = [s for s in plan.seqs if len(s.token_ids) > 1]
-        decodes = [s for s in plan.seqs if len(s.token_ids) == 1]
+        # Decodes shortest context first: rows of similar length form the portable decode's groups.
+        decodes = sorted((s for s in plan.seqs if len(s.token_ids) == 1), key=lambda s: s.start_pos)
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -279,6 +295,7 @@ class ModelRunner:
             decode_block_tables=table_t,
             decode_context_lens=ctx_t,
             block_size=self.block_size,
+            decode_groups_cpu=self._decode_groups([s.start_pos + 1 for s in decodes]),
         )
         return _Batch(
             input_ids=input_ids,
