@@ -25,6 +25,7 @@ GPU mode (`--gpu-suite`; remaining arguments go to bench/gpu/suite.py): DeepSeek
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import tempfile
@@ -125,7 +126,10 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=512)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--skip-hf1", action="store_true", help="skip the slow one-at-a-time baseline")
-    ap.add_argument("--profile", action="store_true", help="print a cProfile summary of our run")
+    ap.add_argument(
+        "--profile", action="store_true",
+        help="print a cProfile summary of our run (sorted by $BENCH_SORT, default cumulative)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -170,7 +174,7 @@ def main() -> None:
     dt, n = bench_ours(path, reqs, args)
     if args.profile:
         prof.disable()
-        pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+        pstats.Stats(prof).sort_stats(os.environ.get("BENCH_SORT", "cumulative")).print_stats(25)
     ours = n / dt
     print(f"ours     {dt:8.2f} s  {ours:9.1f} tok/s")
 
