@@ -266,36 +266,31 @@ class ModelRunner:
             slots.extend(self._slots(seq))
             if len(seq.token_ids) > 1:
                 query_start.append(len(ids))
-        max_blocks = max((math.ceil((s.start_pos + 1) / self.block_size) for s in decodes), default=0)
-        tables = [s.block_table[: math.ceil((s.start_pos + 1) / self.block_size)] for s in decodes]
+        bs = self.block_size
+        lens = [s.start_pos + 1 for s in decodes]  # cached length including this step's token
+        max_blocks = math.ceil(max(lens, default=0) / bs)
+        tables = [s.block_table[: math.ceil(n / bs)] for s, n in zip(decodes, lens, strict=True)]
         tables = [t + [t[0]] * (max_blocks - len(t)) for t in tables]  # padding is masked out
-        prefill_tables = [
-            s.block_table[: math.ceil((s.start_pos + len(s.token_ids)) / self.block_size)] for s in prefills
-        ]
+        prefill_tables = [s.block_table[: math.ceil((s.start_pos + len(s.token_ids)) / bs)] for s in prefills]
         # Every int64 input of the step in one host buffer and one copy (pinned and asynchronous on
         # CUDA), then views: one transfer per step instead of one per tensor and per prefill layer.
-        parts = [ids, positions, slots, [s.start_pos + 1 for s in decodes], *tables,
-                 *prefill_tables]
-        flat = [x for part in parts for x in part]
-        host = torch.tensor(flat, dtype=torch.long)
+        parts = [ids, positions, slots, lens, [b for t in tables for b in t], *prefill_tables]
+        host = torch.tensor([x for part in parts for x in part], dtype=torch.long)
         if self.device.type == "cuda":
             host = host.pin_memory()
-        dev_buf = host.to(self.device, non_blocking=True)
-        views = list(torch.split(dev_buf, [len(p) for p in parts]))
-        input_ids, pos_t, slot_t, ctx_t = views[:4]
-        num_d = len(decodes)
-        table_t = dev_buf[sum(len(p) for p in parts[:4]) :][: num_d * max_blocks].view(num_d, max_blocks)
+        views = torch.split(host.to(self.device, non_blocking=True), [len(p) for p in parts])
+        input_ids, pos_t, slot_t, ctx_t, table_t = views[:5]
         attn = AttentionMetadata(
             slot_mapping=slot_t,
             num_prefills=len(prefills),
             num_prefill_tokens=query_start[-1],
             prefill_query_start_cpu=query_start,
             prefill_start_pos_cpu=[s.start_pos for s in prefills],
-            prefill_block_ids=views[4 + num_d :],
-            decode_block_tables=table_t,
+            prefill_block_ids=list(views[5:]),
+            decode_block_tables=table_t.view(len(decodes), max_blocks),
             decode_context_lens=ctx_t,
             block_size=self.block_size,
-            decode_groups_cpu=self._decode_groups([s.start_pos + 1 for s in decodes]),
+            decode_groups_cpu=self._decode_groups(lens),
         )
         return _Batch(
             input_ids=input_ids,
