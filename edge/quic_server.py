@@ -70,6 +70,22 @@ class SessionTicketStore:
         return len(self._tickets)
 
 
+def set_stream_limits(quic: QuicConnection, max_bidi: int) -> None:
+    """Advertise `max_bidi` concurrent request streams and no unidirectional ones.
+
+    aioquic (1.7) has no configuration knob for these. Its `Limit` keeps `value` (what the peer
+    may open, raised by one each time a peer stream is discarded) and `sent` (what was last
+    advertised); MAX_STREAMS goes out only once `value` passes `sent`. Both must be set: lowering
+    `value` alone left `sent` at aioquic's 128, so no credit was granted again until 64 more
+    streams than the peer could open had finished, and the 65th stream stalled for good. The
+    transport parameters read `value` after the protocol is built, before the first flight.
+    """
+    for limit, num in ((quic._local_max_streams_bidi, max_bidi), (quic._local_max_streams_uni, 0)):
+        if limit.used:
+            raise RuntimeError("stream limits must be set before the peer opens a stream")
+        limit.value = limit.sent = num
+
+
 class EdgeQuicProtocol(QuicConnectionProtocol):
     """One client connection: routes stream events to `RequestStream`s."""
 
@@ -77,9 +93,7 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
         super().__init__(quic)
         self._server = server
         limits = server.limits
-        # aioquic has no configuration knob for this; it is read when the transport parameters are
-        # sent, which happens after the protocol is built.
-        quic._local_max_streams_bidi.value = limits.max_streams_per_connection
+        set_stream_limits(quic, limits.max_streams_per_connection)
         self._streams: dict[int, RequestStream] = {}
         # streams already answered: a late FIN or Cancel on one must not open a new request
         self._finished_ids: set[int] = set()
