@@ -3,6 +3,10 @@
 The edge never stores a key, only ``sha256(key).hexdigest()``. A presented key is hashed and
 compared with every configured hash using `hmac.compare_digest`, without stopping at a match, so
 neither the position nor the prefix of a matching hash shows in the timing.
+
+Wrong keys are throttled per source address (`auth_throttle.py`): every transport calls
+`check_throttle(source)` before looking at a key and `record_failure(source)` after a wrong or
+missing one, or both at once through `identify_from(source, key)` / `acquire_from(source, key)`.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
 from isthmus.protocol import ErrorCode, ProtocolError
+
+from .auth_throttle import FailureThrottle, ThrottleLimits
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 ANONYMOUS = "anonymous"
@@ -76,6 +83,7 @@ class ApiKeyStore:
         *,
         allow_anonymous: bool = True,
         anonymous_max_concurrent: int = 0,
+        throttle: ThrottleLimits | None = None,
     ) -> None:
         self._keys = list(keys)
         names = [k.name or f"key{i}" for i, k in enumerate(self._keys)]
@@ -87,6 +95,7 @@ class ApiKeyStore:
         self._limits[ANONYMOUS] = max(0, anonymous_max_concurrent)
         self.allow_anonymous = allow_anonymous
         self._in_use: dict[str, int] = {}
+        self.throttle = FailureThrottle(throttle)
 
     @property
     def is_open(self) -> bool:
@@ -121,6 +130,55 @@ class ApiKeyStore:
             )
         self._in_use[name] = in_use + 1
         return Lease(self, name)
+
+    # --- throttling of wrong keys per source address ---------------------------------------------
+    def check_throttle(self, source: str, now: float | None = None) -> None:
+        """Refuse `source` while it is throttled for wrong keys: ProtocolError(RATE_LIMITED).
+
+        The error is retryable and its message says how many seconds to wait
+        (`throttle_retry_after` gives the number, e.g. for an HTTP ``Retry-After`` header).
+        Call it before looking at the key. Never refuses when no keys are configured.
+        """
+        if self.is_open:
+            return
+        wait = self.throttle.check(source, time.monotonic() if now is None else now)
+        if wait > 0.0:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"api_key: too many failed attempts from this address; retry in {wait:.1f} s",
+                retryable=True,
+            )
+
+    def throttle_retry_after(self, source: str, now: float | None = None) -> float:
+        """Seconds until `source` may present a key again; 0.0 when it is not throttled."""
+        if self.is_open:
+            return 0.0
+        return self.throttle.retry_after(source, time.monotonic() if now is None else now)
+
+    def record_failure(self, source: str, now: float | None = None) -> None:
+        """`source` presented a wrong or missing key (an UNAUTHENTICATED answer)."""
+        if not self.is_open:
+            self.throttle.record_failure(source, time.monotonic() if now is None else now)
+
+    def identify_from(self, source: str, key: str | None, now: float | None = None) -> str:
+        """`identify(key)` for a request from address `source`, throttled: check, then record."""
+        self.check_throttle(source, now)
+        try:
+            return self.identify(key)
+        except ProtocolError as exc:
+            if exc.code is ErrorCode.UNAUTHENTICATED:
+                self.record_failure(source, now)
+            raise
+
+    def acquire_from(self, source: str, key: str | None, now: float | None = None) -> Lease:
+        """`acquire(key)` for a request from address `source`, throttled like `identify_from`."""
+        self.check_throttle(source, now)
+        try:
+            return self.acquire(key)
+        except ProtocolError as exc:
+            if exc.code is ErrorCode.UNAUTHENTICATED:
+                self.record_failure(source, now)
+            raise
 
     def num_in_use(self, name: str) -> int:
         """Requests in flight under key `name` (`ANONYMOUS` for anonymous ones)."""

@@ -1,9 +1,10 @@
-"""API keys: hashes only, unknown or missing keys refused, per-key concurrency."""
+"""API keys: hashes only, unknown or missing keys refused, per-key concurrency, wrong keys throttled."""
 
 from __future__ import annotations
 
 import pytest
 from isthmus.edge.auth import ANONYMOUS, ApiKey, ApiKeyStore, hash_key
+from isthmus.edge.auth_throttle import FailureThrottle, ThrottleLimits, source_key
 from isthmus.protocol import ErrorCode, ProtocolError
 
 
@@ -65,3 +66,62 @@ def test_bad_hash_and_duplicate_names_refused() -> None:
         ApiKey("not-a-hash")
     with pytest.raises(ValueError, match="unique"):
         ApiKeyStore([ApiKey(hash_key("x"), name="n"), ApiKey(hash_key("y"), name="n")])
+
+
+# --- throttling of wrong keys per source address ----------------------------------------------------
+
+def throttled_store() -> ApiKeyStore:
+    return store(throttle=ThrottleLimits(max_failures=3, window_s=30.0, max_sources=4))
+
+
+def test_wrong_keys_from_one_source_are_throttled_with_a_retryable_error() -> None:
+    s = throttled_store()
+    for _ in range(3):
+        with pytest.raises(ProtocolError) as info:
+            s.identify_from("198.51.100.7", "wrong", now=100.0)
+        assert info.value.code == ErrorCode.UNAUTHENTICATED
+    # out of credit: refused before the key is looked at, even the right one
+    with pytest.raises(ProtocolError) as info:
+        s.acquire_from("198.51.100.7", "alpha", now=100.0)
+    assert info.value.code == ErrorCode.RATE_LIMITED and info.value.retryable
+    assert "retry in 10.0 s" in info.value.message
+    assert s.throttle_retry_after("198.51.100.7", now=100.0) == pytest.approx(10.0)
+    # another source is unaffected
+    assert s.identify_from("198.51.100.8", "beta", now=100.0) == "b"
+    # one credit comes back every window / max_failures seconds
+    with s.acquire_from("198.51.100.7", "alpha", now=110.0) as lease:
+        assert lease.key_name == "a"
+    assert s.throttle_retry_after("198.51.100.7", now=110.0) == 0.0
+
+
+def test_right_keys_and_open_stores_are_never_throttled() -> None:
+    s = throttled_store()
+    for _ in range(20):
+        assert s.identify_from("203.0.113.1", "beta", now=0.0) == "b"
+    open_store = ApiKeyStore(throttle=ThrottleLimits(max_failures=1))
+    for _ in range(5):
+        open_store.record_failure("203.0.113.1", now=0.0)
+        open_store.check_throttle("203.0.113.1", now=0.0)
+
+
+def test_throttle_table_is_bounded_and_drops_refilled_sources_first() -> None:
+    t = FailureThrottle(ThrottleLimits(max_failures=2, window_s=10.0, max_sources=4))
+    t.record_failure("10.0.0.1", now=0.0)  # refills by t=5
+    for i in range(2, 5):
+        t.record_failure(f"10.0.0.{i}", now=4.0)
+        t.record_failure(f"10.0.0.{i}", now=4.0)
+    t.record_failure("10.0.0.9", now=6.0)  # table full: 10.0.0.1 (refilled) goes, not the others
+    assert len(t) == 4
+    assert all(t.retry_after(f"10.0.0.{i}", now=6.0) > 0 for i in range(2, 5))
+    for i in range(10, 1000):  # a flood of sources keeps the table at its bound
+        t.record_failure(f"10.0.{i // 256}.{i % 256}", now=7.0)
+    assert len(t) == 4
+
+
+def test_ipv6_sources_are_grouped_by_64() -> None:
+    assert source_key("2001:db8:1:2:aaaa::1") == source_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert source_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert source_key("not an address") == "not an address"
+    t = FailureThrottle(ThrottleLimits(max_failures=1))
+    t.record_failure("2001:db8:1:2::1", now=0.0)
+    assert t.check("2001:db8:1:2::99", now=0.0) > 0 and t.num_refused == 1
