@@ -18,11 +18,15 @@ from typing import Any
 from tokenizers import AddedToken, processors
 from tokenizers import Tokenizer as RawTokenizer
 
+from .bounds import max_bytes_per_token, min_num_tokens
 from .chat import render_chat_template
 from .errors import TokenizerError
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 DEFAULT_MODEL_MAX_LENGTH = 1 << 30  # tokens; transformers' "very large" stand-in when unset
+# Texts at least this long are encoded through `encode_batch`, which releases the GIL while the
+# Rust side works (`encode` holds it: a 1M-character text froze every other thread for seconds).
+GIL_FREE_MIN_CHARS = 4096  # chars
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -125,6 +129,11 @@ class Tokenizer:
         self.byte_fallback_ids = _byte_fallback_ids(self._tok)
         # Number of ids, added tokens included (transformers' `len(tokenizer)`); fixed after load.
         self.vocab_size: int = int(self._tok.get_vocab_size(with_added_tokens=True))
+        # Bytes of input one token covers at most (None: no bound), for refusing long texts early.
+        self.max_bytes_per_token: int | None = max_bytes_per_token(
+            json.loads(tokenizer_json),
+            [{"content": str(t.content), "lstrip": t.lstrip, "rstrip": t.rstrip} for t in named],
+        )
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
@@ -211,7 +220,16 @@ class Tokenizer:
         """Token ids for `text`; with add_special_tokens, bos/eos as the files say (as transformers)."""
         if not isinstance(text, str):
             raise TokenizerError(f"encode expects str, got {type(text).__name__}")
+        if len(text) >= GIL_FREE_MIN_CHARS:  # same ids; other threads run meanwhile
+            return list(self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids)
         return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def min_num_tokens(self, num_bytes: int) -> int:
+        """The fewest tokens a text of `num_bytes` UTF-8 bytes encodes to (0: no bound known).
+
+        Special tokens that `encode(add_special_tokens=True)` adds come on top.
+        """
+        return min_num_tokens(num_bytes, self.max_bytes_per_token)
 
     def check_ids(self, ids: Sequence[int]) -> list[int]:
         """The ids as a list; TokenizerError if any is not an int in [0, vocab_size)."""
