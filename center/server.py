@@ -4,6 +4,9 @@ No protobuf for our methods: request/response bodies are the protocol's msgpack 
 in as the (de)serializers of generic method handlers at the paths of `isthmus.protocol.rpc`. The
 standard `grpc.health.v1.Health` service runs beside them and says SERVING only after the model
 is loaded and a warm-up request went through; NOT_SERVING from the moment a drain begins.
+
+Secure by default (`center/auth.py`): binding beyond loopback without mutual TLS is refused unless
+``allow_insecure``; admin calls (`Drain`, and any method not on the data plane) pass `AdminGuard`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from isthmus.center.auth import AdminGuard, AdminPolicy, check_exposure
 from isthmus.center.service import CenterService
 from isthmus.protocol import (
     DrainReply,
@@ -91,22 +95,33 @@ class CenterServer:
         tls: TLSFiles | None = None,
         default_grace_s: float = DEFAULT_GRACE_S,
         on_drained: Callable[[], Any] | None = None,
+        admin: AdminPolicy | None = None,
+        allow_insecure: bool = False,
     ) -> None:
+        """``admin``: who may make admin calls (default: verified client certificates when ``tls``
+        has a client CA, else nobody). ``allow_insecure``: serve beyond loopback without mutual TLS."""
         self.service = service
         self.host = host
         self.port = port
         self.tls = tls
         self.default_grace_s = default_grace_s
         self.on_drained = on_drained
+        self.is_mutual_tls = tls is not None and tls.client_ca is not None
+        self.admin = admin if admin is not None else AdminPolicy(mutual_tls=self.is_mutual_tls)
+        self.allow_insecure = allow_insecure
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
-        """Bind and start serving (health NOT_SERVING until `set_ready`); returns the bound port."""
+        """Bind and start serving (health NOT_SERVING until `set_ready`); returns the bound port.
+
+        Raises `InsecureBind` (before binding) for a non-loopback host without mutual TLS.
+        """
+        check_exposure(self.host, mutual_tls=self.is_mutual_tls, insecure=self.allow_insecure)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AdminGuard(self.admin)])
         server.add_generic_rpc_handlers((self._handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         address = f"{self.host}:{self.port}"
@@ -119,7 +134,8 @@ class CenterServer:
         self.port = bound
         await server.start()
         self._server = server
-        log.info("center gRPC listening on %s:%d (%s)", self.host, bound, "TLS" if self.tls else "plaintext")
+        security = "mutual TLS" if self.is_mutual_tls else "TLS" if self.tls else "plaintext"
+        log.info("center gRPC listening on %s:%d (%s)", self.host, bound, security)
         return bound
 
     async def set_ready(self) -> None:

@@ -52,16 +52,16 @@ class Center:
     async def generate(self, req: Any, timeout: float | None = None) -> list[Any]:
         return [msg async for msg in self.generate_call(req, timeout)]
 
-    async def unary(self, path: str, req: Any) -> Any:
+    async def unary(self, path: str, req: Any, metadata: Any = None) -> Any:
         from isthmus.protocol import decode, encode
 
         stub = self.channel.unary_unary(path, request_serializer=encode, response_deserializer=decode)
-        return await stub(req)
+        return await stub(req, metadata=metadata)
 
 
 @contextlib.asynccontextmanager
 async def running_center(model: Path, *, ready: bool = True, tls: Any = None,
-                         channel_credentials: Any = None) -> AsyncIterator[Center]:
+                         channel_credentials: Any = None, admin: Any = None) -> AsyncIterator[Center]:
     import grpc
     from isthmus.center.server import CenterServer
     from isthmus.center.service import CenterService
@@ -70,7 +70,7 @@ async def running_center(model: Path, *, ready: bool = True, tls: Any = None,
     engine = AsyncEngine(engine_options(model))
     await engine.start()
     service = CenterService(engine, engine.tokenizer, engine.model_name, max_model_len=engine.max_model_len)
-    server = CenterServer(service, host="127.0.0.1", port=0, tls=tls, default_grace_s=5.0)
+    server = CenterServer(service, host="127.0.0.1", port=0, tls=tls, default_grace_s=5.0, admin=admin)
     port = await server.start()
     if ready:
         await server.set_ready()
@@ -86,7 +86,12 @@ async def running_center(model: Path, *, ready: bool = True, tls: Any = None,
         await engine.stop()
 
 
+ADMIN_TOKEN = "test-admin-token-0123456789"  # the `center` fixture's admin token
+
+
 @pytest.fixture
 async def center(tp_llama: Path) -> AsyncIterator[Center]:
-    async with running_center(tp_llama) as c:
+    from isthmus.center.auth import AdminPolicy
+
+    async with running_center(tp_llama, admin=AdminPolicy(token=ADMIN_TOKEN)) as c:
         yield c

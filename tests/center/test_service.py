@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from isthmus.center.auth import admin_metadata
 from isthmus.engine.async_engine import EngineRequest
 from isthmus.engine.params import SamplingParams
 from isthmus.protocol import (
@@ -28,7 +29,7 @@ from isthmus.protocol import (
     unpack_ids,
 )
 
-from tests.center.conftest import Center, running_center
+from tests.center.conftest import ADMIN_TOKEN, Center, running_center
 
 GREEDY = SamplingOptions(max_tokens=12, temperature=0.0, ignore_eos=True)
 LONG = SamplingOptions(max_tokens=500, temperature=0.0, ignore_eos=True)
@@ -204,7 +205,7 @@ async def test_drain_finishes_in_flight_refuses_new_then_stops(center: Center) -
     slow = SamplingOptions(max_tokens=60, temperature=0.0, ignore_eos=True)
     call = center.generate_call(GenerateRequest(id="inflight", prompt="keep going", sampling=slow))
     assert isinstance(await call.read(), TokenChunk)
-    reply = await center.unary(rpc.DRAIN, DrainRequest(grace_s=30.0))
+    reply = await center.unary(rpc.DRAIN, DrainRequest(grace_s=30.0), metadata=admin_metadata(ADMIN_TOKEN))
     assert isinstance(reply, DrainReply) and reply.num_in_flight == 1
     refused = await center.generate(GenerateRequest(id="late", prompt="hi", sampling=GREEDY))
     assert isinstance(refused[0], Error) and refused[0].code == ErrorCode.DRAINING and refused[0].retryable

@@ -1,0 +1,227 @@
+"""Who may reach the center and who may control it: the bind check and the admin-call guard.
+
+Two rules, both secure by default:
+
+- **Exposure** (`check_exposure`): a center listens on loopback unless told otherwise; beyond
+  loopback it needs mutual TLS, or an explicit ``insecure`` that the operator typed.
+- **Admin calls** (`AdminPolicy`, `AdminGuard`): every method of the center's service other than the
+  data plane (`Generate`, `Status`) is an admin call: `Drain` today, the migration and control calls
+  to come. An admin call needs an authenticated peer: a verified client certificate (mutual TLS;
+  optionally only some common names), or the admin token sent as gRPC metadata
+  ``authorization: Bearer <token>``. A method added to the service later is guarded without being
+  listed anywhere, because only the data plane is listed (fail closed).
+
+`AdminPolicy.check` is sans-IO (metadata and auth context in, a refusal or None out); `AdminGuard`
+is the one grpc.aio interceptor that applies it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import stat
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from isthmus.protocol import rpc
+
+DATA_PLANE_METHODS = frozenset({rpc.GENERATE, rpc.STATUS})  # open to any peer that reached the port
+ADMIN_METADATA_KEY = "authorization"  # value: "Bearer <token>"
+MIN_ADMIN_TOKEN_LEN = 16  # chars: shorter tokens are refused as guessable
+TOKEN_MODE_MASK = stat.S_IRWXG | stat.S_IRWXO  # a token file readable by others is refused
+
+
+class InsecureBind(ValueError):
+    """The center was asked to listen beyond loopback without mutual TLS and without --insecure."""
+
+
+class AdminTokenError(ValueError):
+    """The admin token file is missing, empty, too short or readable by others."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, ``localhost``)."""
+    if host.strip("[]").lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: it may resolve to anything, so not loopback
+
+
+def check_exposure(host: str, *, mutual_tls: bool, insecure: bool) -> None:
+    """Refuse (`InsecureBind`) a bind beyond loopback without mutual TLS, unless ``insecure``."""
+    if is_loopback(host) or mutual_tls or insecure:
+        return
+    raise InsecureBind(
+        f"--host {host} listens beyond loopback, so the center needs mutual TLS there: give "
+        "--tls-cert, --tls-key and --tls-client-ca (deploy/launch-center.sh --tls-dir DIR makes them), "
+        "or --insecure to serve anyway without it (anyone who reaches the port can use the data plane)"
+    )
+
+
+def read_admin_token(path: str | Path) -> str:
+    """The token in ``path`` (surrounding whitespace stripped); `AdminTokenError` says what is wrong."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdminTokenError(f"--admin-token-file: cannot read {path}: {exc}") from None
+    if mode & TOKEN_MODE_MASK:
+        raise AdminTokenError(
+            f"--admin-token-file: {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
+            f"chmod 600 it"
+        )
+    if len(token) < MIN_ADMIN_TOKEN_LEN:
+        raise AdminTokenError(
+            f"--admin-token-file: the token must be at least {MIN_ADMIN_TOKEN_LEN} characters"
+        )
+    return token
+
+
+def write_admin_token(path: str | Path) -> str:
+    """Create ``path`` (mode 0600) holding a new random token unless it exists; returns the token."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(os.urandom(24).hex() + "\n")
+    return read_admin_token(path)
+
+
+def admin_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that authenticates an admin call with ``token``."""
+    return ((ADMIN_METADATA_KEY, f"Bearer {token}"),)
+
+
+def is_admin_method(method: str) -> bool:
+    """Every method of the center's service except the data plane (health is another service)."""
+    return method.startswith(f"/{rpc.SERVICE_NAME}/") and method not in DATA_PLANE_METHODS
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: grpc.StatusCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdminPolicy:
+    """Who may make admin calls. ``mutual_tls``: the server verifies client certificates."""
+
+    token: str | None = None
+    mutual_tls: bool = False
+    allowed_cns: frozenset[str] | None = None  # None: any verified client certificate
+
+    def check(
+        self, metadata: Sequence[tuple[str, Any]], auth_context: Mapping[str, Sequence[bytes]]
+    ) -> Refusal | None:
+        """None if the caller may make admin calls, else why not (UNAUTHENTICATED or PERMISSION_DENIED)."""
+        presented = _bearer(metadata)
+        if presented is not None:
+            if self.token is not None and _same(presented, self.token):
+                return None
+            return Refusal(grpc.StatusCode.UNAUTHENTICATED, "admin token does not match")
+        cn = _verified_cn(auth_context) if self.mutual_tls else None
+        if cn is not None:
+            if self.allowed_cns is None or cn in self.allowed_cns:
+                return None
+            return Refusal(grpc.StatusCode.PERMISSION_DENIED,
+                           f"client certificate CN {cn!r} may not make admin calls (see --admin-cn)")
+        if self.token is None and not self.mutual_tls:
+            return Refusal(grpc.StatusCode.PERMISSION_DENIED, "this center accepts no admin calls: "
+                           "start it with --admin-token-file or mutual TLS")
+        return Refusal(grpc.StatusCode.UNAUTHENTICATED,
+                       "admin call needs an authenticated peer: a client certificate (mutual TLS) or the "
+                       f"admin token as metadata '{ADMIN_METADATA_KEY}: Bearer <token>'")
+
+
+def _bearer(metadata: Sequence[tuple[str, Any]]) -> str | None:
+    for key, value in metadata:
+        if key.lower() == ADMIN_METADATA_KEY:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            return text[len("Bearer "):] if text.startswith("Bearer ") else text
+    return None
+
+
+def _same(a: str, b: str) -> bool:
+    # compare digests: constant time whatever the lengths
+    return hmac.compare_digest(hashlib.sha256(a.encode()).digest(), hashlib.sha256(b.encode()).digest())
+
+
+def _verified_cn(auth_context: Mapping[str, Sequence[bytes]]) -> str | None:
+    """The common name of a client certificate the TLS handshake verified, if any."""
+    if b"ssl" not in auth_context.get("transport_security_type", ()):
+        return None
+    names = auth_context.get("x509_common_name") or ()
+    return names[0].decode("utf-8", "replace") if names else None
+
+
+Behavior = Callable[..., Any]
+
+
+class AdminGuard(grpc.aio.ServerInterceptor):
+    """Applies `AdminPolicy` to every admin method before its handler runs (one place for all)."""
+
+    def __init__(self, policy: AdminPolicy) -> None:
+        self.policy = policy
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not is_admin_method(handler_call_details.method):
+            return handler
+        return self._guarded(handler)
+
+    async def _require(self, context: grpc.aio.ServicerContext) -> None:
+        refusal = self.policy.check(context.invocation_metadata() or (), context.auth_context())
+        if refusal is not None:
+            await context.abort(refusal.code, refusal.message)
+
+    def _guarded(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        require = self._require
+        kw = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+        if handler.unary_unary is not None:
+            uu: Behavior = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await require(context)
+                return await uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
+        if handler.unary_stream is not None:
+            us: Behavior = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await require(context)
+                async for msg in us(request, context):
+                    yield msg
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
+        if handler.stream_unary is not None:
+            su: Behavior = handler.stream_unary
+
+            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                await require(context)
+                return await su(requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
+        ss: Behavior = handler.stream_stream
+
+        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            await require(context)
+            async for msg in ss(requests, context):
+                yield msg
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
