@@ -80,6 +80,9 @@ class AuthConfig:
 
     allow_anonymous: bool = True  # only when no keys are configured
     anonymous_max_concurrent: int = 0  # 0 = unlimited
+    max_failed_attempts: int = 10  # wrong keys one source address may present in a burst
+    failed_attempt_window_s: float = 60.0  # seconds for that burst to be credited back
+    max_throttled_sources: int = 65536  # source addresses remembered by the throttle
     keys: list[ApiKey] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -87,12 +90,23 @@ class AuthConfig:
             raise ValueError("keys: none configured and allow_anonymous = false would refuse every request")
         if self.anonymous_max_concurrent < 0:
             raise ValueError("anonymous_max_concurrent: expected an integer >= 0")
+        self.throttle_limits()  # its errors name the field
+
+    def throttle_limits(self) -> Any:
+        from .auth_throttle import ThrottleLimits
+
+        return ThrottleLimits(
+            max_failures=self.max_failed_attempts,
+            window_s=self.failed_attempt_window_s,
+            max_sources=self.max_throttled_sources,
+        )
 
     def store(self) -> ApiKeyStore:
         return ApiKeyStore(
             self.keys,
             allow_anonymous=self.allow_anonymous,
             anonymous_max_concurrent=self.anonymous_max_concurrent,
+            throttle=self.throttle_limits(),
         )
 
 
@@ -178,6 +192,10 @@ class LimitsConfig:
     stall_timeout_s: float = 30.0  # seconds paused before SLOW_READER
     max_queue: int = 1024  # requests waiting in the engine
     max_prompt_tokens: int | None = None  # default: the model's context length
+    max_connections_per_source: int = 256  # QUIC connections from one source address
+    evict_idle_after_s: float = 2.0  # at max_connections, a connection this idle may be evicted
+    max_receive_buffer_per_connection: int = 8 * 1024 * 1024  # bytes held before requests are read
+    max_receive_buffer_total: int = 256 * 1024 * 1024  # bytes: the same over all connections
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -204,7 +222,8 @@ class LimitsConfig:
         )
 
     def quic_limits(self) -> Any:
-        from .quic_server import QuicLimits
+        from .quic_limits import QuicLimits
+        from .receive_budget import ReceiveLimits
 
         return QuicLimits(
             max_connections=self.max_connections,
@@ -212,6 +231,12 @@ class LimitsConfig:
             max_frame_size=self.max_frame_size,
             idle_timeout_s=self.idle_timeout_s,
             buffers=self.buffer_limits(),
+            max_connections_per_source=self.max_connections_per_source,
+            evict_idle_after_s=self.evict_idle_after_s,
+            receive=ReceiveLimits(
+                max_per_connection=self.max_receive_buffer_per_connection,
+                max_total=self.max_receive_buffer_total,
+            ),
         )
 
 

@@ -89,6 +89,7 @@ class EdgeNode:
             port=cfg.listen.port,
             limits=self._quic_limits(),
             on_error=self._record_stream_error,
+            auth=self.auth,
         )
         await self.quic.start()
         self._gauge_task = asyncio.get_running_loop().create_task(self._update_gauges())

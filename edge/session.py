@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
 from isthmus.protocol import (
@@ -32,6 +33,19 @@ log = logging.getLogger(__name__)
 
 Answer: TypeAlias = TokenChunk | Done | Error
 Handler = Callable[[GenerateRequest], AsyncGenerator[Answer, None]]
+MAX_AFTER_REQUEST = 64 * 1024  # bytes: a partial frame after the request (only a Cancel is valid)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHooks:
+    """What the connection wants to hear from a stream (all optional).
+
+    `admit` sees a decoded request before it is served and may refuse it by raising
+    `ProtocolError` (the connection's throttles); `on_final` sees the stream's last message.
+    """
+
+    admit: Callable[[GenerateRequest], None] | None = None
+    on_final: Callable[[Done | Error], None] | None = None
 
 
 class StreamTransport(Protocol):
@@ -68,6 +82,8 @@ class RequestStream:
         max_frame_size: int,
         on_finished: Callable[[RequestStream], None] | None = None,
         on_error: Callable[[ErrorCode], None] | None = None,
+        hooks: StreamHooks | None = None,
+        max_after_request: int = MAX_AFTER_REQUEST,
     ) -> None:
         self.stream_id = stream_id
         self.request_id = ""
@@ -75,7 +91,9 @@ class RequestStream:
         self.is_finished = False
         self._transport = transport
         self._handler = handler
-        self._decoder = FrameDecoder(max_frame_size)
+        self._decoder: FrameDecoder | None = FrameDecoder(max_frame_size)
+        self._max_after_request = max_after_request  # bytes
+        self._hooks = hooks or StreamHooks()
         self._flow = StreamFlow(limits)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -85,12 +103,21 @@ class RequestStream:
     # --- events from the connection --------------------------------------------------------------
     def feed(self, data: bytes, end_stream: bool) -> None:
         """Bytes received on the stream. Never raises: bad input becomes an `Error` frame."""
-        if self.is_finished:
+        if self.is_finished or self._decoder is None:
             return
+        decoder = self._decoder
         try:
-            messages = self._decoder.feed(data) if data else []
+            messages = decoder.feed(data) if data else []
         except ProtocolError as exc:
             self.fail(exc)
+            return
+        if self._task is not None and decoder.buffered > self._max_after_request:
+            self.fail(
+                ProtocolError(
+                    ErrorCode.INVALID_FRAME,
+                    f"stream: a frame after the request may hold at most {self._max_after_request} bytes",
+                )
+            )
             return
         for msg in messages:
             if self.is_finished:
@@ -105,6 +132,8 @@ class RequestStream:
                     )
                     return
                 self.request_id = msg.id
+                if not self._admit(msg):
+                    return
                 self._task = asyncio.get_running_loop().create_task(self._serve(msg))
             elif isinstance(msg, Cancel):
                 self.cancel(ErrorCode.CANCELLED, "cancelled by the client")
@@ -119,12 +148,17 @@ class RequestStream:
                 return
         if end_stream:
             try:
-                self._decoder.eof()
+                decoder.eof()
             except ProtocolError as exc:
                 self.fail(exc)
                 return
             if self._task is None:
                 self.fail(ProtocolError(ErrorCode.INVALID_FRAME, "stream: ended before a request"))
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of a partial frame this stream holds (0 once finished)."""
+        return 0 if self._decoder is None else self._decoder.buffered
 
     def on_reset(self) -> None:
         """The client reset its side of the stream: abort the request, write nothing more."""
@@ -159,6 +193,16 @@ class RequestStream:
                 await asyncio.shield(self._task)
 
     # --- the request ----------------------------------------------------------------------------
+    def _admit(self, req: GenerateRequest) -> bool:
+        if self._hooks.admit is None:
+            return True
+        try:
+            self._hooks.admit(req)
+        except ProtocolError as exc:
+            self.fail(exc)
+            return False
+        return True
+
     async def _serve(self, req: GenerateRequest) -> None:
         try:
             async with contextlib.aclosing(self._handler(req)) as answers:
@@ -212,12 +256,15 @@ class RequestStream:
     # --- helpers --------------------------------------------------------------------------------
     def _write(self, msg: Answer, end: bool) -> None:
         self._transport.send(self.stream_id, encode_frame(msg), end)
+        if end and self._hooks.on_final is not None and isinstance(msg, Done | Error):
+            self._hooks.on_final(msg)
         self.max_buffered = max(self.max_buffered, self._transport.stream_buffered(self.stream_id))
 
     def _finish(self) -> None:
         if self.is_finished:
             return
         self.is_finished = True
+        self._decoder = None  # a partial frame's bytes go now, not when the stream object does
         self._wake.set()
         if self._on_finished is not None:
             self._on_finished(self)

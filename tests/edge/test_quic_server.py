@@ -154,7 +154,7 @@ async def test_streams_per_connection_is_a_transport_parameter(served) -> None: 
 
 
 async def test_connection_limit_refuses_extra_connections(served) -> None:  # type: ignore[no-untyped-def]
-    server, _ = await served(QuicLimits(max_connections=1))
+    server, _ = await served(QuicLimits(max_connections=1, evict_idle_after_s=60.0))
     async with raw_client(server.port) as first:
         async with raw_client(server.port) as second:
             await asyncio.wait_for(second.wait_closed(), 10)

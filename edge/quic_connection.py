@@ -1,0 +1,203 @@
+"""One client connection of the edge's QUIC listener: aioquic events in, `RequestStream`s served.
+
+It reports to its `EdgeQuicServer` what the server's sans-IO tables need: the peer's address
+(admission), when streams open and close (idle eviction), the bytes it holds before requests are
+read (receive budgets), and wrong keys (throttling). It also answers the session's questions on
+unacknowledged bytes, which the watermarks in `buffers.py` act on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection, QuicErrorCode
+from isthmus.protocol import Done, Error, ErrorCode, GenerateRequest, ProtocolError
+
+from .quic_limits import set_stream_limits
+from .session import RequestStream, StreamHooks
+
+if TYPE_CHECKING:
+    from .quic_server import EdgeQuicServer
+
+MAX_REMEMBERED_STREAMS = 4096  # finished stream ids kept per connection to ignore late frames
+
+
+class EdgeQuicProtocol(QuicConnectionProtocol):
+    """One client connection: routes stream events to `RequestStream`s."""
+
+    def __init__(self, quic: QuicConnection, stream_handler: object = None, *, server: EdgeQuicServer):
+        super().__init__(quic)
+        self._server = server
+        set_stream_limits(quic, server.limits.max_streams_per_connection)
+        self._streams: dict[int, RequestStream] = {}
+        # streams already answered: a late FIN or Cancel on one must not open a new request
+        self._finished_ids: set[int] = set()
+        self.source = ""  # the peer's address, from its first datagram
+        self.is_admitted = False  # by the server's connection table, once the handshake completed
+        self._is_refused = not server._register(self)
+        self._hooks = StreamHooks(admit=self._admit_request, on_final=self._on_final)
+        self.num_streams_served = 0
+
+    # --- StreamTransport ------------------------------------------------------------------------
+    def send(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        try:
+            self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
+        except (ValueError, AssertionError, RuntimeError):
+            return  # the stream was reset or finished meanwhile: nothing to deliver
+        buffered = self.stream_buffered(stream_id)
+        if buffered > self._server.max_stream_buffered:
+            self._server.max_stream_buffered = buffered
+        self._transmit_soon()
+
+    def reset(self, stream_id: int, code: int) -> None:
+        try:
+            self._quic.reset_stream(stream_id, int(code))
+        except (ValueError, AssertionError):
+            return
+        self._transmit_soon()
+
+    def stream_buffered(self, stream_id: int) -> int:
+        stream = self._quic._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return sender._buffer_stop - sender._buffer_start
+
+    def connection_buffered(self) -> int:
+        total = 0
+        for stream in self._quic._streams.values():
+            total += stream.sender._buffer_stop - stream.sender._buffer_start
+        return total
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    # --- what the server's budgets and tables read ------------------------------------------------
+    def received_held(self) -> int:
+        """Bytes received and not yet turned into requests: partial frames, out-of-order data."""
+        held = sum(s.held_bytes for s in self._streams.values())
+        for stream in self._quic._streams.values():
+            held += len(stream.receiver._buffer)
+        return held
+
+    def shed(self, num_bytes: int, why: str) -> None:
+        """Free at least `num_bytes` of received bytes: fail the biggest holders, else close."""
+        error = ProtocolError(ErrorCode.OVERLOADED, f"receive buffer: {why}", retryable=True)
+        for stream in sorted(self._streams.values(), key=lambda s: s.held_bytes, reverse=True):
+            if num_bytes <= 0 or stream.held_bytes == 0:
+                break
+            num_bytes -= stream.held_bytes
+            self._stop_reading(stream.stream_id)
+            stream.fail(error)
+        if num_bytes > 0:  # out-of-order data in aioquic's buffers: only closing frees it
+            self.close(error_code=QuicErrorCode.FLOW_CONTROL_ERROR, reason_phrase=f"receive buffer: {why}")
+
+    def evict(self) -> None:
+        """Close an idle connection to make room for a new one."""
+        self.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="idle connection evicted under load")
+
+    def _stop_reading(self, stream_id: int) -> None:
+        try:
+            self._quic.stop_stream(stream_id, int(ErrorCode.OVERLOADED))
+        except (ValueError, AssertionError):
+            pass
+
+    # --- aioquic --------------------------------------------------------------------------------
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if not self.source and isinstance(addr, tuple) and addr:
+            self.source = str(addr[0])
+        super().datagram_received(data, addr)
+        for stream in list(self._streams.values()):
+            if stream.is_paused:
+                stream.notify()
+        if not self._is_refused:
+            self._server._account_received(self)
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.HandshakeCompleted):
+            if not self._is_refused:
+                reason = self._server._admit(self)
+                self._is_refused = reason is not None
+            if self._is_refused:
+                self.cancel_all(ErrorCode.OVERLOADED, "connection refused")
+                self.close(
+                    error_code=QuicErrorCode.CONNECTION_REFUSED,
+                    reason_phrase=reason or "too many connections",
+                )
+        elif isinstance(event, events.StreamDataReceived):
+            self._on_stream_data(event)
+        elif isinstance(event, events.StreamReset | events.StopSendingReceived):
+            # a reset of the client's side, or STOP_SENDING on ours: it no longer wants the answer
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream.on_reset()
+        elif isinstance(event, events.ConnectionTerminated):
+            for stream in list(self._streams.values()):
+                stream.on_reset()
+            self._server._unregister(self)
+
+    def _on_stream_data(self, event: events.StreamDataReceived) -> None:
+        if self._is_refused:
+            return
+        stream = self._streams.get(event.stream_id)
+        if stream is None:
+            if event.stream_id % 4 != 0 or event.stream_id in self._finished_ids:
+                return  # only new client-initiated bidirectional streams carry requests
+            stream = self._open_stream(event.stream_id)
+            if stream is None:
+                return
+        stream.feed(event.data, event.end_stream)
+
+    def _open_stream(self, stream_id: int) -> RequestStream | None:
+        server = self._server
+        stream = RequestStream(
+            stream_id,
+            self,
+            server.handler,
+            server.limits.buffers,
+            server.limits.max_frame_size,
+            on_finished=self._on_stream_finished,
+            on_error=server.on_error,
+            hooks=self._hooks,
+            max_after_request=server.limits.receive.max_after_request,
+        )
+        if server.is_draining:
+            stream.fail(ProtocolError(ErrorCode.DRAINING, "edge is draining", retryable=True))
+            return None
+        if len(self._streams) >= server.limits.max_streams_per_connection:
+            stream.fail(ProtocolError(ErrorCode.OVERLOADED, "too many streams", retryable=True))
+            return None
+        self._streams[stream_id] = stream
+        self.num_streams_served += 1
+        server.table.stream_opened(self)
+        return stream
+
+    def _on_stream_finished(self, stream: RequestStream) -> None:
+        self._streams.pop(stream.stream_id, None)
+        self._finished_ids.add(stream.stream_id)
+        if len(self._finished_ids) > MAX_REMEMBERED_STREAMS:
+            # ids only grow, so the oldest are the least likely to see another frame
+            for old in sorted(self._finished_ids)[: MAX_REMEMBERED_STREAMS // 2]:
+                self._finished_ids.discard(old)
+        self._server._stream_finished(self, stream)
+
+    # --- throttling of wrong keys ----------------------------------------------------------------
+    def _admit_request(self, req: GenerateRequest) -> None:
+        auth = self._server.auth
+        if auth is not None:
+            auth.check_throttle(self.source)
+
+    def _on_final(self, msg: Done | Error) -> None:
+        auth = self._server.auth
+        if auth is not None and isinstance(msg, Error) and msg.code == ErrorCode.UNAUTHENTICATED:
+            auth.record_failure(self.source)
+
+    @property
+    def streams(self) -> list[RequestStream]:
+        return list(self._streams.values())
+
+    def cancel_all(self, code: ErrorCode, message: str) -> None:
+        for stream in list(self._streams.values()):
+            stream.cancel(code, message)

@@ -1,0 +1,76 @@
+"""The QUIC listener's limits, its session-ticket store, and the stream limits aioquic lacks knobs for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aioquic.quic.connection import QuicConnection
+from aioquic.tls import SessionTicket
+from isthmus.protocol.limits import MAX_FRAME_SIZE
+
+from .admission import AdmissionLimits
+from .buffers import BufferLimits
+from .receive_budget import ReceiveLimits
+
+
+@dataclass(frozen=True, slots=True)
+class QuicLimits:
+    """Admission and memory limits of the QUIC listener."""
+
+    max_connections: int = 1024  # connections held at once; idle ones are evicted to admit more
+    max_streams_per_connection: int = 64  # concurrent request streams; also the QUIC transport param
+    max_frame_size: int = MAX_FRAME_SIZE  # bytes: checked before a frame body is buffered
+    idle_timeout_s: float = 60.0  # seconds
+    max_stream_data: int = 1024 * 1024  # bytes: flow-control window we grant per stream
+    max_data: int = 4 * 1024 * 1024  # bytes: flow-control window we grant per connection
+    buffers: BufferLimits = field(default_factory=BufferLimits)
+    max_session_tickets: int = 10_000  # tickets remembered for 0-RTT resumption
+    max_connections_per_source: int = 256  # connections from one source address
+    evict_idle_after_s: float = 2.0  # seconds without a stream before a connection may be evicted
+    receive: ReceiveLimits = field(default_factory=ReceiveLimits)  # bytes held before a request is read
+
+    def admission(self) -> AdmissionLimits:
+        return AdmissionLimits(
+            max_connections=self.max_connections,
+            max_connections_per_source=self.max_connections_per_source,
+            evict_idle_after_s=self.evict_idle_after_s,
+        )
+
+
+class SessionTicketStore:
+    """Remembers the tickets we issued so returning clients can resume (and send 0-RTT data).
+
+    Tickets are single-use (`pop`), which keeps a replayed 0-RTT request from being accepted twice
+    by this node.
+    """
+
+    def __init__(self, max_tickets: int) -> None:
+        self._tickets: dict[bytes, SessionTicket] = {}
+        self._max_tickets = max_tickets
+
+    def add(self, ticket: SessionTicket) -> None:
+        if len(self._tickets) >= self._max_tickets:
+            self._tickets.pop(next(iter(self._tickets)))  # oldest first (insertion order)
+        self._tickets[ticket.ticket] = ticket
+
+    def pop(self, label: bytes) -> SessionTicket | None:
+        return self._tickets.pop(label, None)
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+
+def set_stream_limits(quic: QuicConnection, max_bidi: int) -> None:
+    """Advertise `max_bidi` concurrent request streams and no unidirectional ones.
+
+    aioquic (1.7) has no configuration knob for these. Its `Limit` keeps `value` (what the peer
+    may open, raised by one each time a peer stream is discarded) and `sent` (what was last
+    advertised); MAX_STREAMS goes out only once `value` passes `sent`. Both must be set: lowering
+    `value` alone left `sent` at aioquic's 128, so no credit was granted again until 64 more
+    streams than the peer could open had finished, and the 65th stream stalled for good. The
+    transport parameters read `value` after the protocol is built, before the first flight.
+    """
+    for limit, num in ((quic._local_max_streams_bidi, max_bidi), (quic._local_max_streams_uni, 0)):
+        if limit.used:
+            raise RuntimeError("stream limits must be set before the peer opens a stream")
+        limit.value = limit.sent = num
