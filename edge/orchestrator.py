@@ -31,12 +31,12 @@ from isthmus.protocol import (
     ProtocolError,
     TokenChunk,
     error_message,
-    unpack_ids,
     validate,
 )
 
 from .features import extract_features
 from .handover import make_continuation
+from .prompt_tokens import PromptTokenizer
 from .relay import CenterStream, num_chunk_tokens, open_center, relay_center
 from .request_run import LocalRun, RequestClock, engine_error, finish_done
 from .router import CENTER_UNAVAILABLE, Decision, LoadView, Router
@@ -81,6 +81,8 @@ class Orchestrator:
         self.max_prompt_tokens = max_prompt_tokens
         self.clock = clock  # time.monotonic: the engine's deadlines use the same clock
         self.num_in_flight = 0
+        # large prompts are tokenized off the event loop, after a length check by bytes
+        self.prompts = PromptTokenizer(self.tokenizer)
 
     async def handle(self, req: GenerateRequest) -> AsyncGenerator[Answer, None]:
         """Answer `req`: zero or more `TokenChunk`s then exactly one `Done` or `Error`."""
@@ -88,6 +90,7 @@ class Orchestrator:
         self.num_in_flight += 1
         lease = None
         try:
+            self.prompts.refuse_oversized(req, self._prompt_limit())  # before the costlier validate
             validate(req)
             if self.auth is not None:
                 lease = self.auth.acquire(req.api_key)
@@ -113,8 +116,9 @@ class Orchestrator:
 
     # --- the paths -------------------------------------------------------------------------------
     async def _answer(self, req: GenerateRequest, clock: RequestClock) -> AsyncGenerator[Answer, None]:
-        prompt_ids, prompt_text, num_turns = self._tokenize(req)
-        features = extract_features(prompt_text, len(prompt_ids), req.sampling.max_tokens, num_turns)
+        prompt = await self.prompts.tokenize(req, self._prompt_limit(), self._edge_fingerprint())
+        prompt_ids = prompt.ids
+        features = extract_features(prompt.text, len(prompt_ids), req.sampling.max_tokens, prompt.num_turns)
         decision = self.router.decide(features, req.tier, self._load_view())
         if decision.tier == "center":
             center = await self._open(req, clock, prompt_ids)
@@ -229,32 +233,6 @@ class Orchestrator:
                 yield msg
 
     # --- helpers ----------------------------------------------------------------------------------
-    def _tokenize(self, req: GenerateRequest) -> tuple[list[int], str, int]:
-        """Prompt ids, the text the router's features read, and the number of user turns."""
-        tok = self.tokenizer
-        if req.prompt is not None:
-            ids, text, turns = tok.encode(req.prompt), req.prompt, 1
-        elif req.messages is not None:
-            ids = tok.encode_chat([{"role": m.role, "content": m.content} for m in req.messages])
-            text = "\n".join(m.content for m in req.messages)
-            turns = max(1, sum(1 for m in req.messages if m.role == "user"))
-        else:
-            ids = unpack_ids(req.prompt_ids or b"")
-            text, turns = tok.decode(ids), 1
-        if req.continuation is not None:
-            # an app may resume an answer itself; the edge then continues after its text
-            cont = req.continuation
-            if cont.token_ids and cont.tokenizer_fingerprint == self._edge_fingerprint():
-                ids = ids + unpack_ids(cont.token_ids)
-            elif cont.text:
-                ids = ids + tok.encode(cont.text, add_special_tokens=False)
-        limit = self._prompt_limit()
-        if limit is not None and len(ids) > limit:
-            raise ProtocolError(
-                ErrorCode.PROMPT_TOO_LONG, f"prompt: {len(ids)} tokens exceeds the edge's limit of {limit}"
-            )
-        return ids, text, turns
-
     def _prompt_limit(self) -> int | None:
         if self.max_prompt_tokens is not None:
             return self.max_prompt_tokens
