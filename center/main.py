@@ -165,6 +165,7 @@ async def serve(a: argparse.Namespace, opts: EngineOptions, runner: Any = None) 
                 break
     finally:
         await server.stop(grace_s=0.0)
+        service.close()
         await engine.stop()
     return 1 if failure else 0
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from isthmus.center.meter import RateMeter
-from isthmus.center.request import prepare_request
+from isthmus.center.prepare import RequestPreparer
 from isthmus.engine.async_engine import EngineNotRunning, EngineRequest
 from isthmus.engine.scheduler import InvalidRequest, PromptTooLong, QueueFull, SchedulerError
 from isthmus.protocol import (
@@ -77,6 +77,12 @@ class CenterService:
         self.in_flight: dict[str, InFlight] = {}
         self._ids = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # large prompts are tokenized in worker threads: Status and other calls keep being answered
+        self.preparer = RequestPreparer(tokenizer, max_model_len)
+
+    def close(self) -> None:
+        """Release the tokenizer threads (the engine is the caller's to stop)."""
+        self.preparer.close()
 
     # --- Generate ---------------------------------------------------------------------------------
 
@@ -97,7 +103,7 @@ class CenterService:
             yield refusal
             return
         try:
-            prepared = prepare_request(req, self.tokenizer, self.max_model_len)
+            prepared = await self.preparer.prepare(req)
         except ProtocolError as exc:
             yield error_message(req.id, exc)
             return

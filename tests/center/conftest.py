@@ -83,6 +83,7 @@ async def running_center(model: Path, *, ready: bool = True, tls: Any = None,
     finally:
         await channel.close()
         await server.stop()
+        service.close()
         await engine.stop()
 
 
