@@ -55,10 +55,33 @@ def encode(msg: Message) -> bytes:
         raise TypeError(f"not a protocol message: {type(msg).__name__}")
     try:
         return _encoder.encode(msg)
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"{type(msg).__name__}: cannot encode ({exc})"
-        ) from exc
+    except _ENCODE_ERRORS as exc:
+        path = _unencodable_path(msg) or type(msg).__name__
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{path}: cannot encode ({exc})") from exc
+
+
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, msgspec.EncodeError)
+
+
+def _unencodable_path(value: object, path: str = "") -> str | None:
+    """The dotted path of the innermost field that msgpack cannot carry (e.g. `sampling.max_tokens`).
+
+    Runs only after an encode failed: each field is encoded alone to find the culprit.
+    """
+    if isinstance(value, msgspec.Struct):
+        items: list[tuple[str, object]] = [
+            (f"{path}.{name}" if path else name, getattr(value, name)) for name in value.__struct_fields__
+        ]
+    elif isinstance(value, (list, tuple)):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return path or None
+    for where, item in items:
+        try:
+            _encoder.encode(item)
+        except _ENCODE_ERRORS:
+            return _unencodable_path(item, where)
+    return path or None
 
 
 def decode(
