@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
 from isthmus.protocol import (
+    RETRYABLE_CODES,
     Cancel,
     Done,
     Error,
@@ -172,19 +173,24 @@ class RequestStream:
         """Acknowledgements may have arrived: re-check the watermarks of a paused stream."""
         self._wake.set()
 
-    def cancel(self, code: ErrorCode, message: str) -> None:
-        """Abort the request and end the stream with an `Error` (a `Cancel` frame, a drain)."""
+    def cancel(self, code: ErrorCode, message: str, retryable: bool | None = None) -> None:
+        """Abort the request and end the stream with an `Error` (a `Cancel` frame, a drain).
+
+        `retryable` defaults to whether `code` is one of the protocol's retryable codes.
+        """
         if self.is_finished:
             return
         if self._on_error is not None:
             self._on_error(code)
-        self._write(Error(id=self.request_id, code=code, message=message), end=True)
+        if retryable is None:
+            retryable = code in RETRYABLE_CODES
+        self._write(Error(id=self.request_id, code=code, message=message, retryable=retryable), end=True)
         self._finish()
         self._cancel_task()
 
     def fail(self, exc: ProtocolError) -> None:
         """End the stream with the `Error` for `exc`; other streams are unaffected."""
-        self.cancel(exc.code, exc.message)
+        self.cancel(exc.code, exc.message, exc.retryable)
 
     async def wait(self) -> None:
         """Until the request's task has finished (cleanup included)."""

@@ -1,0 +1,175 @@
+"""Limits that hold before authentication, over real QUIC on loopback: receive budgets against
+partial-frame floods, the per-source connection cap, idle eviction, and wrong-key throttling."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from isthmus.edge.auth import ApiKey, ApiKeyStore, hash_key
+from isthmus.edge.auth_throttle import ThrottleLimits
+from isthmus.edge.quic_server import EdgeQuicServer, QuicLimits
+from isthmus.edge.receive_budget import ReceiveLimits
+from isthmus.protocol import (
+    Done,
+    Error,
+    ErrorCode,
+    GenerateRequest,
+    ProtocolError,
+    Route,
+    SamplingOptions,
+    TokenChunk,
+    encode_frame,
+    error_message,
+)
+
+from .quic_helpers import RawClient, final, raw_client, write_self_signed
+
+pytestmark = pytest.mark.timeout(90)
+
+KiB, MiB = 1024, 1024 * 1024
+KEY = "sk-right"
+
+
+def req(prompt: str = "hi", api_key: str | None = KEY, id: str = "r") -> GenerateRequest:
+    return GenerateRequest(id=id, prompt=prompt, api_key=api_key, sampling=SamplingOptions(max_tokens=1))
+
+
+def partial_header(body_len: int = 4 * MiB) -> bytes:
+    """A frame header announcing a body that will never be completed."""
+    return struct.pack(">I", body_len)
+
+
+class Handler:
+    """Admits by API key (like the orchestrator does), then answers with one chunk."""
+
+    def __init__(self, store: ApiKeyStore) -> None:
+        self.store = store
+
+    async def __call__(self, req: GenerateRequest) -> AsyncIterator[TokenChunk | Done | Error]:
+        try:
+            lease = self.store.acquire(req.api_key)
+        except ProtocolError as exc:
+            yield error_message(req.id, exc)
+            return
+        with lease:
+            yield TokenChunk(id=req.id, text="ok", tier="edge")
+            yield Done(id=req.id, finish_reason="stop", route=Route(tier="edge", reason="wish_edge"))
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> tuple[str, str]:
+    return write_self_signed(tmp_path)
+
+
+@pytest.fixture
+async def serve(certs: tuple[str, str]):  # type: ignore[no-untyped-def]
+    servers: list[EdgeQuicServer] = []
+
+    async def make(limits: QuicLimits, throttle: ThrottleLimits | None = None) -> EdgeQuicServer:
+        store = ApiKeyStore([ApiKey(hash_key(KEY), name="k")], throttle=throttle)
+        server = EdgeQuicServer(
+            Handler(store), certfile=certs[0], keyfile=certs[1], limits=limits, auth=store
+        )
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.close()
+
+
+async def wait_until(pred, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    async def poll() -> None:
+        while not pred():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def errors_with(client: RawClient, code: ErrorCode) -> list[Error]:
+    return [m for msgs in client.messages.values() for m in msgs if isinstance(m, Error) and m.code == code]
+
+
+async def flood(client: RawClient, num_streams: int, num_bytes: int) -> list[int]:
+    """Open `num_streams` streams, each holding a partial frame of `num_bytes` body bytes."""
+    sids = []
+    for _ in range(num_streams):
+        sids.append(client.send(partial_header() + b"\0" * num_bytes, end_stream=False))
+        await asyncio.sleep(0)
+    return sids
+
+
+async def test_partial_frame_flood_is_held_within_the_connection_budget(serve) -> None:  # type: ignore[no-untyped-def]
+    budget = ReceiveLimits(max_per_connection=1 * MiB, max_total=64 * MiB)
+    server = await serve(QuicLimits(receive=budget))
+    async with raw_client(server.port) as attacker:
+        await flood(attacker, num_streams=16, num_bytes=200 * KiB)  # 3.2 MiB of partial frames
+        # at most 5 streams of 200 KiB fit in 1 MiB: the rest are answered OVERLOADED (retryable)
+        await wait_until(lambda: len(errors_with(attacker, ErrorCode.OVERLOADED)) >= 11)
+        assert all(e.retryable for e in errors_with(attacker, ErrorCode.OVERLOADED))
+        assert server.budget.peak_total <= budget.max_per_connection + 64 * KiB
+        assert server.budget.total <= budget.max_per_connection
+        # the connection itself still serves requests, and so does another one
+        assert isinstance(final(await attacker.request(req())), Done)
+        async with raw_client(server.port) as other:
+            assert isinstance(final(await other.request(req())), Done)
+    await wait_until(lambda: server.budget.total == 0)
+
+
+async def test_edge_wide_budget_sheds_the_biggest_holder_not_the_newcomer(serve) -> None:  # type: ignore[no-untyped-def]
+    budget = ReceiveLimits(max_per_connection=1 * MiB, max_total=int(1.5 * MiB))
+    server = await serve(QuicLimits(receive=budget))
+    async with raw_client(server.port) as flood1, raw_client(server.port) as flood2:
+        await flood(flood1, num_streams=4, num_bytes=200 * KiB)
+        await flood(flood2, num_streams=3, num_bytes=200 * KiB)
+        await wait_until(lambda: server.budget.total >= 1.3 * MiB)
+        assert not errors_with(flood1, ErrorCode.OVERLOADED)
+        async with raw_client(server.port) as newcomer:
+            frame = encode_frame(req("x" * (400 * KiB)))
+            sid = newcomer.send(frame[: 300 * KiB], end_stream=False)  # pushes the total over
+            await wait_until(lambda: errors_with(flood1, ErrorCode.OVERLOADED))
+            newcomer.send(frame[300 * KiB :], end_stream=True, stream_id=sid)
+            assert isinstance(final(await newcomer.wait_end(sid)), Done)
+        assert not errors_with(flood2, ErrorCode.OVERLOADED)  # flood1 held more, so it paid
+        assert server.budget.total <= budget.max_total
+
+
+async def test_connections_from_one_source_are_capped(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(QuicLimits(max_connections_per_source=2))
+    async with raw_client(server.port) as first, raw_client(server.port) as second:
+        async with raw_client(server.port) as third:
+            await asyncio.wait_for(third.wait_closed(), 10)
+        assert server.table.num_refused == 1
+        assert isinstance(final(await first.request(req())), Done)
+        assert isinstance(final(await second.request(req())), Done)
+
+
+async def test_idle_connections_are_evicted_to_admit_a_new_client(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(QuicLimits(max_connections=2, evict_idle_after_s=0.2))
+    async with raw_client(server.port) as idle1, raw_client(server.port) as idle2:
+        assert isinstance(final(await idle2.request(req())), Done)  # used, then idle
+        await asyncio.sleep(0.4)
+        async with raw_client(server.port) as newcomer:
+            assert isinstance(final(await newcomer.request(req())), Done)
+        # idle1 has been idle longest: it went, idle2 stayed
+        await asyncio.wait_for(idle1.wait_closed(), 10)
+        assert server.table.num_evicted == 1
+        assert isinstance(final(await idle2.request(req())), Done)
+
+
+async def test_wrong_keys_from_one_address_are_throttled_with_rate_limited(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(QuicLimits(), ThrottleLimits(max_failures=3, window_s=600.0))
+    async with raw_client(server.port) as client:
+        for i in range(3):
+            msg = final(await client.request(req(api_key=f"guess-{i}")))
+            assert isinstance(msg, Error) and msg.code == ErrorCode.UNAUTHENTICATED
+        # throttled: refused before the key is looked at, even the right key, with a retryable error
+        msg = final(await client.request(req(api_key=KEY)))
+        assert isinstance(msg, Error) and msg.code == ErrorCode.RATE_LIMITED and msg.retryable
+        assert "retry in" in msg.message
+    assert server.auth is not None and server.auth.throttle_retry_after("127.0.0.1") > 0  # type: ignore[attr-defined]
