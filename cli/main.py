@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     center.add_argument("args", nargs=argparse.REMAINDER)
     edge = sub.add_parser("edge", help="run one edge node from its config", add_help=False)
     edge.add_argument("args", nargs=argparse.REMAINDER)
+    router = sub.add_parser("router", help="eval, train or explain the escalation router", add_help=False)
+    router.add_argument("args", nargs=argparse.REMAINDER)
 
     up = sub.add_parser("up", help="start a whole network (center TP=2 + edge) on this machine")
     _network_args(up)
@@ -127,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from isthmus.edge.main import main as edge_main
 
         return int(edge_main(args[1:]) or 0)
+    if args and args[0] == "router":
+        from .router import main as router_main
+
+        return router_main(args[1:])
     parser = build_parser()
     a = parser.parse_args(args)
     check_args(parser, a)

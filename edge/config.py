@@ -295,7 +295,9 @@ class EdgeConfig:
             raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        return cls.from_dict(data, name=path.name, base_dir=path.parent, source=str(path))
+        cfg = cls.from_dict(data, name=path.name, base_dir=path.parent, source=str(path))
+        _check_router_model(cfg.router.model, path.name)
+        return cfg
 
     @classmethod
     def from_dict(
@@ -328,6 +330,7 @@ class EdgeConfig:
             center=dataclasses.replace(
                 self.center, ca=res(self.center.ca), cert=res(self.center.cert), key=res(self.center.key)
             ),
+            router=dataclasses.replace(self.router, model=_router_model_path(self.router.model, res)),
             source=source,
         )
 
@@ -361,6 +364,21 @@ class EdgeConfig:
     def to_toml(self) -> str:
         sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
         return to_toml(sections)
+
+
+def _router_model_path(model: str, res: Any) -> str:
+    """A `[router] model` file resolved like the other paths; "" and "heuristic" are not files."""
+    return model if model in ("", "heuristic") else res(model) or ""
+
+
+def _check_router_model(model: str, name: str) -> None:
+    """Refuse a `[router] model` file that cannot be loaded, naming the file and the problem."""
+    from .router import load_model
+
+    try:
+        load_model(model)
+    except ValueError as exc:  # RouterModelError
+        raise ConfigError(f"{name}: router.model: {exc}") from None
 
 
 def _check_port(name: str, port: int, allow_zero: bool) -> None:

@@ -1,7 +1,9 @@
 """Cheap features of a prompt that predict whether the small edge model will answer it well (sans-IO).
 
 Everything here is a handful of regular expressions over the prompt text plus counts the edge
-already has (prompt tokens, requested output length, conversation turns). Each feature is
+already has (prompt tokens, requested output length, conversation turns). These English-flavoured
+signals are only a few of the trained router's inputs (`isthmus.edge.routing.model`): it also hashes
+the text's character and word n-grams, which `PromptFeatures.text` carries to it. Each feature is
 normalised into [0, 1] so the router's weighted sum stays interpretable: a weight is "how much of
 the score this signal can contribute at most".
 """
@@ -9,7 +11,7 @@ the score this signal can contribute at most".
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Only the head of a very long prompt is scanned: the length feature saturates long before, and
 # scanning a 1 MiB prompt with a dozen regexes would cost more than the decision is worth.
@@ -69,6 +71,8 @@ class PromptFeatures:
     num_math_hits: int
     num_step_markers: int
     num_constraints: int
+    # the scanned head of the prompt: the trained router hashes its n-grams (`isthmus.edge.routing`)
+    text: str = field(default="", repr=False, compare=False)
 
     @property
     def length(self) -> float:
@@ -131,6 +135,7 @@ def extract_features(
         num_math_hits=len(_MATH.findall(text)),
         num_step_markers=len(_STEPS.findall(text)),
         num_constraints=len(_CONSTRAINTS.findall(text)),
+        text=text,
     )
 
 

@@ -1,17 +1,19 @@
 """The escalation router: answer at the edge or send to the center (sans-IO, no clocks, no I/O).
 
-The score is a transparent weighted sum of normalised prompt features (see `features.py`), each in
-[0, 1], so the default weights (which sum to 1.0) read as "the most this signal can add":
+The score is the calibrated probability that a prompt needs the center, from a logistic model
+trained on the project's labelled routing corpus (`isthmus.edge.routing`, docs/routing.md): hashed
+character and word n-grams of the prompt (any script), the structural features of `features.py`,
+the requested `max_tokens` and the number of turns. The weights ship as package data
+(`edge/routing_data/router.npz`) and are loaded once per process; `[router] model = "path"` points
+at an operator's own file (`isthmus router train`), and `model = "heuristic"` selects the old
+rule-based weighted sum (`heuristic_score`), kept as the baseline the trained model must beat.
 
-    length 0.15, code 0.15, math 0.20, steps 0.20, constraints 0.10, output_length 0.10, depth 0.10
-
-Math and multi-step reasoning weigh most: that is where a ~7B nf4 model falls furthest behind a
-67B one; plain length and a long requested answer matter less. The score is clamped to [0, 1].
-
-One `threshold` trades quality for cost: a prompt whose score reaches the threshold goes to the
-center. Load shifts the threshold: a busy center raises it (`center_load_weight` times its load in
-[0, 1]), a filling edge queue lowers it (`edge_load_weight` times queue depth / `max_edge_queue`).
-An edge queue at its limit escalates everything it can (`edge_overloaded`).
+One `threshold` trades quality for cost: a prompt whose score reaches it goes to the center. Left
+unset it is the model's default, chosen on the corpus' held-out test split (`isthmus router eval`
+prints the trade-off table). Load shifts the threshold: a busy center raises it
+(`center_load_weight` times its load in [0, 1]), a filling edge queue lowers it (`edge_load_weight`
+times queue depth / `max_edge_queue`). An edge queue at its limit escalates everything it can
+(`edge_overloaded`).
 
 After the edge's own prefill, `reconsider` adds the prompt's perplexity under the edge model: a
 mean prompt log-prob of -`perplexity_low_nats` adds nothing, -`perplexity_high_nats` or lower adds
@@ -20,13 +22,20 @@ the full `weights.perplexity`.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from isthmus.protocol import Route
 
 from .features import PromptFeatures
+
+if TYPE_CHECKING:
+    from .routing.model import RouterModel
+
+log = logging.getLogger(__name__)
 
 Tier = Literal["edge", "center"]
 Wish = Literal["auto", "edge", "center"]
@@ -53,9 +62,15 @@ REASONS = (
 )
 
 
+HEURISTIC = "heuristic"  # `RouterConfig.model` value selecting the rule-based baseline
+HEURISTIC_THRESHOLD = 0.35  # the baseline's default threshold
+NUM_TOP_FEATURES = 6  # features named in an explanation
+
+
 @dataclass(frozen=True, slots=True)
 class FeatureWeights:
-    """How much each normalised feature can add to the score (see the module docstring)."""
+    """The heuristic baseline's weights (each: the most that normalised feature can add; they sum
+    to 1.0), and `perplexity`, which `reconsider` adds on top of any model's score."""
 
     length: float = 0.15
     code: float = 0.15
@@ -64,7 +79,9 @@ class FeatureWeights:
     constraints: float = 0.10
     output_length: float = 0.10
     depth: float = 0.10
-    perplexity: float = 0.40  # used by `reconsider` only: alone it can cross the default threshold
+    # used by `reconsider` only: alone it crosses any default threshold up to 0.6 (the trained
+    # model's is chosen on the held-out split, around 0.5)
+    perplexity: float = 0.60
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -77,7 +94,8 @@ class FeatureWeights:
 class RouterConfig:
     """Router settings; `threshold` is the one knob that trades quality for cost."""
 
-    threshold: float = 0.35  # score at or above which a prompt is escalated (0: all, >1: none)
+    model: str = ""  # weights file; "": the bundled model; "heuristic": the rule-based baseline
+    threshold: float | None = None  # score at or above which a prompt is escalated; None: the model's
     weights: FeatureWeights = field(default_factory=FeatureWeights)
     max_edge_queue: int = 64  # edge requests waiting at which the edge counts as overloaded
     edge_load_weight: float = 0.15  # threshold drop when the edge queue is full
@@ -86,8 +104,12 @@ class RouterConfig:
     perplexity_high_nats: float = 6.0  # mean prompt NLL at which it adds the full weight
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, str):
+            raise ValueError(f"model: expected a path, \"\" or \"heuristic\", got {self.model!r}")
         for name in ("threshold", "edge_load_weight", "center_load_weight", "perplexity_low_nats"):
             value = getattr(self, name)
+            if value is None and name == "threshold":
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
         high, low = self.perplexity_high_nats, self.perplexity_low_nats
@@ -140,6 +162,8 @@ class Decision:
     score: float
     is_degraded: bool = False  # the request wanted the center but none was reachable
     threshold: float = 0.0
+    # (feature, contribution to the log-odds) largest first; filled when an explanation is asked for
+    top_features: tuple[tuple[str, float], ...] = field(default=(), compare=False)
 
     def route(self) -> Route:
         """The wire `Route` for `Done.route` / `TokenChunk.route`."""
@@ -147,25 +171,36 @@ class Decision:
 
 
 class Router:
-    """Decides per request; holds only its config, so one instance serves every request."""
+    """Decides per request; holds only its config and model, so one instance serves every request.
 
-    def __init__(self, config: RouterConfig | None = None) -> None:
+    Construction loads the model (`RouterModelError`, a ValueError naming the file and the problem,
+    when it cannot): the node builds a new `Router` and swaps it in only when that succeeds.
+    """
+
+    def __init__(self, config: RouterConfig | None = None, model: RouterModel | None = None) -> None:
         self.config = config or RouterConfig()
+        self.model = model if model is not None else load_model(self.config.model)
+
+    @property
+    def base_threshold(self) -> float:
+        """The configured threshold, or the model's default when none is configured."""
+        if self.config.threshold is not None:
+            return self.config.threshold
+        return self.model.threshold if self.model is not None else HEURISTIC_THRESHOLD
 
     def score(self, features: PromptFeatures) -> float:
-        """The weighted difficulty score in [0, 1] (perplexity excluded: it is known only later)."""
-        w = self.config.weights
-        f = features.normalised()
-        total = (
-            w.length * f["length"]
-            + w.code * f["code"]
-            + w.math * f["math"]
-            + w.steps * f["steps"]
-            + w.constraints * f["constraints"]
-            + w.output_length * f["output_length"]
-            + w.depth * f["depth"]
-        )
-        return _clamp(total)
+        """The probability in [0, 1] that the prompt needs the center (perplexity not included)."""
+        if self.model is None:
+            return heuristic_score(features, self.config.weights)
+        return _clamp(self.model.probability(features))
+
+    def explain(self, features: PromptFeatures, k: int = NUM_TOP_FEATURES) -> tuple[tuple[str, float], ...]:
+        """The `k` features that moved the score most, (name, contribution) with + towards center."""
+        if self.model is None:
+            w, f = self.config.weights, features.normalised()
+            parts = [(name, getattr(w, name) * value) for name, value in f.items()]
+            return tuple(sorted(parts, key=lambda p: -abs(p[1]))[:k])
+        return tuple((name, round(c, 4)) for name, c in self.model.explain(features, k))
 
     def effective_threshold(self, load: LoadView) -> float:
         """`threshold` moved up by center load and down by edge queue depth."""
@@ -173,10 +208,30 @@ class Router:
         edge_fill = _clamp(max(0, load.edge_num_waiting) / cfg.max_edge_queue)
         center_load = _clamp(load.center_load) if math.isfinite(load.center_load) else 1.0
         shift = cfg.center_load_weight * center_load - cfg.edge_load_weight * edge_fill
-        return max(0.0, cfg.threshold + shift)
+        return max(0.0, self.base_threshold + shift)
 
-    def decide(self, features: PromptFeatures, wish: str, load: LoadView) -> Decision:
-        """Before running: the tier for a request with these features, tier wish and load."""
+    def decide(
+        self, features: PromptFeatures, wish: str, load: LoadView, *, explain: bool = False
+    ) -> Decision:
+        """Before running: the tier for a request with these features, tier wish and load.
+
+        With `explain` (or debug logging on) the decision carries its top features, and the debug
+        log line names them.
+        """
+        decision = self._decide(features, wish, load)
+        if explain or log.isEnabledFor(logging.DEBUG):
+            decision = replace(decision, top_features=self.explain(features))
+            log.debug(
+                "route %s (%s): score %.3f, threshold %.3f, top features %s",
+                decision.tier,
+                decision.reason,
+                decision.score,
+                decision.threshold,
+                ", ".join(f"{name} {c:+.3f}" for name, c in decision.top_features),
+            )
+        return decision
+
+    def _decide(self, features: PromptFeatures, wish: str, load: LoadView) -> Decision:
         score = self.score(features)
         threshold = self.effective_threshold(load)
         healthy = load.is_center_healthy
@@ -227,6 +282,69 @@ class Router:
     def handover(self, decision: Decision) -> Decision:
         """The decision after a confidence collapse mid-answer (the caller checked the center)."""
         return replace(decision, tier="center", reason=CONFIDENCE_COLLAPSE, is_degraded=False)
+
+
+def heuristic_score(features: PromptFeatures, w: FeatureWeights) -> float:
+    """The rule-based baseline: the weighted sum of the normalised features, clamped to [0, 1]."""
+    f = features.normalised()
+    total = (
+        w.length * f["length"]
+        + w.code * f["code"]
+        + w.math * f["math"]
+        + w.steps * f["steps"]
+        + w.constraints * f["constraints"]
+        + w.output_length * f["output_length"]
+        + w.depth * f["depth"]
+    )
+    return _clamp(total)
+
+
+def load_model(model: str) -> RouterModel | None:
+    """The model a `RouterConfig.model` names: None for the heuristic; raises `RouterModelError`."""
+    if model == HEURISTIC:
+        return None
+    if not model:
+        return _bundled_model()
+    from .routing.model import RouterModel
+
+    return RouterModel.load(model)
+
+
+@functools.cache
+def _bundled_model() -> RouterModel:
+    """The shipped weights, read once per process."""
+    from .routing.model import DEFAULT_MODEL_PATH, RouterModel
+
+    return RouterModel.load(DEFAULT_MODEL_PATH)
+
+
+# idle tiers and a healthy center: what `route_prompt` decides against
+IDLE = LoadView(is_center_healthy=True)
+
+
+def route_prompt(
+    text: str,
+    *,
+    max_tokens: int = 512,
+    num_turns: int = 1,
+    config: RouterConfig | None = None,
+    explain: bool = False,
+) -> Decision:
+    """The router's decision for one prompt with idle tiers and a healthy center (no engine needed).
+
+    The token count is estimated from the text. Any string is accepted; only a `config` whose model
+    file cannot be loaded raises (`RouterModelError`).
+    """
+    from .routing.model import prompt_features
+
+    router = _router_for(config or RouterConfig())
+    features = prompt_features(text if isinstance(text, str) else "", max_tokens, num_turns)
+    return router.decide(features, "auto", IDLE, explain=explain)
+
+
+@functools.lru_cache(maxsize=8)
+def _router_for(config: RouterConfig) -> Router:
+    return Router(config)
 
 
 def _clamp(value: float) -> float:

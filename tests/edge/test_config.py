@@ -22,7 +22,7 @@ def test_minimal_file_gets_defaults_and_resolved_paths(tmp_path: Path) -> None:
     cfg = EdgeConfig.load(write(tmp_path, MINIMAL))
     assert cfg.model.path == str((tmp_path / "models" / "tiny").resolve())
     assert cfg.listen.cert == str((tmp_path / "edge.crt").resolve())
-    assert cfg.router.threshold == 0.35 and cfg.center.endpoints == []
+    assert cfg.router.threshold is None and cfg.center.endpoints == []  # None: the model's default
     assert cfg.model_name == "tiny"
     assert cfg.source == str(tmp_path / "edge.toml")
 

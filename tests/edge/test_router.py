@@ -1,7 +1,12 @@
-"""The router's decisions: wishes, threshold, load, perplexity, hand-over; pure objects only."""
+"""The router's decisions: wishes, threshold, load, perplexity, hand-over; pure objects only.
+
+Arithmetic on scores is checked with the rule-based baseline (`model = "heuristic"`), whose score
+is a known weighted sum; the trained model's own behaviour is in test_router_model.py.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -34,6 +39,7 @@ HARD = extract_features(
 )
 HEALTHY = LoadView(is_center_healthy=True)
 NO_CENTER = LoadView(is_center_healthy=False)
+HEURISTIC = RouterConfig(model="heuristic")
 
 
 def test_default_weights_sum_to_one() -> None:
@@ -42,8 +48,9 @@ def test_default_weights_sum_to_one() -> None:
     assert math.isclose(total, 1.0)
 
 
-def test_easy_stays_hard_escalates() -> None:
-    router = Router()
+@pytest.mark.parametrize("config", [RouterConfig(), HEURISTIC], ids=["trained", "heuristic"])
+def test_easy_stays_hard_escalates(config: RouterConfig) -> None:
+    router = Router(config)
     easy = router.decide(EASY, "auto", HEALTHY)
     hard = router.decide(HARD, "auto", HEALTHY)
     assert (easy.tier, easy.reason) == ("edge", SCORE_BELOW_THRESHOLD)
@@ -80,9 +87,20 @@ def test_threshold_trades_quality_for_cost() -> None:
     assert Router(RouterConfig(threshold=1.01)).decide(HARD, "auto", HEALTHY).tier == "edge"
 
 
+def test_default_threshold_is_the_models() -> None:
+    router = Router()
+    assert router.model is not None
+    assert router.base_threshold == router.model.threshold
+    assert router.decide(EASY, "auto", HEALTHY).threshold == router.model.threshold
+    assert Router(HEURISTIC).base_threshold == 0.35
+    assert Router(RouterConfig(threshold=0.7)).base_threshold == 0.7
+
+
 def test_load_moves_the_threshold() -> None:
     router = Router(
-        RouterConfig(threshold=0.5, center_load_weight=0.2, edge_load_weight=0.2, max_edge_queue=10)
+        RouterConfig(
+            model="heuristic", threshold=0.5, center_load_weight=0.2, edge_load_weight=0.2, max_edge_queue=10
+        )
     )
     assert router.effective_threshold(HEALTHY) == 0.5
     assert math.isclose(router.effective_threshold(LoadView(is_center_healthy=True, center_load=1.0)), 0.7)
@@ -90,7 +108,7 @@ def test_load_moves_the_threshold() -> None:
     assert router.effective_threshold(LoadView(center_load=float("nan"))) == pytest.approx(0.7)
     # a prompt just over the base threshold stays at the edge when the center is saturated
     feats = extract_features("x", 1024, 2048, 1)  # length 0.5*0.15 + output 1.0*0.10 = 0.175
-    r = Router(RouterConfig(threshold=0.15, center_load_weight=0.1))
+    r = Router(RouterConfig(model="heuristic", threshold=0.15, center_load_weight=0.1))
     assert r.decide(feats, "auto", HEALTHY).tier == "center"
     assert r.decide(feats, "auto", LoadView(is_center_healthy=True, center_load=1.0)).tier == "edge"
 
@@ -139,6 +157,8 @@ def test_bad_config_is_refused_naming_the_field() -> None:
         RouterConfig(perplexity_low_nats=5.0, perplexity_high_nats=4.0)
     with pytest.raises(ValueError, match="max_edge_queue"):
         RouterConfig(max_edge_queue=0)
+    with pytest.raises(ValueError, match=r"^model:"):
+        RouterConfig(model=3)  # type: ignore[arg-type]
 
 
 @given(
@@ -163,6 +183,27 @@ def test_every_decision_is_well_formed(
     assert 0.0 <= d.score <= 1.0
     assert d.tier in ("edge", "center") and d.reason
     assert d.tier == "edge" or healthy  # never sent to a center that is not there
+    assert math.isfinite(d.threshold) and d.threshold >= 0
+
+
+def test_decision_explains_itself_when_asked() -> None:
+    router = Router()
+    assert router.decide(HARD, "auto", HEALTHY).top_features == ()
+    d = router.decide(HARD, "auto", HEALTHY, explain=True)
+    assert 1 <= len(d.top_features) <= 6
+    names = [name for name, _ in d.top_features]
+    assert all(isinstance(n, str) and n for n in names)
+    magnitudes = [abs(c) for _, c in d.top_features]
+    assert magnitudes == sorted(magnitudes, reverse=True)
+    h = Router(HEURISTIC).decide(HARD, "auto", HEALTHY, explain=True)
+    assert {n for n, _ in h.top_features} <= set(FeatureWeights.__dataclass_fields__)
+
+
+def test_debug_log_names_the_top_features(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="isthmus.edge.router"):
+        d = Router().decide(HARD, "auto", HEALTHY)
+    assert d.top_features
+    assert any("top features" in r.getMessage() for r in caplog.records)
 
 
 def test_load_view_from_parts() -> None:
