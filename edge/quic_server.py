@@ -40,7 +40,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CLOSE_FLUSH_TIMEOUT_S = 1.0  # seconds close() waits for unacknowledged frames before closing
-TRIM_AFTER_PEAK = 16 * 1024 * 1024  # bytes: held received bytes that make a heap trim worth it
+TRIM_AFTER_PEAK = 4 * 1024 * 1024  # bytes: held received bytes that make a heap trim worth it
 TRIM_BELOW = 1024 * 1024  # bytes: trim once the held bytes have fallen back under this
 TRIM_MIN_INTERVAL_S = 1.0  # seconds between heap trims
 
