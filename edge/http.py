@@ -7,19 +7,60 @@ routes are mounted that way). `HttpServer` runs an app on a host and port.
 - `/healthz`: the process is alive and its event loop answers (always 200).
 - `/readyz`: 200 when every readiness check passes (e.g. "model": the engine is loaded, "center":
   a healthy center replica, when the config requires one), else 503; the body lists each check.
+- `/metrics`: Prometheus text. When API keys are configured (the node's `auth` is not open) it
+  needs one of them as `Authorization: Bearer <key>`, like the API (in Prometheus:
+  `authorization: {credentials_file: ...}`); wrong keys count toward the same per-address
+  throttle. `/healthz` and `/readyz` stay open for probes: they say nothing but up/ready.
+
+Request bodies are capped at `MAX_BODY_SIZE` (the QUIC frame limit): a larger one gets 413.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
+from isthmus.protocol import ErrorCode, ProtocolError
+from isthmus.protocol.limits import MAX_FRAME_SIZE
 
 from .metrics import CONTENT_TYPE, Metrics
+from .openai_schema import error_from_protocol
 
 log = logging.getLogger(__name__)
+
+MAX_BODY_SIZE = MAX_FRAME_SIZE  # bytes: one request body, as one QUIC request frame
+
+
+def bearer_key(request: web.Request) -> str | None:
+    """The key in `Authorization: Bearer <key>`, or None."""
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def check_key(auth: Any, request: web.Request) -> None:
+    """Check the request's key against `auth` (an `ApiKeyStore` or None: open), throttled per
+    source address where the store supports it. Raises `ProtocolError` (UNAUTHENTICATED or,
+    for an address that sent too many wrong keys, RATE_LIMITED)."""
+    if auth is None:
+        return
+    key = bearer_key(request)
+    if callable(getattr(auth, "identify_from", None)):
+        auth.identify_from(request.remote or "", key)
+    else:
+        auth.identify(key)
+
+
+def retry_after(auth: Any, request: web.Request) -> dict[str, str]:
+    """A `Retry-After` header for a throttled source address (empty when unknown)."""
+    wait = getattr(auth, "throttle_retry_after", None)
+    seconds = wait(request.remote or "") if callable(wait) else 0.0
+    return {"Retry-After": str(max(1, math.ceil(seconds)))} if seconds > 0 else {}
 
 ReadyCheck = Callable[[], bool]
 Setup = Callable[[web.Application], None]
@@ -40,6 +81,7 @@ def make_app(
     node instead of a `Metrics` (anything with a `.metrics`), its `ready_checks()` and
     `update_gauges()` are used when it has them and the arguments leave them unset.
     """
+    node: Any = None
     if not isinstance(metrics, Metrics):
         node = metrics
         metrics = node.metrics
@@ -47,7 +89,7 @@ def make_app(
             checks = node.ready_checks()
         if on_scrape is None and callable(getattr(node, "update_gauges", None)):
             on_scrape = node.update_gauges
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY_SIZE)
     app[METRICS_KEY] = metrics
     ready_checks = dict(checks or {})
 
@@ -66,6 +108,12 @@ def make_app(
         return web.json_response({"ready": ready, "checks": results}, status=200 if ready else 503)
 
     async def metrics_handler(request: web.Request) -> web.Response:
+        try:
+            check_key(getattr(node, "auth", None), request)  # looked up now: the node sets it at start
+        except ProtocolError as exc:
+            err = error_from_protocol(exc.code, exc.message)
+            headers = retry_after(node.auth, request) if exc.code == ErrorCode.RATE_LIMITED else {}
+            return web.json_response(err.body(), status=err.status, headers=headers)
         if on_scrape is not None:
             try:
                 on_scrape()

@@ -6,6 +6,11 @@ through `node.orchestrator.handle`, the same request path as QUIC. The API key c
 and `x-isthmus-route-score` headers (for streams: the route known when the first message came)
 and, final, in an `isthmus_route` extension field of the completion object / last stream chunk.
 
+The key is checked before the body is read (a wrong key costs the edge no body buffering) and
+wrong keys are throttled per source address, as on QUIC (429 with `Retry-After`). Every error on
+`/v1/...` is an OpenAI-style JSON object, 413 for a body over `http.MAX_BODY_SIZE` and 404/405
+included; client input never yields a 5xx.
+
 Streams wait for the orchestrator's first message before sending headers, so a request refused
 up front (auth, validation, overload) gets a real HTTP status. A client that disconnects mid-stream
 makes the next write fail; leaving the `aclosing` block then closes the orchestrator's generator,
@@ -22,8 +27,9 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from aiohttp import web
-from isthmus.protocol import Done, Error, GenerateRequest, Route, TokenChunk
+from isthmus.protocol import Done, Error, ErrorCode, GenerateRequest, ProtocolError, Route, TokenChunk
 
+from .http import bearer_key, check_key, retry_after
 from .openai_schema import (
     OpenAIError,
     error_from_protocol,
@@ -67,23 +73,53 @@ def _usage(done: Done) -> dict[str, int]:
 
 
 def _error_response(err: OpenAIError) -> web.Response:
-    return web.json_response(err.body(), status=err.status)
-
-
-def _api_key(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+    return web.json_response(err.body(), status=err.status, headers=err.headers)
 
 
 async def _read_json(request: web.Request) -> Any:
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise OpenAIError(413, f"request body: {exc.text}", code="request_too_large") from None
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise invalid(None, f"request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise invalid(None, "request body: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise invalid(None, f"request body: {exc}") from None
+
+
+def _authenticate(orch: Any, request: web.Request) -> None:
+    """Check the API key before anything else is read; raise `OpenAIError` (401, or 429 throttled)."""
+    try:
+        check_key(orch.auth, request)
+    except ProtocolError as exc:
+        err = error_from_protocol(exc.code, exc.message)
+        if exc.code == ErrorCode.RATE_LIMITED:
+            err.headers.update(retry_after(orch.auth, request))
+        raise err from None
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """On `/v1/...`: aiohttp's own errors (404, 405, 413, ...) and any bug as OpenAI-style JSON."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        err = OpenAIError(exc.status, exc.reason, type=kind, code=exc.reason.lower().replace(" ", "_"))
+        if "Allow" in exc.headers:
+            err.headers["Allow"] = exc.headers["Allow"]
+        return _error_response(err)
+    except Exception:
+        log.exception("openai %s %s failed", request.method, request.path)
+        return _error_response(OpenAIError(500, "internal error", type="server_error", code="internal"))
 
 
 class OpenAIApi:
@@ -94,6 +130,7 @@ class OpenAIApi:
         self._model_name = model_name
 
     def mount(self, app: web.Application) -> None:
+        app.middlewares.append(json_errors)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
@@ -106,14 +143,7 @@ class OpenAIApi:
 
     async def models(self, request: web.Request) -> web.Response:
         try:
-            orch = self._orchestrator()
-            if orch.auth is not None:
-                from isthmus.protocol import ProtocolError
-
-                try:
-                    orch.auth.identify(_api_key(request))
-                except ProtocolError as exc:
-                    raise error_from_protocol(exc.code, exc.message) from None
+            _authenticate(self._orchestrator(), request)
         except OpenAIError as err:
             return _error_response(err)
         name = self._model_name()
@@ -129,9 +159,10 @@ class OpenAIApi:
     async def _serve(self, request: web.Request, *, is_chat: bool) -> web.StreamResponse:
         try:
             orch = self._orchestrator()
+            _authenticate(orch, request)
             body = await _read_json(request)
             parse = parse_chat if is_chat else parse_completion
-            req = parse(body, _api_key(request))
+            req = parse(body, bearer_key(request))
             stream = is_streaming(body)
             with_usage = include_usage(body) if stream else False
         except OpenAIError as err:
@@ -197,6 +228,10 @@ class OpenAIApi:
         except (ConnectionResetError, ConnectionError) as exc:
             # the client went away: leaving the caller's `aclosing` aborts the request
             log.debug("openai stream %s: client gone (%s)", shape.req.id, exc)
+        except Exception:  # a bug, after the headers went out: end the stream with an error event
+            log.exception("openai stream %s failed", shape.req.id)
+            with contextlib.suppress(Exception):
+                await send(OpenAIError(500, "internal error", type="server_error", code="internal").body())
         return resp
 
 

@@ -4,7 +4,8 @@
 `GenerateRequest`, raising `OpenAIError` (HTTP status, OpenAI error type, offending `param`) for
 anything malformed or unsupported. `error_from_protocol(code, message)` maps a protocol `Error`
 onto the same shape. Extension fields beyond OpenAI's: `tier`, `top_k`, `min_p`,
-`repetition_penalty`, `ignore_eos` (as vLLM names them).
+`repetition_penalty`, `ignore_eos` (as vLLM names them). OpenAI fields not implemented here are
+refused with a 400 naming them (`openai_fields.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from isthmus.protocol import (
     SamplingOptions,
     validate,
 )
+
+from .openai_fields import unsupported_field
 
 # protocol ErrorCode -> (HTTP status, OpenAI error type)
 _STATUS: dict[ErrorCode, tuple[int, str]] = {
@@ -42,6 +45,7 @@ _STATUS: dict[ErrorCode, tuple[int, str]] = {
 # protocol field path prefix -> the OpenAI request field a client sent
 _PARAM_NAMES = {"prompt": "prompt", "messages": "messages", "tier": "tier", "api_key": "authorization"}
 
+_MIN_INT, _MAX_INT = -(2**63), 2**63 - 1  # what the wire format carries; fields have tighter bounds
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _FLOAT_FIELDS = (
     "temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
@@ -53,7 +57,7 @@ class OpenAIError(Exception):
 
     def __init__(
         self, status: int, message: str, *, type: str = "invalid_request_error",
-        param: str | None = None, code: str | None = None,
+        param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -61,6 +65,7 @@ class OpenAIError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        self.headers = headers or {}  # extra response headers (e.g. Retry-After)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -106,6 +111,8 @@ def _integer(body: dict[str, Any], name: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise invalid(name, f"expected an integer, got {type(value).__name__}")
+    if not _MIN_INT <= value <= _MAX_INT:
+        raise invalid(name, f"{value:.3g} is out of range" if abs(value) < 10**300 else "out of range")
     return value
 
 
@@ -149,9 +156,9 @@ def _sampling(body: dict[str, Any], max_tokens_fields: tuple[str, ...]) -> Sampl
         if value is not None:
             kw["max_tokens"] = value
     for name in _FLOAT_FIELDS:
-        value = _number(body, name)
-        if value is not None:
-            kw[name] = value
+        number = _number(body, name)
+        if number is not None:
+            kw[name] = number
     for name in ("top_k", "seed"):
         value = _integer(body, name)
         if value is not None:
@@ -202,7 +209,8 @@ def _messages(body: dict[str, Any]) -> list[ChatMessage]:
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
             raise invalid(f"messages[{i}]", "expected an object")
-        role = _ROLES.get(m.get("role"))  # type: ignore[arg-type]
+        raw_role = m.get("role")
+        role = _ROLES.get(raw_role) if isinstance(raw_role, str) else None
         if role is None:
             raise invalid(f"messages[{i}].role", "expected system, developer, user or assistant")
         out.append(ChatMessage(role=role, content=_content(m.get("content"), f"messages[{i}].content")))
@@ -220,11 +228,21 @@ def _prompt(body: dict[str, Any]) -> str:
     return prompt
 
 
-def _finish(req: GenerateRequest, is_chat: bool) -> GenerateRequest:
+def _check_fields(body: dict[str, Any], *, is_chat: bool) -> None:
+    found = unsupported_field(body, is_chat=is_chat)
+    if found is not None:
+        param, problem = found
+        raise OpenAIError(400, f"{param}: {problem}", param=param, code="unsupported_parameter")
+
+
+def _finish(req: GenerateRequest, body: dict[str, Any], is_chat: bool) -> GenerateRequest:
     try:
         validate(req)
     except ProtocolError as exc:
-        raise error_from_protocol(exc.code, exc.message, is_chat=is_chat) from None
+        err = error_from_protocol(exc.code, exc.message, is_chat=is_chat)
+        if err.param == "max_tokens" and "max_tokens" not in body:
+            err.param = "max_completion_tokens"  # the name the client used
+        raise err from None
     return req
 
 
@@ -232,6 +250,7 @@ def parse_chat(body: Any, api_key: str | None) -> GenerateRequest:
     """A `/v1/chat/completions` body -> GenerateRequest (raises OpenAIError)."""
     if not isinstance(body, dict):
         raise invalid(None, "request body: expected a JSON object")
+    _check_fields(body, is_chat=True)
     req = GenerateRequest(
         id=f"chatcmpl-{uuid.uuid4().hex}",
         messages=_messages(body),
@@ -239,13 +258,14 @@ def parse_chat(body: Any, api_key: str | None) -> GenerateRequest:
         api_key=api_key,
         **_common(body),
     )
-    return _finish(req, is_chat=True)
+    return _finish(req, body, is_chat=True)
 
 
 def parse_completion(body: Any, api_key: str | None) -> GenerateRequest:
     """A `/v1/completions` body -> GenerateRequest (raises OpenAIError)."""
     if not isinstance(body, dict):
         raise invalid(None, "request body: expected a JSON object")
+    _check_fields(body, is_chat=False)
     if body.get("echo"):
         raise invalid("echo", "echo is not supported")
     req = GenerateRequest(
@@ -255,4 +275,4 @@ def parse_completion(body: Any, api_key: str | None) -> GenerateRequest:
         api_key=api_key,
         **_common(body),
     )
-    return _finish(req, is_chat=False)
+    return _finish(req, body, is_chat=False)
