@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from isthmus.edge.buffers import BufferLimits, FlowAction, StreamFlow
-from isthmus.edge.session import RequestStream
+from isthmus.edge.session import RequestStream, StreamHooks
 from isthmus.protocol import (
     Cancel,
     Done,
@@ -16,6 +16,7 @@ from isthmus.protocol import (
     ErrorCode,
     FrameDecoder,
     GenerateRequest,
+    ProtocolError,
     Route,
     TokenChunk,
     encode_frame,
@@ -158,3 +159,42 @@ async def test_reset_aborts_without_writing() -> None:
     stream.on_reset()
     await stream.wait()
     assert closed == [1] and transport.resets and len(transport.messages) == n
+
+
+async def test_partial_frame_bytes_are_counted_and_released_when_the_stream_fails() -> None:
+    stream, transport, _ = make_stream(1)
+    frame = encode_frame(GenerateRequest(id="a", prompt="x" * 2000))
+    stream.feed(frame[:1500], end_stream=False)
+    assert stream.held_bytes == 1500
+    stream.fail(ProtocolError(ErrorCode.OVERLOADED, "receive buffer: full", retryable=True))
+    assert stream.held_bytes == 0
+    last = transport.messages[-1]
+    assert isinstance(last, Error) and last.code == ErrorCode.OVERLOADED and last.retryable
+
+
+async def test_a_big_partial_frame_after_the_request_is_refused() -> None:
+    transport = FakeTransport()
+    stream = RequestStream(0, transport, handler_of(10**6, []), BufferLimits(), 4096, max_after_request=100)
+    stream.feed(encode_frame(GenerateRequest(id="a", prompt="hi")) + struct.pack(">I", 1000), False)
+    stream.feed(b"\0" * 101, end_stream=False)
+    await stream.wait()
+    last = transport.messages[-1]
+    assert isinstance(last, Error) and last.code == ErrorCode.INVALID_FRAME and stream.held_bytes == 0
+
+
+async def test_hooks_can_refuse_a_request_and_see_the_last_message() -> None:
+    finals: list[object] = []
+
+    def admit(req: GenerateRequest) -> None:
+        if req.api_key == "throttled":
+            raise ProtocolError(ErrorCode.RATE_LIMITED, "slow down", retryable=True)
+
+    hooks = StreamHooks(admit=admit, on_final=finals.append)
+    closed: list[int] = []
+    for key in ("throttled", "fine"):
+        transport = FakeTransport()
+        stream = RequestStream(0, transport, handler_of(1, closed), BufferLimits(), 4096, hooks=hooks)
+        stream.feed(encode_frame(GenerateRequest(id=key, prompt="hi", api_key=key)), end_stream=True)
+        await stream.wait()
+    assert [type(m) for m in finals] == [Error, Done] and closed == [1]  # the refused one never ran
+    assert isinstance(finals[0], Error) and finals[0].code == ErrorCode.RATE_LIMITED and finals[0].retryable
