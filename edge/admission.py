@@ -6,7 +6,10 @@ per-source cap cannot be spent by spoofed packets). At the total cap, a newcomer
 refused: the connection that has been idle longest, with no request streams open and idle for at
 least `evict_idle_after_s`, is evicted to make room, so a crowd of idle connections cannot lock
 legitimate clients out. Only when every connection is busy (or freshly used) is the newcomer
-refused. `now` is passed in; connections are any hashable handle.
+refused. The per-source cap works the same way within one source: a source at its cap gets room
+by evicting its own longest-idle connection (clients behind one NAT are not locked out by idle
+neighbours), and is refused only when all of its connections are busy. `now` is passed in;
+connections are any hashable handle.
 """
 
 from __future__ import annotations
@@ -69,15 +72,18 @@ class ConnectionTable:
         `num_streams` counts requests it already opened (0-RTT data comes before the handshake).
         """
         lim = self.limits
-        if self.num_from(source) >= lim.max_connections_per_source:
-            self.num_refused += 1
-            return Admission(False, reason="too many connections from this address")
         evict = None
-        if len(self._held) >= lim.max_connections:
+        if self.num_from(source) >= lim.max_connections_per_source:
+            evict = self._longest_idle(now, source)
+            if evict is None:
+                self.num_refused += 1
+                return Admission(False, reason="too many connections from this address")
+        elif len(self._held) >= lim.max_connections:
             evict = self._longest_idle(now)
             if evict is None:
                 self.num_refused += 1
                 return Admission(False, reason="too many connections")
+        if evict is not None:
             self.remove(evict)
             self.num_evicted += 1
         self._held[conn] = _Held(source, num_streams, now)
@@ -105,9 +111,12 @@ class ConnectionTable:
         else:
             self._per_source.pop(held.source, None)
 
-    def _longest_idle(self, now: float) -> Hashable | None:
+    def _longest_idle(self, now: float, source: str | None = None) -> Hashable | None:
+        """The connection (of `source`, if given) idle longest, if idle long enough."""
         best, best_since = None, now - self.limits.evict_idle_after_s
         for conn, held in self._held.items():
+            if source is not None and held.source != source:
+                continue
             if held.num_streams == 0 and held.idle_since <= best_since:
                 best, best_since = conn, held.idle_since
         return best

@@ -22,6 +22,19 @@ def test_per_source_cap_refuses_only_that_source() -> None:
     assert t.admit("a3", "10.0.0.1", now=0.0).is_admitted and t.num_from("10.0.0.1") == 2
 
 
+def test_a_source_at_its_cap_makes_room_by_evicting_its_own_idle_connection() -> None:
+    t = table(max_connections=10, max_connections_per_source=2, evict_idle_after_s=5.0)
+    t.admit("other", "10.0.0.9", now=0.0)  # idle longest, but another source's: kept
+    t.admit("a1", "10.0.0.1", now=1.0)
+    t.admit("a2", "10.0.0.1", now=2.0)
+    t.stream_opened("a1")
+    verdict = t.admit("a3", "10.0.0.1", now=10.0)
+    assert verdict.is_admitted and verdict.evict == "a2" and t.num_from("10.0.0.1") == 2
+    t.stream_opened("a3")
+    assert not t.admit("a4", "10.0.0.1", now=20.0).is_admitted  # all of its connections busy
+    assert "other" in t
+
+
 def test_at_the_cap_the_longest_idle_connection_without_streams_is_evicted() -> None:
     t = table(max_connections=3, evict_idle_after_s=5.0)
     t.admit("busy", "s", now=0.0)

@@ -140,7 +140,7 @@ async def test_edge_wide_budget_sheds_the_biggest_holder_not_the_newcomer(serve)
 
 
 async def test_connections_from_one_source_are_capped(serve) -> None:  # type: ignore[no-untyped-def]
-    server = await serve(QuicLimits(max_connections_per_source=2))
+    server = await serve(QuicLimits(max_connections_per_source=2, evict_idle_after_s=60.0))
     async with raw_client(server.port) as first, raw_client(server.port) as second:
         async with raw_client(server.port) as third:
             await asyncio.wait_for(third.wait_closed(), 10)
