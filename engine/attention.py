@@ -8,15 +8,32 @@ everything before it from earlier chunks and decodes).
 
 Tokens are laid out prefill chunks first, then single-token decodes (the runner orders them), so
 decodes can be attended in one batched call.
+
+On CUDA both halves are one Triton launch per layer: every prefill chunk at once
+(`kernels.prefill`) and the decodes split-K (`decode_attention`). The per-sequence loop
+(`_prefill_one`) and the gather-and-mask decode are the portable fallback (CPU, odd head sizes).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from isthmus.engine import decode_attention
+from isthmus.engine.kernels import prefill as prefill_kernel
+from isthmus.engine.kernels._triton import available as triton_available
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillTensors:
+    """Device metadata of the step's prefill chunks for the batched kernel (cu_seqlens style)."""
+
+    query_start: torch.Tensor  # [num_prefills + 1] int32 token offsets of each chunk
+    start_pos: torch.Tensor  # [num_prefills] int32 absolute position of each chunk's first token
+    block_tables: torch.Tensor  # [num_prefills, max_blocks] int64, rows padded with block 0
+    max_query_len: int  # longest chunk (host int: sizes the launch grid)
 
 
 @dataclass(slots=True)
@@ -40,6 +57,9 @@ class AttentionMetadata:
     # by length), so the portable decode pads each range to its own longest table, not the step's.
     # Empty: one range over every decode. The Triton kernel reads live blocks only and ignores it.
     decode_groups_cpu: list[tuple[int, int, int]] = field(default_factory=list)
+    # Built from the fields above on first use by the batched prefill kernel (once per step, then
+    # shared by every layer); a runner may also fill it from its own single host-to-device copy.
+    prefill_tensors: PrefillTensors | None = None
 
     @property
     def num_decodes(self) -> int:
@@ -68,11 +88,19 @@ def paged_attention(
     The new tokens' K/V must already be in the cache (`write_kv`).
     """
     out = torch.empty_like(q)
-    for i in range(attn.num_prefills):
-        lo, hi = attn.prefill_query_start_cpu[i], attn.prefill_query_start_cpu[i + 1]
-        out[lo:hi] = _prefill_one(
-            q[lo:hi], k_cache, v_cache, attn.prefill_block_ids[i], attn.prefill_start_pos_cpu[i], scale
+    if attn.num_prefills and prefill_supported(q, k_cache):
+        t = prefill_tensors(attn, q.device)
+        n = attn.num_prefill_tokens
+        prefill_kernel.triton_varlen_prefill(
+            q[:n], k_cache, v_cache, out[:n], t.query_start, t.start_pos, t.block_tables, t.max_query_len,
+            scale,
         )
+    else:
+        for i in range(attn.num_prefills):
+            lo, hi = attn.prefill_query_start_cpu[i], attn.prefill_query_start_cpu[i + 1]
+            out[lo:hi] = _prefill_one(
+                q[lo:hi], k_cache, v_cache, attn.prefill_block_ids[i], attn.prefill_start_pos_cpu[i], scale
+            )
     if attn.num_decodes:
         lo = attn.num_prefill_tokens
         # On CUDA a Triton kernel reads only the live blocks (and is CUDA-graph capturable).
@@ -85,6 +113,32 @@ def paged_attention(
                     q[lo + a : lo + b], k_cache, v_cache, tables[a:b, :num_blocks], lens[a:b], scale
                 )
     return out
+
+
+def prefill_supported(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """True when the batched Triton prefill runs on q's device and handles these shapes."""
+    num_heads, head_dim = q.shape[-2:]
+    return (
+        triton_available(q.device)
+        and prefill_kernel.supports_shape(num_heads, k_cache.shape[-2], head_dim)
+        and k_cache.is_contiguous()
+    )
+
+
+def prefill_tensors(attn: AttentionMetadata, device: torch.device) -> PrefillTensors:
+    """The batched prefill's device metadata, built once per step and cached on `attn`."""
+    if attn.prefill_tensors is None:
+        starts = attn.prefill_query_start_cpu
+        host = torch.tensor([*starts, *attn.prefill_start_pos_cpu], dtype=torch.int32)
+        dev = host.to(device, non_blocking=True)
+        tables = torch.nn.utils.rnn.pad_sequence(attn.prefill_block_ids, batch_first=True, padding_value=0)
+        attn.prefill_tensors = PrefillTensors(
+            query_start=dev[: len(starts)],
+            start_pos=dev[len(starts) :],
+            block_tables=tables.to(device),
+            max_query_len=max(b - a for a, b in itertools.pairwise(starts)),
+        )
+    return attn.prefill_tensors
 
 
 def _gather(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
