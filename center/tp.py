@@ -3,16 +3,17 @@
 Applied on the `meta` device before loading (`engine/rewrite.py`), so each rank only ever
 allocates and reads its own shard:
 
-- column-parallel (output features split): ``q_proj``, ``k_proj``, ``v_proj`` (by heads),
-  ``gate_proj``, ``up_proj`` (by intermediate features). No communication.
+- column-parallel (output features split): the packed ``qkv_proj`` (by heads: this rank's q
+  heads, then its k heads, then its v heads) and ``gate_up_proj`` (this rank's slice of gate,
+  then of up). No communication.
 - row-parallel (input features split): ``o_proj`` and ``down_proj``; their partial products are
   summed with one all-reduce each, and the bias (if any) is added once, after the sum.
 - attention heads: rank ``r`` of ``T`` holds query heads ``[r*H/T, (r+1)*H/T)``. With at least
   as many KV heads as ranks the KV heads are split the same way; with fewer (``T % KV == 0``)
   each rank holds the one KV head its query heads read, so every KV head is replicated on
-  ``T / KV`` ranks. The model's attention reshapes with ``-1`` heads and the runner sizes its KV
-  cache from ``k_proj.out_features``, so no model code changes; the `Attention` modules'
-  ``num_heads`` / ``num_kv_heads`` attributes are set to the per-rank counts for clarity.
+  ``T / KV`` ranks. The `Attention` modules' ``num_heads`` / ``num_kv_heads`` are set to the
+  per-rank counts: the model splits its packed qkv by them and the runner sizes its KV cache
+  from them, so no model code changes.
 - embedding and LM head: **replicated** on every rank (our choice). One vocabulary-sized matrix
   each per rank (about 1.6 GiB for DeepSeek-67B in bf16) buys a forward pass with exactly two
   all-reduces per layer and none for the logits, and lets rank 0 sample from full logits with the
@@ -110,13 +111,21 @@ def _check_shape(tensor: Any, expected: tuple[int, ...]) -> None:
 
 
 class ColumnParallelLinear(nn.Module):
-    """``y = x @ W[rows].T + b[rows]``: this rank's slice ``[row_start, row_stop)`` of the outputs."""
+    """``y = x @ W[rows].T + b[rows]``: this rank's slice ``[row_start, row_stop)`` of the outputs.
 
-    def __init__(self, linear: nn.Linear, row_start: int, row_stop: int) -> None:
+    ``more_rows``: further ``(start, stop)`` row ranges appended after the first (a packed linear
+    keeps its slice of every part: q rows, k rows, v rows of the fused weight).
+    """
+
+    def __init__(
+        self, linear: nn.Linear, row_start: int, row_stop: int,
+        more_rows: tuple[tuple[int, int], ...] = (),
+    ) -> None:
         super().__init__()
         self.in_features = linear.in_features
         self.full_out_features = linear.out_features
-        self.out_features = row_stop - row_start  # the runner reads this (KV heads per rank)
+        self.ranges = ((row_start, row_stop), *more_rows)
+        self.out_features = sum(b - a for a, b in self.ranges)
         self.row_start, self.row_stop = row_start, row_stop
         self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features, device="meta"),
                                    requires_grad=False)
@@ -130,14 +139,15 @@ class ColumnParallelLinear(nn.Module):
             _check_shape(tensor, (self.full_out_features, self.in_features))
         else:
             _check_shape(tensor, (self.full_out_features,))
-        value = tensor[self.row_start : self.row_stop]  # reads only these rows
+        parts = [tensor[a:b] for a, b in self.ranges]  # reads only these rows
+        value = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         setattr(self, param_name, _as_param(value, device, dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)  # [num_tokens, out_features (local)]
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features} rows [{self.row_start}, {self.row_stop})"
+        return f"in={self.in_features}, out={self.out_features} rows {list(self.ranges)}"
 
 
 class RowParallelLinear(nn.Module):
@@ -192,14 +202,19 @@ class TensorParallelRewrite:
         kv_rows = (heads.kv_head_start * hd, (heads.kv_head_start + heads.num_kv_heads) * hd)
         ffn_rows = (rank * ffn, (rank + 1) * ffn)
 
+        q_full, kv_full = config.num_heads * hd, config.num_kv_heads * hd
+
+        def shifted(rows: tuple[int, int], by: int) -> tuple[int, int]:
+            return rows[0] + by, rows[1] + by
+
         def factory(name: str, linear: nn.Linear) -> nn.Module | None:
             leaf = name.rsplit(".", 1)[-1]
-            if leaf == "q_proj":
-                return ColumnParallelLinear(linear, *q_rows)
-            if leaf in ("k_proj", "v_proj"):
-                return ColumnParallelLinear(linear, *kv_rows)
-            if leaf in ("gate_proj", "up_proj"):
-                return ColumnParallelLinear(linear, *ffn_rows)
+            if leaf == "qkv_proj":  # packed [q; k; v]: this rank's rows of each part
+                more = (shifted(kv_rows, q_full), shifted(kv_rows, q_full + kv_full))
+                return ColumnParallelLinear(linear, *q_rows, more_rows=more)
+            if leaf == "gate_up_proj":  # packed [gate; up]
+                more_ffn = (shifted(ffn_rows, config.intermediate_size),)
+                return ColumnParallelLinear(linear, *ffn_rows, more_rows=more_ffn)
             if leaf == "o_proj":
                 return RowParallelLinear(linear, *q_rows, group=self.group)
             if leaf == "down_proj":

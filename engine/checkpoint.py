@@ -13,6 +13,7 @@ line), so `sha256sum -c sha256sums.txt` checks it too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -158,13 +159,19 @@ def weight_files(path: Path) -> list[str]:
 
 
 def open_checkpoint(path: str | Path) -> Iterator[tuple[str, TensorSlice]]:
-    """Yield every tensor of the checkpoint as (name, slice), one file open at a time."""
+    """Yield every tensor of the checkpoint as (name, slice), file after file.
+
+    Files stay open until the iteration ends (or the generator is closed), so a slice yielded
+    earlier can still be read later: the loader parks the parts of a packed projection (q, k, v
+    may sit in different shards) until the last one arrives.
+    """
     folder = Path(path)
-    for fname in weight_files(folder):
-        fpath = folder / fname
-        if not fpath.exists():
-            raise CheckpointError(f"{fname}: listed in {INDEX_FILE} but missing")
-        with SafetensorsFile(fpath) as f:
+    with contextlib.ExitStack() as files:
+        for fname in weight_files(folder):
+            fpath = folder / fname
+            if not fpath.exists():
+                raise CheckpointError(f"{fname}: listed in {INDEX_FILE} but missing")
+            f = files.enter_context(SafetensorsFile(fpath))
             for name in f.keys():
                 yield name, f.get_slice(name)
 

@@ -3,6 +3,9 @@
 Tensors are read one at a time (`engine/checkpoint.py`), converted to the target dtype and placed
 on the target device (quantized on the way by a quantization rewrite), so peak host memory stays
 near the size of the loaded model plus one tensor, never the whole full-precision checkpoint.
+Packed projections (`qkv_proj`, `gate_up_proj`, see `engine/packed.py`) are assembled from the
+checkpoint's separate parts as they stream past: the parts stay lazy until the last one arrives,
+so a packed weight costs one layer's q/k/v (or gate/up) of host memory at most.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ import ctypes
 import ctypes.util
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from isthmus.engine.checkpoint import CheckpointError, open_checkpoint, verify_checksums
 from isthmus.engine.config import ModelConfig
 from isthmus.engine.model import CausalLM
+from isthmus.engine.packed import PackedAssembler
 from isthmus.engine.quant import quantize_linears
 from isthmus.engine.rewrite import SliceLoadable, load_plain
 from torch import nn
@@ -51,26 +56,39 @@ def load_model(
     targets = _parameter_targets(model)
     if config.tie_word_embeddings:
         targets.pop("lm_head.weight", None)
+    packed = PackedAssembler(model)
     for name, tensor in open_checkpoint(folder):
         if name.endswith(IGNORED_SUFFIXES) or (config.tie_word_embeddings and name == "lm_head.weight"):
             continue
+        if packed.is_part(name):
+            ready = packed.add(name, tensor)
+            if ready is None:
+                continue  # the other parts of this packed tensor are still to come
+            name, tensor = ready
         target = targets.pop(name, None)
         if target is None:
             raise CheckpointError(f"{tensor.file_name}: unexpected tensor {name!r} for {config.architecture}")
-        module, param_name = target
-        if isinstance(module, SliceLoadable):
-            module.load_from_slice(param_name, tensor, device=device, dtype=dtype)
-        else:
-            load_plain(module, param_name, tensor, device=device, dtype=dtype)
-        _return_freed_memory()
+        _load_one(target, tensor, device, dtype)
     if targets:
-        raise CheckpointError(f"checkpoint {folder} is missing tensors: {sorted(targets)[:8]}")
+        missing = sorted(p for name in targets for p in packed.missing_parts(name))
+        raise CheckpointError(f"checkpoint {folder} is missing tensors: {missing[:8]}")
     if config.tie_word_embeddings:
         model.tie_weights()
     model.model.rotary_emb.materialize(device)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _load_one(
+    target: tuple[nn.Module, str], tensor: Any, device: torch.device, dtype: torch.dtype
+) -> None:
+    module, param_name = target
+    if isinstance(module, SliceLoadable):
+        module.load_from_slice(param_name, tensor, device=device, dtype=dtype)
+    else:
+        load_plain(module, param_name, tensor, device=device, dtype=dtype)
+    _return_freed_memory()
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

@@ -2,8 +2,11 @@
 
 The model knows nothing of quantization or tensor parallelism: both are rewrites of its
 `nn.Linear`s applied before the weights are loaded (see `engine/rewrite.py`). Module names match
-the Hugging Face checkpoints (`model.layers.0.self_attn.q_proj.weight`, ...), so loading is a
-name-for-name copy. Inputs are a flattened ragged batch: no padding, no batch dimension.
+the Hugging Face checkpoints (`model.layers.0.self_attn.o_proj.weight`, ...) except two packed
+projections: `qkv_proj` holds q_proj, k_proj and v_proj's rows one after the other and
+`gate_up_proj` holds gate_proj's and up_proj's, so a layer runs 4 GEMMs instead of 7; the loader
+assembles them from the checkpoint's separate tensors (`engine/packed.py`, `packed_sizes`).
+Inputs are a flattened ragged batch: no padding, no batch dimension.
 """
 
 from __future__ import annotations
@@ -39,9 +42,8 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.scale = config.head_dim**-0.5
         q_size, kv_size = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, q_size, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(config.hidden_size, kv_size, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(config.hidden_size, kv_size, bias=config.qkv_bias)
+        self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=config.qkv_bias)
+        self.packed_sizes = {"qkv_proj": (("q_proj", q_size), ("k_proj", kv_size), ("v_proj", kv_size))}
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.o_bias)
         self.rotary = [rotary]  # a list so the shared module is not registered once per layer
 
@@ -52,11 +54,14 @@ class Attention(nn.Module):
         attn: AttentionMetadata,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        n = x.shape[0]
-        # -1, not the config's head counts: a tensor-parallel rewrite leaves each rank a slice of heads.
-        q = self.q_proj(x).view(n, -1, self.head_dim)  # [num_tokens, num_heads, head_dim]
-        k = self.k_proj(x).view(n, -1, self.head_dim)  # [num_tokens, num_kv_heads, head_dim]
-        v = self.v_proj(x).view(n, -1, self.head_dim)
+        n, hd = x.shape[0], self.head_dim
+        # The per-rank head counts: a tensor-parallel rewrite sets them to this rank's slice, whose
+        # packed shard holds its q heads, then its k heads, then its v heads.
+        q_size, kv_size = self.num_heads * hd, self.num_kv_heads * hd
+        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(n, -1, hd)  # [num_tokens, num_heads, head_dim]
+        k = k.view(n, -1, hd)  # [num_tokens, num_kv_heads, head_dim]
+        v = v.view(n, -1, hd)
         q, k = self.rotary[0](positions, q, k)
         k_cache, v_cache = kv_cache
         write_kv(k, v, k_cache, v_cache, attn.slot_mapping)
@@ -67,12 +72,14 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        ffn = config.intermediate_size
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * ffn, bias=False)
+        self.down_proj = nn.Linear(ffn, config.hidden_size, bias=False)
+        self.packed_sizes = {"gate_up_proj": (("gate_proj", ffn), ("up_proj", ffn))}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # a TP shard holds [its gate; its up]
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):

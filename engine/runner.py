@@ -78,8 +78,7 @@ class ModelRunner:
             rewrites=rewrites,
         )
         # From the loaded module, not the config: a tensor-parallel rank holds a slice of the heads.
-        k_proj = self.model.model.layers[0].self_attn.k_proj
-        self.num_kv_heads = int(k_proj.out_features) // self.config.head_dim
+        self.num_kv_heads = int(self.model.model.layers[0].self_attn.num_kv_heads)
         block_bytes = kv_block_bytes(
             self.config.num_layers, self.num_kv_heads, self.config.head_dim, self.block_size, self.dtype
         )

@@ -40,7 +40,7 @@ def test_sharded_equals_single_file(tiny_llama: Path, tiny_llama_sharded: Path) 
 def test_tied_embeddings_share_storage(tiny_qwen2: Path) -> None:
     model = load_model(tiny_qwen2)
     assert model.lm_head.weight is model.model.embed_tokens.weight
-    assert model.model.layers[0].self_attn.q_proj.bias is not None
+    assert model.model.layers[0].self_attn.qkv_proj.bias is not None
 
 
 def test_bf16_load_converts(tiny_llama: Path) -> None:
@@ -236,3 +236,52 @@ def test_nf4_load_peak_memory_stays_near_quantized_size(tmp_path: Path) -> None:
     # one tensor's read buffer plus bitsandbytes' quantization temporaries.
     assert deltas["nf4"] < 0.5 * fp32_bytes
     assert deltas["nf4"] < 0.6 * deltas[None]
+
+
+def test_packed_projections_hold_the_checkpoint_parts_in_order(
+    tiny_qwen2: Path, tiny_llama_sharded: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    for path in (tiny_qwen2, tiny_llama_sharded):
+        tensors: dict[str, torch.Tensor] = {}
+        for f in sorted(path.glob("*.safetensors")):
+            tensors.update(load_file(f))
+        model = load_model(path)
+        for i, layer in enumerate(model.model.layers):
+            p = f"model.layers.{i}."
+            parts = [tensors[p + f"self_attn.{n}_proj.weight"] for n in "qkv"]
+            assert torch.equal(layer.self_attn.qkv_proj.weight, torch.cat(parts))
+            gate_up = [tensors[p + f"mlp.{n}_proj.weight"] for n in ("gate", "up")]
+            assert torch.equal(layer.mlp.gate_up_proj.weight, torch.cat(gate_up))
+            if layer.self_attn.qkv_proj.bias is not None:
+                biases = [tensors[p + f"self_attn.{n}_proj.bias"] for n in "qkv"]
+                assert torch.equal(layer.self_attn.qkv_proj.bias, torch.cat(biases))
+
+
+def test_packed_part_with_wrong_rows_is_named(tiny_llama: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(tiny_llama / "model.safetensors")
+    k = tensors["model.layers.0.self_attn.k_proj.weight"]
+    tensors["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(k.shape[0] + 4, k.shape[1])
+    dst = Path(shutil.copytree(tiny_llama, tmp_path / "ckpt"))
+    save_file(tensors, dst / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.self_attn\.k_proj\.weight.*rows"):
+        load_model(dst)
+
+
+def test_concat_slice_reads_rows_across_parts(tiny_llama: Path) -> None:
+    from isthmus.engine.packed import ConcatSlice
+
+    with SafetensorsFile(tiny_llama / "model.safetensors") as f:
+        names = [f"model.layers.0.self_attn.{n}_proj.weight" for n in "qkv"]
+        parts = [f.get_slice(n) for n in names]
+        whole = torch.cat([p.read() for p in parts])
+        cat = ConcatSlice("qkv", parts)
+        assert cat.get_shape() == list(whole.shape)
+        assert torch.equal(cat.read(), whole)
+        q_rows = parts[0].get_shape()[0]
+        for a, b in [(0, 3), (q_rows - 2, q_rows + 5), (5, whole.shape[0]), (q_rows, q_rows)]:
+            assert torch.equal(cat[a:b], whole[a:b])
+        assert torch.equal(cat[2:9, 4:12], whole[2:9, 4:12])

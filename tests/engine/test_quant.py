@@ -35,14 +35,14 @@ def test_quantized_model_runs_close_to_fp32(tiny_llama: Path, fp32_logits: torch
     runner = _runner(tiny_llama, quant)
     model = runner.model
     layer = model.model.layers[0]
-    for linear in (layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp.down_proj):
+    for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.down_proj):
         assert any(c.__name__ == MODULE_TYPES[quant] for c in type(linear).__mro__)
         assert not linear.training
     # Embeddings, norms and the LM head stay in full precision.
     assert type(model.lm_head) is nn.Linear and model.lm_head.weight.dtype == torch.float32
     assert model.model.embed_tokens.weight.dtype == torch.float32
     assert layer.input_layernorm.weight.dtype == torch.float32
-    weight = layer.mlp.up_proj.weight
+    weight = layer.mlp.gate_up_proj.weight
     assert weight.dtype == (torch.uint8 if quant == "nf4" else torch.int8)
 
     ours = logits_of(runner, seq(1, PROMPT, 0, len(PROMPT), len(PROMPT), list(range(16))))
@@ -61,7 +61,7 @@ def test_quantized_model_runs_close_to_fp32(tiny_llama: Path, fp32_logits: torch
 @pytest.mark.parametrize("quant", ["nf4", "int8"])
 def test_quantized_qwen2_with_bias_generates(tiny_qwen2: Path, quant: str) -> None:
     runner = _runner(tiny_qwen2, quant)
-    assert runner.model.model.layers[1].self_attn.k_proj.bias is not None
+    assert runner.model.model.layers[1].self_attn.qkv_proj.bias is not None
     out = greedy_generate(runner, PROMPT, 6, chunk=5, blocks=shuffled_blocks(16, 8))
     assert len(out) == 6 and all(0 <= t < runner.vocab_size for t in out)
 
