@@ -16,8 +16,8 @@ except ImportError:  # pragma: no cover - depends on the install
     tl = None  # type: ignore[assignment]
 
 __all__ = [
-    "available", "dot_precision", "interpreting", "mma", "next_pow2", "on_device", "require_triton",
-    "tl", "triton",
+    "available", "cast", "dot_precision", "interpreting", "mma", "next_pow2", "on_device", "require_triton",
+    "round_to", "tl", "triton",
 ]
 
 
@@ -63,3 +63,20 @@ if triton is not None:
         if UPCAST:
             return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
         return tl.dot(a, b, input_precision=PRECISION)
+
+    @triton.jit
+    def round_to(x, DT: tl.constexpr):
+        """float32 x rounded to dtype DT (nearest even), returned as float32, so `.to(DT)` after
+        it is exact. Needed for bf16 because the interpreter's float32 -> bf16 cast truncates
+        where the GPU rounds; the integer form gives the GPU's answer on both."""
+        if DT == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)
+            return ((bits >> 16) << 16).to(tl.float32, bitcast=True)
+        else:
+            return x.to(DT).to(tl.float32)
+
+    @triton.jit
+    def cast(x, DT: tl.constexpr):
+        """float32 x -> dtype DT, rounding to nearest even on the GPU and in the interpreter."""
+        return round_to(x, DT).to(DT)

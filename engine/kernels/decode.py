@@ -17,6 +17,7 @@ import functools
 
 import torch
 from isthmus.engine.kernels._triton import (
+    cast,
     dot_precision,
     interpreting,
     mma,
@@ -101,7 +102,7 @@ if triton is not None:
         o = acc / tl.where(nonempty, l_sum, 1.0)[:, None]
         if NUM_SPLITS == 1:
             out_off = seq * stride_os + heads[:, None] * stride_oh + d[None, :]
-            tl.store(out_ptr + out_off, o.to(out_ptr.dtype.element_ty), mask=gmask[:, None])
+            tl.store(out_ptr + out_off, cast(o, out_ptr.dtype.element_ty), mask=gmask[:, None])
         else:
             mid = (seq * NUM_HEADS + heads) * NUM_SPLITS + split  # [GROUP_PAD]
             tl.store(mid_o_ptr + mid[:, None] * HEAD_DIM + d[None, :], o, mask=gmask[:, None])
@@ -123,7 +124,7 @@ if triton is not None:
         w = tl.exp(lse - tl.max(lse, 0))  # split 0 always holds keys, so the max is finite
         o = tl.load(mid_o_ptr + (base + sp)[:, None] * HEAD_DIM + d[None, :], mask=smask[:, None], other=0.0)
         out = tl.sum(w[:, None] * o, 0) / tl.sum(w, 0)
-        tl.store(out_ptr + seq * stride_os + head * stride_oh + d, out.to(out_ptr.dtype.element_ty))
+        tl.store(out_ptr + seq * stride_os + head * stride_oh + d, cast(out, out_ptr.dtype.element_ty))
 
 
 def triton_paged_decode(

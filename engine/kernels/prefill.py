@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from isthmus.engine.kernels._triton import (
+    cast,
     dot_precision,
     interpreting,
     mma,
@@ -74,7 +75,7 @@ if triton is not None:
             m = m_new
         o = acc / tl.where(l_sum > 0, l_sum, 1.0)[:, None]
         o_off = (q0 + i).to(tl.int64)[:, None] * stride_ot + head * stride_oh + d[None, :]
-        tl.store(out_ptr + o_off, o.to(out_ptr.dtype.element_ty), mask=qmask[:, None])
+        tl.store(out_ptr + o_off, cast(o, out_ptr.dtype.element_ty), mask=qmask[:, None])
 
 
 def supports_shape(num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
