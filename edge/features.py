@@ -13,9 +13,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-# Only the head of a very long prompt is scanned: the length feature saturates long before, and
-# scanning a 1 MiB prompt with a dozen regexes would cost more than the decision is worth.
-MAX_SCANNED_CHARS = 32_768  # chars
+# Only the head and the tail of a long prompt are scanned (an instruction starts or ends a prompt;
+# the middle of a long one is mostly the material it is about): a dozen regexes over a 1 MiB prompt
+# would cost more than the decision is worth. The length features use the whole prompt's size.
+MAX_HEAD_CHARS = 3072  # chars
+MAX_TAIL_CHARS = 1024  # chars
+MAX_SCANNED_CHARS = MAX_HEAD_CHARS + MAX_TAIL_CHARS  # chars
 
 # Saturation points: at or above these the normalised feature is 1.0.
 LENGTH_SATURATION_TOKENS = 2048  # prompt tokens
@@ -71,8 +74,10 @@ class PromptFeatures:
     num_math_hits: int
     num_step_markers: int
     num_constraints: int
-    # the scanned head of the prompt: the trained router hashes its n-grams (`isthmus.edge.routing`)
+    # the scanned head and tail of the prompt: the trained router hashes its n-grams
+    # (`isthmus.edge.routing`); `num_chars` is the whole prompt's length
     text: str = field(default="", repr=False, compare=False)
+    num_chars: int = 0
 
     @property
     def length(self) -> float:
@@ -123,7 +128,7 @@ def extract_features(
 
     Negative counts are clamped to 0 (`num_turns` to 1): bad input must never crash a decision.
     """
-    text = prompt_text[:MAX_SCANNED_CHARS] if isinstance(prompt_text, str) else ""
+    text = scanned_text(prompt_text) if isinstance(prompt_text, str) else ""
     num_code = len(_CODE_STRONG.findall(text))
     # a fenced block or a line of syntax is decisive on its own; loose words count one each
     num_code = num_code * CODE_SATURATION_HITS + len(_CODE_WORDS.findall(text))
@@ -136,7 +141,15 @@ def extract_features(
         num_step_markers=len(_STEPS.findall(text)),
         num_constraints=len(_CONSTRAINTS.findall(text)),
         text=text,
+        num_chars=len(prompt_text) if isinstance(prompt_text, str) else 0,
     )
+
+
+def scanned_text(text: str) -> str:
+    """The part of a prompt the features read: all of it, or its head and tail when long."""
+    if len(text) <= MAX_SCANNED_CHARS:
+        return text
+    return text[:MAX_HEAD_CHARS] + "\n" + text[len(text) - MAX_TAIL_CHARS :]
 
 
 def _ratio(value: int, saturation: int) -> float:

@@ -320,6 +320,7 @@ def _bundled_model() -> RouterModel:
 
 # idle tiers and a healthy center: what `route_prompt` decides against
 IDLE = LoadView(is_center_healthy=True)
+_DEFAULT_CONFIG = RouterConfig()
 
 
 def route_prompt(
@@ -337,7 +338,7 @@ def route_prompt(
     """
     from .routing.model import prompt_features
 
-    router = _router_for(config or RouterConfig())
+    router = _router_for(config or _DEFAULT_CONFIG)
     features = prompt_features(text if isinstance(text, str) else "", max_tokens, num_turns)
     return router.decide(features, "auto", IDLE, explain=explain)
 

@@ -66,7 +66,7 @@ def dense_features(features: PromptFeatures) -> np.ndarray:
             features.constraints,
             min(1.0, math.log1p(features.max_tokens) / math.log1p(8192)),
             features.depth,
-            min(1.0, math.log1p(len(text)) / math.log1p(32768)),
+            min(1.0, math.log1p(features.num_chars) / math.log1p(32768)),
             min(1.0, math.log1p(text.count("\n")) / math.log1p(256)),
             len(_CJK.findall(head)) / num_head,
             len(_DIGIT.findall(head)) / num_head,
@@ -90,7 +90,7 @@ def prompt_features(text: str, max_tokens: int = 512, num_turns: int = 1) -> Pro
 
 
 def estimate_tokens(text: str) -> int:
-    """A tokenizer-free prompt length: ~4 chars per token, one per CJK character."""
+    """A tokenizer-free prompt length: ~4 chars per token, one per CJK character (head sampled)."""
     if not isinstance(text, str):
         return 0
     head = text[:_STATS_CHARS]

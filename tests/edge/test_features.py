@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from isthmus.edge.features import MAX_SCANNED_CHARS, extract_features
+from isthmus.edge.features import MAX_HEAD_CHARS, MAX_SCANNED_CHARS, MAX_TAIL_CHARS, extract_features
 
 
 def test_small_talk_has_no_signals() -> None:
@@ -53,10 +53,15 @@ def test_bad_counts_are_clamped() -> None:
     assert (f.num_prompt_tokens, f.max_tokens, f.num_turns) == (0, 0, 1)
 
 
-def test_only_the_head_is_scanned() -> None:
-    text = "a" * MAX_SCANNED_CHARS + " ```def f(): pass``` prove theorem"
+def test_only_the_head_and_tail_are_scanned() -> None:
+    middle = " ```def f(): pass``` prove theorem "
+    text = "a" * MAX_HEAD_CHARS + middle + "b" * MAX_SCANNED_CHARS
     f = extract_features(text, 100, 10, 1)
     assert f.code == 0.0 and f.math == 0.0
+    assert f.num_chars == len(text) and len(f.text) == MAX_SCANNED_CHARS + 1
+    f = extract_features("a" * MAX_SCANNED_CHARS + middle, 100, 10, 1)
+    assert f.code == 1.0 and f.math > 0  # the tail is read: "... Summarise the above."
+    assert len(middle) < MAX_TAIL_CHARS
 
 
 @given(st.text(max_size=500), st.integers(-10, 10**6), st.integers(-10, 10**6), st.integers(-10, 500))
