@@ -173,3 +173,19 @@ async def test_wrong_keys_from_one_address_are_throttled_with_rate_limited(serve
         assert isinstance(msg, Error) and msg.code == ErrorCode.RATE_LIMITED and msg.retryable
         assert "retry in" in msg.message
     assert server.auth is not None and server.auth.throttle_retry_after("127.0.0.1") > 0  # type: ignore[attr-defined]
+
+
+async def test_out_of_order_data_held_by_quic_counts_and_closes_the_connection(serve) -> None:  # type: ignore[no-untyped-def]
+    # aioquic buffers data that arrives past a gap, and widens a stream's window as the highest
+    # offset grows, so a peer that never sends byte 0 could make it hold without bound
+    server = await serve(QuicLimits(receive=ReceiveLimits(max_per_connection=1 * MiB, max_total=64 * MiB)))
+    async with raw_client(server.port) as attacker:
+        sid = attacker._quic.get_next_available_stream_id()
+        attacker._quic.send_stream_data(sid, b"\0" * (3 * MiB), end_stream=False)
+        attacker._quic._streams[sid].sender._pending.subtract(0, 1)  # byte 0 never leaves
+        attacker.transmit()
+        await asyncio.wait_for(attacker.wait_closed(), 60)
+        assert attacker._quic._close_event is not None
+        assert attacker._quic._close_event.error_code == 0x3  # FLOW_CONTROL_ERROR
+    await wait_until(lambda: server.budget.total == 0)
+    assert server.budget.peak_total <= 1 * MiB + 64 * KiB
