@@ -11,6 +11,7 @@ refused with a 400 naming them (`openai_fields.py`).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from isthmus.protocol import (
@@ -235,8 +236,15 @@ def _check_fields(body: dict[str, Any], *, is_chat: bool) -> None:
         raise OpenAIError(400, f"{param}: {problem}", param=param, code="unsupported_parameter")
 
 
-def _finish(req: GenerateRequest, body: dict[str, Any], is_chat: bool) -> GenerateRequest:
+Precheck = Callable[[GenerateRequest], None]
+
+
+def _finish(
+    req: GenerateRequest, body: dict[str, Any], is_chat: bool, precheck: Precheck | None
+) -> GenerateRequest:
     try:
+        if precheck is not None:
+            precheck(req)  # e.g. refuse a prompt too long by its size before the costlier validate
         validate(req)
     except ProtocolError as exc:
         err = error_from_protocol(exc.code, exc.message, is_chat=is_chat)
@@ -246,8 +254,11 @@ def _finish(req: GenerateRequest, body: dict[str, Any], is_chat: bool) -> Genera
     return req
 
 
-def parse_chat(body: Any, api_key: str | None) -> GenerateRequest:
-    """A `/v1/chat/completions` body -> GenerateRequest (raises OpenAIError)."""
+def parse_chat(body: Any, api_key: str | None, precheck: Precheck | None = None) -> GenerateRequest:
+    """A `/v1/chat/completions` body -> GenerateRequest (raises OpenAIError).
+
+    `precheck(req)` may raise `ProtocolError` before the request is validated.
+    """
     if not isinstance(body, dict):
         raise invalid(None, "request body: expected a JSON object")
     _check_fields(body, is_chat=True)
@@ -258,11 +269,11 @@ def parse_chat(body: Any, api_key: str | None) -> GenerateRequest:
         api_key=api_key,
         **_common(body),
     )
-    return _finish(req, body, is_chat=True)
+    return _finish(req, body, True, precheck)
 
 
-def parse_completion(body: Any, api_key: str | None) -> GenerateRequest:
-    """A `/v1/completions` body -> GenerateRequest (raises OpenAIError)."""
+def parse_completion(body: Any, api_key: str | None, precheck: Precheck | None = None) -> GenerateRequest:
+    """A `/v1/completions` body -> GenerateRequest (raises OpenAIError); `precheck` as in parse_chat."""
     if not isinstance(body, dict):
         raise invalid(None, "request body: expected a JSON object")
     _check_fields(body, is_chat=False)
@@ -275,4 +286,4 @@ def parse_completion(body: Any, api_key: str | None) -> GenerateRequest:
         api_key=api_key,
         **_common(body),
     )
-    return _finish(req, body, is_chat=False)
+    return _finish(req, body, False, precheck)

@@ -90,7 +90,7 @@ class Orchestrator:
         self.num_in_flight += 1
         lease = None
         try:
-            self.prompts.refuse_oversized(req, self._prompt_limit())  # before the costlier validate
+            self.refuse_oversized(req)  # before the costlier validate
             validate(req)
             if self.auth is not None:
                 lease = self.auth.acquire(req.api_key)
@@ -113,6 +113,14 @@ class Orchestrator:
             self.num_in_flight -= 1
             if lease is not None:
                 lease.release()
+
+    def refuse_oversized(self, req: GenerateRequest) -> None:
+        """Raise `ProtocolError(PROMPT_TOO_LONG)` for a prompt whose size alone proves it too long.
+
+        Cheap and safe before validation: callers that validate a request themselves (the OpenAI
+        API) call it first, as `handle` does.
+        """
+        self.prompts.refuse_oversized(req, self._prompt_limit())
 
     # --- the paths -------------------------------------------------------------------------------
     async def _answer(self, req: GenerateRequest, clock: RequestClock) -> AsyncGenerator[Answer, None]:

@@ -4,6 +4,9 @@ wrong ones are throttled per source address; `/metrics` needs a key when keys ar
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from typing import Any
 
 import aiohttp
@@ -125,3 +128,44 @@ async def test_metrics_need_a_key_when_keys_are_configured(node: EdgeNode) -> No
             assert resp.status == 200 and "isthmus_edge" in await resp.text()
         async with session.get(f"http://{node.http_address}/healthz") as resp:
             assert resp.status == 200  # probes stay open
+
+
+async def test_a_flood_of_huge_prompts_leaves_the_loop_free(node: EdgeNode) -> None:
+    # 8 concurrent 1M-character CJK prompts (3 MB bodies) while /healthz is probed; the body of each
+    # is encoded up front so the figure is the server's own work
+    body = json.dumps({"prompt": "漢字かな交じり文" * 125_000, "max_tokens": 4}, ensure_ascii=False).encode()
+    base_url = f"http://{node.http_address}"
+    worst, is_done = 0.0, False
+
+    async def ticker() -> None:
+        nonlocal worst
+        while not is_done:
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            worst = max(worst, time.perf_counter() - t - 0.001)
+
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> tuple[int, dict[str, Any]]:
+            async with session.post(f"{base_url}/v1/completions", data=body, headers=AUTH) as resp:
+                return resp.status, await resp.json()
+
+        async def probe() -> list[int]:
+            codes = []
+            while not is_done:
+                async with session.get(f"{base_url}/healthz") as resp:
+                    codes.append(resp.status)
+            return codes
+
+        tick = asyncio.create_task(ticker())
+        probes = asyncio.create_task(probe())
+        answers = await asyncio.gather(*(one() for _ in range(8)))
+        is_done = True
+        await tick
+        healthz = await probes
+    for status, answer in answers:
+        assert_openai_error(status, answer, 400, "prompt")
+        assert answer["error"]["code"] == "prompt_too_long"
+    assert healthz and set(healthz) == {200}
+    print(f"\nHTTP flood of 8 x 1M-char prompts: event loop worst stall {worst * 1000:.1f} ms,"
+          f" {len(healthz)} /healthz answered meanwhile")
