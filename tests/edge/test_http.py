@@ -106,3 +106,33 @@ async def test_node_like_source_and_scrape_hook() -> None:
         assert (await (await client.get("/readyz")).json())["checks"] == {"model": True}
     finally:
         await client.close()
+
+
+async def test_metrics_need_a_configured_key_and_wrong_keys_are_throttled() -> None:
+    from isthmus.edge.auth import ApiKey, ApiKeyStore, hash_key
+
+    class Node:
+        def __init__(self) -> None:
+            self.metrics = Metrics()
+            self.auth: ApiKeyStore | None = None  # set at start, as EdgeNode does
+
+    node = Node()
+    client = await client_for(make_app(node))
+    try:
+        assert (await client.get("/metrics")).status == 200  # no store: open
+        node.auth = ApiKeyStore()  # no keys, anonymous allowed: open
+        assert (await client.get("/metrics")).status == 200
+        node.auth = ApiKeyStore([ApiKey(hash_key("sk-metrics"), "prom")])
+        resp = await client.get("/metrics")
+        assert resp.status == 401 and (await resp.json())["error"]["code"] == "unauthenticated"
+        ok = await client.get("/metrics", headers={"Authorization": "Bearer sk-metrics"})
+        assert ok.status == 200 and "isthmus_edge" in await ok.text()
+        statuses = [
+            (await client.get("/metrics", headers={"Authorization": "Bearer bad"})).status for _ in range(30)
+        ]
+        assert statuses[0] == 401 and statuses[-1] == 429
+        resp = await client.get("/metrics", headers={"Authorization": "Bearer bad"})
+        assert int(resp.headers["Retry-After"]) >= 1
+        assert (await client.get("/healthz")).status == 200
+    finally:
+        await client.close()
