@@ -37,6 +37,7 @@ from .tickets import MemoryTicketStore, TicketStore
 
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds per handshake
 DEFAULT_RETRIES = 2  # extra attempts per request
+DEFAULT_LIVENESS_TIMEOUT = 6.0  # seconds: a silent edge unanswered this long (after a probe) is dead
 
 
 class Client:
@@ -56,6 +57,7 @@ class Client:
         ticket_store: TicketStore | None = None,
         early_data: bool = True,
         backoff: Backoff | None = None,
+        liveness_timeout: float | None = DEFAULT_LIVENESS_TIMEOUT,
     ) -> None:
         if not addresses:
             raise ValueError("addresses: give at least one edge address")
@@ -63,6 +65,9 @@ class Client:
             raise ValueError(f"retries: must be >= 0, got {retries}")
         if connect_timeout <= 0:
             raise ValueError(f"connect_timeout: must be > 0, got {connect_timeout}")
+        if liveness_timeout is not None and liveness_timeout <= 0:
+            raise ValueError(f"liveness_timeout: must be > 0 or None, got {liveness_timeout}")
+        self.liveness_timeout = liveness_timeout
         self.addresses = list(addresses)
         self.api_key = api_key
         self.timeout = timeout
@@ -103,6 +108,9 @@ class Client:
             self.tickets.put(key, t)
 
         conn = await open_connection(addr.host, addr.port, self._configuration(addr, ticket), keep)
+        if self.liveness_timeout is not None:
+            # half the budget silent before probing, the other half for the probe's answer
+            conn.start_watchdog(self.liveness_timeout / 2, self.liveness_timeout / 2)
         if ticket is not None and self.early_data and ticket.max_early_data_size:
             # requests go out now as 0-RTT; a failed or late handshake shows up as ConnectionLost
             conn.expire_handshake(_budget(self.connect_timeout, deadline))
@@ -295,6 +303,7 @@ async def connect(
     ticket_store: TicketStore | None = None,
     early_data: bool = True,
     backoff: Backoff | None = None,
+    liveness_timeout: float | None = DEFAULT_LIVENESS_TIMEOUT,
 ) -> AsyncIterator[Client]:
     """Connect to the first healthy edge of `address` (``"host:port"`` or a list of them).
 
@@ -303,7 +312,10 @@ async def connect(
     default per-request deadline in seconds (None: none); `connect_timeout` bounds each handshake.
     `retries` is how many extra attempts a request may make (failovers included). `ticket_store`
     keeps session tickets for 0-RTT (share one between clients, or use `FileTicketStore`);
-    `early_data=False` waits for the handshake before sending a request.
+    `early_data=False` waits for the handshake before sending a request. `liveness_timeout`
+    bounds how long requests wait on an edge that went silent (killed, unplugged): after half of it
+    without a datagram the client pings, and a ping unanswered for the other half fails the
+    connection over (None: rely on QUIC's idle timeout).
     """
     client = Client(
         parse_addresses(address),
@@ -317,6 +329,7 @@ async def connect(
         ticket_store=ticket_store,
         early_data=early_data,
         backoff=backoff,
+        liveness_timeout=liveness_timeout,
     )
     await client.connect()
     try:

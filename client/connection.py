@@ -22,6 +22,7 @@ from aioquic.tls import SessionTicket
 from isthmus.protocol import Cancel, ErrorCode, GenerateRequest, encode_frame
 
 from .errors import ConnectionLost, IsthmusError
+from .liveness import watch
 from .response import ResponseEvent, ResponseReader
 
 
@@ -96,6 +97,8 @@ class EdgeProtocol(QuicConnectionProtocol):
         self.is_early_data_accepted = False
         self.close_reason: str | None = None  # set once the connection is gone
         self._handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last_heard = self._loop.time()  # when the edge last sent us a datagram
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def is_usable(self) -> bool:
@@ -115,6 +118,42 @@ class EdgeProtocol(QuicConnectionProtocol):
         self._streams[stream_id] = stream
         self._send(stream_id, encode_frame(request))
         return stream
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        self._last_heard = self._loop.time()
+        super().datagram_received(data, addr)
+
+    # --- liveness (see liveness.py) ---------------------------------------------------------------
+    def start_watchdog(self, probe_after: float, timeout: float) -> None:
+        """Probe a silent edge while requests wait on it; declare the connection lost if it is gone."""
+        if self._watchdog is None:
+            self._watchdog = self._loop.create_task(watch(self, probe_after, timeout), name="edge-liveness")
+
+    def stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+    def num_open_requests(self) -> int:
+        return len(self._streams)
+
+    def seconds_silent(self) -> float:
+        return self._loop.time() - self._last_heard
+
+    def send_probe(self) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._ping_waiters[id(waiter)] = waiter
+        self._quic.send_ping(id(waiter))
+        self.transmit()
+        return waiter
+
+    def forget_probe(self, probe: asyncio.Future[None]) -> None:
+        self._ping_waiters.pop(id(probe), None)
+        probe.cancel()
+
+    def declare_lost(self, reason: str) -> None:
+        """Fail every request of this connection with `ConnectionLost` and close it."""
+        self._lost(reason)
+        self.close()
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
@@ -144,6 +183,8 @@ class EdgeProtocol(QuicConnectionProtocol):
         if not self._handshake.done():
             self._handshake.set_exception(ConnectionLost(f"handshake failed: {reason}"))
             self._handshake.exception()  # retrieved: nobody may be waiting
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             stream._on_lost(ConnectionLost(f"connection lost: {reason}", request_id=stream.request_id))
@@ -258,6 +299,7 @@ async def open_connection(
 
 async def close_connection(edge: EdgeProtocol, grace: float = 1.0) -> None:
     """Close `edge` politely, waiting up to `grace` seconds for the edge to acknowledge."""
+    edge.stop_watchdog()
     edge.close()
     try:
         await asyncio.wait_for(edge.wait_closed(), grace)

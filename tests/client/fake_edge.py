@@ -7,6 +7,8 @@ What it does depends on the prompt:
 - ``"drop-after-1"``: one chunk, then closes the connection;
 - ``"hang"``: never answers;
 - ``"slow:N"``: N chunks 50 ms apart, then `Done`.
+`is_silent` makes it take requests and never answer them; `vanish()` closes its socket without a
+word, as a SIGKILLed edge process does (clients hear nothing more, not even CONNECTION_CLOSE).
 `fail_next` holds `Error`s to answer the next requests with. It records what it saw (requests,
 Cancel frames, stream resets, aborted generations, requests that arrived as 0-RTT early data,
 peer addresses) so tests can check the client's behaviour from the edge's side.
@@ -101,6 +103,8 @@ class FakeEdgeProtocol(QuicConnectionProtocol):
                 )
                 return
             prompt = req.prompt or ""
+            if edge.is_silent:
+                await asyncio.Event().wait()
             if prompt == "drop" or edge.num_drops > 0:
                 edge.num_drops -= 1
                 self._drop()
@@ -154,6 +158,7 @@ class FakeEdge:
         self.chunks, self.chunk_delay = chunks, chunk_delay
         self.fail_next: list[Error] = []
         self.num_drops = 0
+        self.is_silent = False
         self.requests: list[GenerateRequest] = []
         self.early_request_ids: list[str] = []
         self.cancelled_ids: list[str] = []
@@ -187,6 +192,14 @@ class FakeEdge:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def vanish(self) -> None:
+        """Stop sending and receiving at once, closing no connection (a killed process)."""
+        if self._server is not None:
+            transport = self._server._transport
+            self._server = None
+            if transport is not None:
+                transport.close()
 
     def close(self) -> None:
         if self._server is not None:

@@ -39,8 +39,8 @@ def pick(short: Any, long: Any) -> Any:
 
 def record(name: str, figures: dict[str, Any]) -> None:
     """Print one test's figures and keep them as `<results>/<name>.json`."""
-    figures = {"test": name, "long": IS_LONG, "cpus": os.cpu_count(), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-               time.gmtime()), **figures}
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    figures = {"test": name, "long": IS_LONG, "cpus": os.cpu_count(), "at": at, **figures}
     text = json.dumps(figures, indent=1, default=str)
     print(f"\n[soak] {name}: {text}", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,8 @@ class FrameFuzzer:
         r = self.rng
         sampling = SamplingOptions(max_tokens=1, temperature=r.choice([0.0, 0.7]), ignore_eos=True)
         if r.random() < 0.5:
-            return GenerateRequest(id=f"f{r.randrange(10**6)}", prompt="hi " * r.randrange(1, 8), sampling=sampling)
+            prompt = "hi " * r.randrange(1, 8)
+            return GenerateRequest(id=f"f{r.randrange(10**6)}", prompt=prompt, sampling=sampling)
         n = r.randrange(1, 6)
         ids = struct.pack(f"<{n}i", *(r.randrange(-5, 5000) for _ in range(n)))
         return GenerateRequest(id="f", prompt_ids=ids, sampling=sampling, tier="edge")
@@ -147,7 +148,8 @@ def check_stream(data: bytes, rng: random.Random, counts: Counter[str]) -> None:
     `ProtocolError`, or a `ProtocolError` carrying INTERNAL, propagates: that is a crash.
     """
     decoder = FrameDecoder(MAX_FRAME_SIZE)
-    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randrange(0, 4)))) if len(data) > 1 else []
+    num_cuts = min(len(data) - 1, rng.randrange(0, 4))
+    cuts = sorted(rng.sample(range(1, len(data)), num_cuts)) if num_cuts > 0 else []
     try:
         pos = 0
         for end in [*cuts, len(data)]:

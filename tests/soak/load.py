@@ -122,7 +122,9 @@ async def one_request(
     start = time.monotonic()
     ids: list[int] = []
     first: float | None = None
-    stream = client.generate(PROMPTS[index], max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True, tier=tier)
+    stream = client.generate(
+        PROMPTS[index], max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True, tier=tier
+    )
     try:
         async with asyncio.timeout(hang_s), stream:
             async for chunk in stream:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from isthmus.cli.network import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 180.0  # seconds: torch import + load + warm-up on two shared cores
@@ -111,16 +112,19 @@ def wait_ready(procs: list[Proc], pattern: dict[str, re.Pattern[str]]) -> None:
         time.sleep(0.1)
 
 
-def spawn_center(workdir: Path, model: Path, name: str, *, tp: int = 1, rdzv_port: int = 0) -> Proc:
+def spawn_center(workdir: Path, model: Path, name: str, *, tp: int = 1) -> Proc:
     """A center replica on 127.0.0.1 (gRPC port picked by the center): TP=1 directly, TP>1 under
     torchrun via the launch script (gloo, one rank per process)."""
-    common = ["--host", "127.0.0.1", "--port", "0", "--num-kv-blocks", "256", "--max-num-seqs", "32"]
+    # the launch script wants a real port; a TP=1 center picks its own (reported when ready)
+    port = "0" if tp == 1 else str(free_port())
+    common = ["--host", "127.0.0.1", "--port", port, "--num-kv-blocks", "256", "--max-num-seqs", "32"]
     if tp == 1:
         cmd = [sys.executable, "-m", "isthmus.center.main", "--model", str(model), *common]
         cmd += ["--dtype", "float32", "--grace-s", "1"]
     else:
-        cmd = ["bash", str(REPO / "deploy" / "launch-center.sh"), "--model", str(model), "--device", "cpu"]
-        cmd += ["--tp-size", str(tp), "--rdzv", f"127.0.0.1:{rdzv_port}", "--dtype", "float32"]
+        script = os.environ.get("ISTHMUS_SOAK_LAUNCH_SCRIPT", str(REPO / "deploy" / "launch-center.sh"))
+        cmd = ["bash", script, "--model", str(model), "--device", "cpu"]
+        cmd += ["--tp-size", str(tp), "--rdzv", f"127.0.0.1:{free_port()}", "--dtype", "float32"]
         cmd += ["--collective-timeout-s", "10", "--grace-s", "1", "--python", sys.executable, *common]
     return _spawn(name, cmd, workdir)
 
