@@ -117,6 +117,7 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.HandshakeCompleted):
+            reason = None
             if not self._is_refused:
                 reason = self._server._admit(self)
                 self._is_refused = reason is not None

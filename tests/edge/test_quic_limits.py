@@ -4,6 +4,7 @@ partial-frame floods, the per-source connection cap, idle eviction, and wrong-ke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -189,3 +190,16 @@ async def test_out_of_order_data_held_by_quic_counts_and_closes_the_connection(s
         assert attacker._quic._close_event.error_code == 0x3  # FLOW_CONTROL_ERROR
     await wait_until(lambda: server.budget.total == 0)
     assert server.budget.peak_total <= 1 * MiB + 64 * KiB
+
+
+async def test_handshakes_beyond_the_cap_are_refused_cleanly(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(QuicLimits(max_connections=1, evict_idle_after_s=60.0))
+    async with contextlib.AsyncExitStack() as stack:
+        # all three handshake at once: the pending cap and then the connection cap refuse two
+        clients = await asyncio.gather(
+            *(stack.enter_async_context(raw_client(server.port)) for _ in range(3))
+        )
+        await wait_until(lambda: sum(c._quic._close_event is not None for c in clients) == 2)
+        (kept,) = [c for c in clients if c._quic._close_event is None]
+        assert isinstance(final(await kept.request(req())), Done)
+    await wait_until(lambda: server.num_connections == 0)
