@@ -86,7 +86,7 @@ def prepare_request(
     from isthmus.engine.convert import params_from_options  # engine-side conversion of SamplingOptions
 
     try:
-        params = params_from_options(req.sampling)
+        params = params_from_options(req.sampling, entropy=False)  # nothing reads it here
     except ProtocolError:
         raise
     except (ValueError, TypeError) as exc:

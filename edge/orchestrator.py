@@ -148,7 +148,8 @@ class Orchestrator:
     ) -> AsyncGenerator[Answer, None]:
         may_escalate = req.tier == "auto" and not decision.is_degraded and self.pool is not None
         monitor = self.monitor_factory() if (may_escalate and self.monitor_factory) else None
-        run = LocalRun(self.engine, req, prompt_ids, f"{req.id}#{next(_engine_ids)}", clock)
+        run = LocalRun(self.engine, req, prompt_ids, f"{req.id}#{next(_engine_ids)}", clock,
+                       want_entropy=monitor is not None)
         # (center stream, new decision, when, edge tokens already streamed) once the answer moves
         moved: tuple[CenterStream, Decision, str, int] | None = None
         async with run, contextlib.aclosing(run.outputs()) as outputs:

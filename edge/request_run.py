@@ -69,8 +69,10 @@ class LocalRun:
     """One request on the edge's own engine. Leaving the `async with` aborts it if unfinished."""
 
     def __init__(
-        self, engine: Any, req: GenerateRequest, prompt_ids: list[int], engine_id: str, clock: RequestClock
+        self, engine: Any, req: GenerateRequest, prompt_ids: list[int], engine_id: str, clock: RequestClock,
+        *, want_entropy: bool = True,
     ) -> None:
+        self.want_entropy = want_entropy  # a hand-over monitor watches this answer's entropies
         self.engine = engine
         self.req = req
         self.prompt_ids = prompt_ids
@@ -90,7 +92,7 @@ class LocalRun:
         from isthmus.engine.convert import params_from_options
 
         try:
-            params = params_from_options(self.req.sampling)
+            params = params_from_options(self.req.sampling, entropy=self.want_entropy)
         except ValueError as exc:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"sampling: {exc}") from exc
         ereq = EngineRequest(

@@ -6,8 +6,12 @@ from isthmus.engine.params import SamplingParams
 from isthmus.protocol import SamplingOptions, unpack_ids
 
 
-def params_from_options(opts: SamplingOptions) -> SamplingParams:
-    """Translate a validated `SamplingOptions`; raises ValueError on values SamplingParams rejects."""
+def params_from_options(opts: SamplingOptions, *, entropy: bool = True) -> SamplingParams:
+    """Translate a validated `SamplingOptions`; raises ValueError on values SamplingParams rejects.
+
+    ``entropy``: compute each token's entropy (only a hand-over monitor reads it; see
+    `SamplingParams.entropy`).
+    """
     return SamplingParams(
         max_tokens=opts.max_tokens,
         temperature=opts.temperature,
@@ -22,4 +26,5 @@ def params_from_options(opts: SamplingOptions) -> SamplingParams:
         stop_token_ids=unpack_ids(opts.stop_token_ids) if opts.stop_token_ids else [],
         ignore_eos=opts.ignore_eos,
         logprobs=opts.logprobs,
+        entropy=entropy,
     )

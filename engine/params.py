@@ -28,6 +28,9 @@ class SamplingParams:
     ignore_eos: bool = False
     # None: no logprobs; 0: the chosen token's logprob only; k > 0: also the top-k alternatives.
     logprobs: int | None = None
+    # Each token's entropy (nats), the signal of the edge's hand-over monitor. False skips that
+    # full-vocabulary pass for requests nobody watches; their entropies are then NaN.
+    entropy: bool = True
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

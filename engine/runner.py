@@ -146,7 +146,7 @@ class ModelRunner:
                 sample_seqs.append(seq)
         if sample_seqs:
             index = torch.tensor(rows, device=self.device)
-            logits = self.model.compute_logits(hidden[index]).float()  # [num_sampled, vocab]
+            logits = self.model.compute_logits(hidden[index])  # [num_sampled, vocab], model dtype
             for seq, token in zip(sample_seqs, sample(logits, sample_seqs), strict=True):
                 out.sampled[seq.seq_id] = token
         for seq, start in zip(batch.seqs, batch.starts, strict=True):
@@ -193,7 +193,7 @@ class ModelRunner:
         if rows:
             sample_seqs = [seqs[i] for i in rows]
             picked = logits if len(rows) == len(seqs) else logits[torch.tensor(rows, device=self.device)]
-            for seq, token in zip(sample_seqs, sample(picked.float(), sample_seqs), strict=True):
+            for seq, token in zip(sample_seqs, sample(picked, sample_seqs), strict=True):
                 out.sampled[seq.seq_id] = token
         return out
 

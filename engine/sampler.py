@@ -9,7 +9,9 @@ sequences with ``do_sample``):
    ``logit -= presence * (count > 0) + frequency * count``;
 3. temperature (greedy rows use 1 for what follows, and pick the argmax of step 2's logits);
 4. ``logprobs = log_softmax`` of that: the returned ``logprob`` of the chosen token, the
-   ``entropy`` (nats) and the top-k logprobs all come from this *unfiltered* distribution;
+   ``entropy`` (nats; NaN for requests with ``SamplingParams.entropy`` off) and the top-k
+   logprobs all come from this *unfiltered* distribution (greedy rows compute the first two from
+   one reduction over the logits instead, `engine/sample_stats.py`);
 5. filters: top-k, then top-p on the top-k-renormalised distribution, and min-p relative to the
    most likely token (always keeping that one); the draw is from what survives.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import torch
 from isthmus.engine.plan import SampledToken, ScheduledSeq
+from isthmus.engine.sample_stats import row_stats
 
 _MASK64 = (1 << 64) - 1
 
@@ -137,46 +140,127 @@ def filter_mask(
     return mask
 
 
+def _has_penalty(s: ScheduledSeq) -> bool:
+    p = s.params
+    return p.repetition_penalty != 1.0 or bool(p.presence_penalty) or bool(p.frequency_penalty)
+
+
+def _rows(idx: list[int], n: int, device: torch.device) -> slice | torch.Tensor:
+    """An index for rows ``idx`` of an [n, ...] tensor: a slice (no gather) when they are all rows."""
+    return slice(None) if len(idx) == n else torch.tensor(idx, device=device)
+
+
 @torch.no_grad()
 def sample(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> list[SampledToken]:
-    """Pick one token per row of ``logits`` [n, vocab] for ``seqs`` (same order)."""
+    """Pick one token per row of ``logits`` [n, vocab] (any float dtype) for ``seqs`` (same order).
+
+    Greedy rows never build float32 log-probabilities: their token, its logprob and (when the
+    request wants it, ``SamplingParams.entropy``) the entropy come from one pass over the logits
+    (`engine/sample_stats.py`). Random rows keep the exact arithmetic the seeded draw is defined
+    on (float32 log-softmax, filters, float64 Gumbel scores). Rows that ask for top logprobs get
+    them. Everything the host needs leaves the device in one copy.
+    """
     if logits.dim() != 2 or logits.shape[0] != len(seqs):
         raise ValueError(f"logits shape {tuple(logits.shape)} does not match {len(seqs)} sequences")
     if not seqs:
         return []
+    n, device = len(seqs), logits.device
+    if any(_has_penalty(s) for s in seqs):
+        logits = apply_penalties(logits.float().clone(), seqs)  # [n, vocab]
+    chosen = torch.empty(n, dtype=torch.int64, device=device)
+    chosen_lp = torch.empty(n, dtype=torch.float32, device=device)
+    entropy = torch.full((n,), float("nan"), dtype=torch.float32, device=device)
+    greedy = [i for i, s in enumerate(seqs) if s.params.is_greedy]
+    rand = [i for i, s in enumerate(seqs) if not s.params.is_greedy]
+    logprobs: dict[int, torch.Tensor] = {}  # row -> float32 log-probabilities, where built
+    if greedy:
+        _greedy_rows(logits, [seqs[i] for i in greedy], _rows(greedy, n, device), chosen, chosen_lp, entropy)
+    if rand:
+        lp = _random_rows(logits, [seqs[i] for i in rand], _rows(rand, n, device), chosen, chosen_lp, entropy)
+        logprobs.update((i, lp[j]) for j, i in enumerate(rand))
+    return _collect(logits, seqs, chosen, chosen_lp, entropy, logprobs)
+
+
+def _greedy_rows(
+    logits: torch.Tensor,
+    seqs: list[ScheduledSeq],
+    idx: slice | torch.Tensor,
+    chosen: torch.Tensor,
+    chosen_lp: torch.Tensor,
+    entropy: torch.Tensor,
+) -> None:
+    """Argmax, its logprob (logit - log-sum-exp) and the entropy where wanted, for greedy rows."""
+    x = logits[idx]  # [g, vocab]
+    want = [s.params.entropy for s in seqs]
+    tok, lse, ent = row_stats(x, any(want))
+    chosen[idx] = tok
+    chosen_lp[idx] = x.gather(1, tok[:, None])[:, 0].float() - lse
+    if ent is not None:
+        if not all(want):
+            ent = ent.masked_fill(~torch.tensor(want, device=ent.device), float("nan"))
+        entropy[idx] = ent
+
+
+def _random_rows(
+    logits: torch.Tensor,
+    seqs: list[ScheduledSeq],
+    idx: slice | torch.Tensor,
+    chosen: torch.Tensor,
+    chosen_lp: torch.Tensor,
+    entropy: torch.Tensor,
+) -> torch.Tensor:
+    """Seeded draws for the non-greedy rows; returns their float32 log-probabilities [r, vocab]."""
     device = logits.device
-    logits = apply_penalties(logits.float().clone(), seqs)  # [n, vocab]
-    temps = [s.params.temperature if s.params.temperature > 0 else 1.0 for s in seqs]
+    x = logits[idx].float()
+    temps = [s.params.temperature for s in seqs]
     if any(t != 1.0 for t in temps):
-        logits = logits / torch.tensor(temps, device=device)[:, None]
-    logprobs = torch.log_softmax(logits, dim=-1)  # [n, vocab]
-    plogp = torch.where(logprobs > float("-inf"), logprobs.exp() * logprobs, 0.0)
-    entropy = -plogp.sum(dim=-1)  # [n]
-    chosen = logprobs.argmax(dim=-1)  # greedy choice; replaced below for sampled rows
-    rand_rows = [i for i, s in enumerate(seqs) if not s.params.is_greedy]
-    if rand_rows:
-        sub = [seqs[i] for i in rand_rows]
-        idx = torch.tensor(rand_rows, device=device)
-        lp = logprobs[idx]  # [r, vocab]
-        mask = filter_mask(
-            lp, [s.params.top_k for s in sub], [s.params.top_p for s in sub], [s.params.min_p for s in sub]
-        )
-        keys = [row_key(s.params.seed or 0, s.num_generated) for s in sub]
-        u = uniform_noise(keys, lp.shape[1], device)  # [r, vocab] float64
-        gumbel = -torch.log(-torch.log(u))
-        score = lp.double().masked_fill(mask, float("-inf")) + gumbel
-        chosen[idx] = score.argmax(dim=-1)
-    chosen_lp = logprobs.gather(1, chosen[:, None])[:, 0]
-    stats = torch.stack([chosen.to(torch.float64), chosen_lp.double(), entropy.double()]).cpu().tolist()
-    max_top = max((s.params.logprobs or 0) for s in seqs)
-    top_vals: list[list[float]] = []
-    top_ids: list[list[int]] = []
+        x = x / torch.tensor(temps, device=device)[:, None]
+    lp = torch.log_softmax(x, dim=-1)  # [r, vocab]
+    p = [s.params for s in seqs]
+    mask = filter_mask(lp, [q.top_k for q in p], [q.top_p for q in p], [q.min_p for q in p])
+    keys = [row_key(q.seed or 0, s.num_generated) for q, s in zip(p, seqs, strict=True)]
+    u = uniform_noise(keys, lp.shape[1], device)  # [r, vocab] float64
+    gumbel = -torch.log(-torch.log(u))
+    tok = (lp.double().masked_fill(mask, float("-inf")) + gumbel).argmax(dim=-1)
+    chosen[idx] = tok
+    chosen_lp[idx] = lp.gather(1, tok[:, None])[:, 0]
+    want = [q.entropy for q in p]
+    if any(want):
+        ent = -torch.where(lp > float("-inf"), lp.exp() * lp, 0.0).sum(dim=-1)
+        if not all(want):
+            ent = ent.masked_fill(~torch.tensor(want, device=device), float("nan"))
+        entropy[idx] = ent
+    return lp
+
+
+def _collect(
+    logits: torch.Tensor,
+    seqs: list[ScheduledSeq],
+    chosen: torch.Tensor,
+    chosen_lp: torch.Tensor,
+    entropy: torch.Tensor,
+    logprobs: dict[int, torch.Tensor],
+) -> list[SampledToken]:
+    """One device-to-host copy of every row's token, logprob, entropy and top logprobs."""
+    n = len(seqs)
+    max_top = min(max((s.params.logprobs or 0) for s in seqs), logits.shape[1])
+    parts = [chosen.double(), chosen_lp.double(), entropy.double()]
     if max_top > 0:
-        tv, ti = logprobs.topk(min(max_top, logprobs.shape[1]), dim=-1)
-        top_vals, top_ids = tv.cpu().tolist(), ti.cpu().tolist()
+        tops = [i for i, s in enumerate(seqs) if (s.params.logprobs or 0) > 0]
+        rows = torch.stack([
+            logprobs[i] if i in logprobs else torch.log_softmax(logits[i].float(), dim=-1) for i in tops
+        ])  # [t, vocab]: only the rows that asked for top logprobs
+        tv, ti = rows.topk(max_top, dim=-1)
+        parts += [ti.double().flatten(), tv.double().flatten()]
+    flat = torch.cat(parts).cpu().tolist()
     out = []
+    top_at = {i: j for j, i in enumerate(tops)} if max_top > 0 else {}
+    id_base, val_base = 3 * n, 3 * n + len(top_at) * max_top
     for i, s in enumerate(seqs):
-        k = s.params.logprobs or 0
-        top = list(zip(top_ids[i][:k], top_vals[i][:k], strict=True)) if k > 0 else None
-        out.append(SampledToken(int(stats[0][i]), float(stats[1][i]), float(stats[2][i]), top))
+        k = min(s.params.logprobs or 0, max_top)
+        top = None
+        if k > 0:
+            o = top_at[i] * max_top
+            top = [(int(flat[id_base + o + j]), flat[val_base + o + j]) for j in range(k)]
+        out.append(SampledToken(int(flat[i]), float(flat[n + i]), float(flat[2 * n + i]), top))
     return out

@@ -163,3 +163,136 @@ def test_uniform_noise_is_in_open_interval_and_deterministic():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError):
         sample(rand_logits(2), [seq(SamplingParams())])
+
+
+def _reference_sample(logits, seqs):
+    """The sampler before the greedy fast path (float32 log-softmax of every row): the oracle."""
+    from isthmus.engine.sampler import apply_penalties, row_key
+
+    logits = apply_penalties(logits.float().clone(), seqs)
+    temps = torch.tensor([s.params.temperature if s.params.temperature > 0 else 1.0 for s in seqs])
+    lp = torch.log_softmax(logits / temps[:, None], dim=-1)
+    entropy = -torch.where(lp > float("-inf"), lp.exp() * lp, 0.0).sum(-1)
+    chosen = lp.argmax(-1)
+    for i, s in enumerate(seqs):
+        if s.params.is_greedy:
+            continue
+        p = s.params
+        mask = filter_mask(lp[i : i + 1], [p.top_k], [p.top_p], [p.min_p])
+        u = uniform_noise([row_key(p.seed or 0, s.num_generated)], V, torch.device("cpu"))
+        score = lp[i : i + 1].double().masked_fill(mask, float("-inf")) - torch.log(-torch.log(u))
+        chosen[i] = score.argmax()
+    return [(int(chosen[i]), float(lp[i, chosen[i]]), float(entropy[i])) for i in range(len(seqs))]
+
+
+def test_same_tokens_logprobs_and_entropies_as_the_full_log_softmax_sampler():
+    kinds = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.7, seed=3),
+        SamplingParams(temperature=1.0, top_k=5, seed=4),
+        SamplingParams(temperature=1.3, top_p=0.8, min_p=0.02, seed=5),
+        SamplingParams(temperature=0.0, repetition_penalty=1.2, logprobs=2),
+        SamplingParams(temperature=0.9, presence_penalty=0.5, seed=6, logprobs=0),
+    ]
+    for trial in range(40):
+        logits = rand_logits(len(kinds), seed=100 + trial)
+        seqs = [
+            seq(p, history=[1, 2, 3, trial % V, 7], prompt_len=3, num_generated=trial, seq_id=i)
+            for i, p in enumerate(kinds)
+        ]
+        ours = sample(logits.clone(), seqs)
+        for got, (tok, lp, ent) in zip(ours, _reference_sample(logits, seqs), strict=True):
+            assert got.token_id == tok
+            assert got.logprob == pytest.approx(lp, abs=1e-5)
+            assert got.entropy == pytest.approx(ent, abs=1e-5)
+
+
+def test_entropy_off_is_nan_and_changes_nothing_else():
+    logits = rand_logits(3, seed=8)
+    on = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.8, seed=2),
+          SamplingParams(temperature=0.0)]
+    off = [SamplingParams(temperature=p.temperature, seed=p.seed, entropy=False) for p in on]
+    mixed = [on[0], off[1], off[2]]
+    a = sample(logits, [seq(p, seq_id=i) for i, p in enumerate(on)])
+    for params in (off, mixed):
+        b = sample(logits, [seq(p, seq_id=i) for i, p in enumerate(params)])
+        for x, y, p in zip(a, b, params, strict=True):
+            assert (x.token_id, x.logprob) == (y.token_id, y.logprob)
+            assert math.isnan(y.entropy) if not p.entropy else y.entropy == x.entropy
+
+
+def test_bf16_logits_greedy_without_an_fp32_copy_of_the_batch():
+    logits = rand_logits(4, seed=9).to(torch.bfloat16)
+    out = sample(logits, [seq(SamplingParams(temperature=0.0), seq_id=i) for i in range(4)])
+    lp = torch.log_softmax(logits.float(), -1)
+    for i, t in enumerate(out):
+        assert t.token_id == int(logits[i].float().argmax())
+        assert t.logprob == pytest.approx(float(lp[i, t.token_id]), abs=1e-4)
+        assert t.entropy == pytest.approx(float(-(lp[i].exp() * lp[i]).sum()), abs=1e-4)
+
+
+def test_one_device_to_host_copy_per_call(monkeypatch):
+    calls = []
+    real = torch.Tensor.cpu
+
+    def counting(self, *a, **k):
+        calls.append(tuple(self.shape))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting)
+    params = [SamplingParams(temperature=0.0, logprobs=3),
+              SamplingParams(temperature=0.5, seed=1, logprobs=1)]
+    out = sample(rand_logits(2), [seq(p, seq_id=i) for i, p in enumerate(params)])
+    assert len(calls) == 1
+    assert len(out[0].top_logprobs) == 3 and len(out[1].top_logprobs) == 1
+
+
+_ROW_STATS_CHECK = """
+import torch
+from isthmus.engine.sample_stats import row_stats
+torch.manual_seed(0)
+cases = []
+for n, vocab in [(1, 102400), (3, 4097), (2, 1), (4, 32)]:
+    for dtype in (torch.float32, torch.bfloat16):
+        cases.append((torch.randn(n, vocab) * 4).to(dtype))
+ties = torch.zeros(2, 5000)
+ties[0, [7, 2100, 4999]] = 3.0  # equal maxima in different lanes and blocks: the first wins
+ties[1, 4096:] = float("-inf")  # a masked tail
+cases.append(ties)
+for x in cases:
+    for want in (True, False):
+        ti, tl, te = row_stats(x, want, use_triton=True)
+        ri, rl, re = row_stats(x, want, use_triton=False)
+        assert torch.equal(ti, ri), (tuple(x.shape), x.dtype, ti, ri)
+        torch.testing.assert_close(tl, rl, rtol=1e-5, atol=1e-5)
+        assert (te is None) == (not want)
+        if want:
+            torch.testing.assert_close(te, re, rtol=1e-4, atol=2e-4)
+print("ROW_STATS_OK", len(cases))
+"""
+
+
+def test_row_stats_kernel_in_triton_interpreter():
+    """The fused argmax / log-sum-exp / entropy kernel against PyTorch, on CPU (the interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _ROW_STATS_CHECK], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and "ROW_STATS_OK" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_greedy_on_cuda_matches_cpu_reference():
+    logits = (torch.randn(8, 102400) * 4).to(torch.bfloat16)
+    seqs = [seq(SamplingParams(temperature=0.0), seq_id=i) for i in range(8)]
+    gpu, cpu = sample(logits.cuda(), seqs), sample(logits, seqs)
+    for a, b in zip(gpu, cpu, strict=True):
+        assert a.token_id == b.token_id
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+        assert a.entropy == pytest.approx(b.entropy, abs=1e-3)
