@@ -2,8 +2,11 @@
 
 It reports to its `EdgeQuicServer` what the server's sans-IO tables need: the peer's address
 (admission), when streams open and close (idle eviction), the bytes it holds before requests are
-read (receive budgets), and wrong keys (throttling). It also answers the session's questions on
-unacknowledged bytes, which the watermarks in `buffers.py` act on.
+read (receive budgets), and wrong keys (throttling: a throttled address is refused before its key
+is looked at, except on connections that have already been answered with a valid key, so
+clients sharing an address with a guesser, or a NAT, keep the connections they have). It also
+answers the session's questions on unacknowledged bytes, which the watermarks in `buffers.py`
+act on.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
         self._finished_ids: set[int] = set()
         self.source = ""  # the peer's address, from its first datagram
         self.is_admitted = False  # by the server's connection table, once the handshake completed
+        # a request on this connection was answered (so its key was good): the connection is
+        # exempt from its address's wrong-key throttle until it presents a wrong key itself
+        self.has_valid_key = False
         self._is_refused = not server._register(self)
         self._hooks = StreamHooks(admit=self._admit_request, on_final=self._on_final)
         self.num_streams_served = 0
@@ -187,12 +193,16 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
     # --- throttling of wrong keys ----------------------------------------------------------------
     def _admit_request(self, req: GenerateRequest) -> None:
         auth = self._server.auth
-        if auth is not None:
+        if auth is not None and not self.has_valid_key:
             auth.check_throttle(self.source)
 
     def _on_final(self, msg: Done | Error) -> None:
+        if isinstance(msg, Done):
+            self.has_valid_key = True
+            return
         auth = self._server.auth
-        if auth is not None and isinstance(msg, Error) and msg.code == ErrorCode.UNAUTHENTICATED:
+        if auth is not None and msg.code == ErrorCode.UNAUTHENTICATED:
+            self.has_valid_key = False
             auth.record_failure(self.source)
 
     @property

@@ -165,7 +165,8 @@ async def test_idle_connections_are_evicted_to_admit_a_new_client(serve) -> None
 
 async def test_wrong_keys_from_one_address_are_throttled_with_rate_limited(serve) -> None:  # type: ignore[no-untyped-def]
     server = await serve(QuicLimits(), ThrottleLimits(max_failures=3, window_s=600.0))
-    async with raw_client(server.port) as client:
+    async with raw_client(server.port) as proven, raw_client(server.port) as client:
+        assert isinstance(final(await proven.request(req())), Done)
         for i in range(3):
             msg = final(await client.request(req(api_key=f"guess-{i}")))
             assert isinstance(msg, Error) and msg.code == ErrorCode.UNAUTHENTICATED
@@ -173,6 +174,11 @@ async def test_wrong_keys_from_one_address_are_throttled_with_rate_limited(serve
         msg = final(await client.request(req(api_key=KEY)))
         assert isinstance(msg, Error) and msg.code == ErrorCode.RATE_LIMITED and msg.retryable
         assert "retry in" in msg.message
+        # a connection already answered with a valid key, from the same address, is still served
+        assert isinstance(final(await proven.request(req())), Done)
+        # until it presents a wrong key itself
+        assert final(await proven.request(req(api_key="guess"))).code == ErrorCode.UNAUTHENTICATED
+        assert final(await proven.request(req())).code == ErrorCode.RATE_LIMITED
     assert server.auth is not None and server.auth.throttle_retry_after("127.0.0.1") > 0  # type: ignore[attr-defined]
 
 
