@@ -90,10 +90,12 @@ class Orchestrator:
         self.num_in_flight += 1
         lease = None
         try:
+            if self.auth is not None:  # first: an unknown client learns nothing, and is throttled
+                if not isinstance(req.api_key, str | None):
+                    raise ProtocolError(ErrorCode.INVALID_MESSAGE, "api_key: expected a string")
+                lease = self.auth.acquire(req.api_key)
             self.refuse_oversized(req)  # before the costlier validate
             validate(req)
-            if self.auth is not None:
-                lease = self.auth.acquire(req.api_key)
             async with contextlib.aclosing(self._answer(req, clock)) as items:
                 async for msg in items:
                     if isinstance(msg, Error):

@@ -101,8 +101,8 @@ class PromptTokenizer:
             if cont.token_ids and cont.tokenizer_fingerprint == fingerprint:
                 ids = ids + self._checked_ids(unpack_ids(cont.token_ids), "continuation.token_ids")
             elif cont.text:
-                left = None if limit is None else limit - len(ids)
-                self._check_text(cont.text, left, "continuation.text")
+                left = None if limit is None else max(0, limit - len(ids))
+                self._check_text(cont.text, left, "continuation.text", "tokens left under the edge's limit")
                 ids = ids + await self._encode(cont.text, False, "continuation.text")
         if limit is not None and len(ids) > limit:
             field = "messages" if req.messages is not None else "prompt"
@@ -147,18 +147,20 @@ class PromptTokenizer:
                 raise ProtocolError(ErrorCode.INVALID_MESSAGE, message)
         return ids
 
-    def _check_text(self, text: str, limit: int | None, field: str) -> None:
+    def _check_text(
+        self, text: str, limit: int | None, field: str, what: str = "tokens, the edge's limit"
+    ) -> None:
         """Refuse `text` when its size alone proves it has more than `limit` tokens."""
         bound = getattr(self.tokenizer, "min_num_tokens", None)
         if limit is None or not callable(bound):
             return
         if bound(len(text)) > limit:  # chars <= bytes: no need to encode a huge text to know
-            raise _too_long(field, f"{len(text)} characters are more than the edge's limit of {limit} tokens")
+            raise _too_long(field, f"{len(text)} characters are more than {limit} {what}")
         if len(text) * 4 <= self.inline_max_bytes:
             return  # too short to be past any sane limit by its bytes: small prompts stay cheap
         num_bytes = len(text.encode("utf-8", "surrogatepass"))
         if bound(num_bytes) > limit:
-            raise _too_long(field, f"{num_bytes} bytes are more than the edge's limit of {limit} tokens")
+            raise _too_long(field, f"{num_bytes} bytes are more than {limit} {what}")
 
     def _is_small(self, text: str) -> bool:
         """At most `inline_max_bytes` UTF-8 bytes (encoded only when the length leaves it open)."""

@@ -26,7 +26,7 @@ from isthmus.protocol import (
 )
 from isthmus.tokenizer import Tokenizer
 
-from .test_orchestrator import FakeEngine, FakePool, FakeRouter
+from .test_orchestrator import FakeEngine, FakePool, FakeRouter, RefusingKeys
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,6 +91,24 @@ async def test_a_prompt_too_long_by_its_bytes_is_refused_without_tokenizing(tiny
     assert msgs[-1].code == ErrorCode.PROMPT_TOO_LONG and msgs[-1].message.startswith("messages: ")
     assert [c[0] for c in tok.calls] == ["template"]  # rendered (off the loop), never encoded
     assert not tok.calls[0][2]
+
+
+async def test_a_wrong_key_is_refused_before_the_size_check(tiny: Tokenizer) -> None:
+    # so a wrong key with a huge prompt is UNAUTHENTICATED, which the per-source throttle counts
+    orch = Orchestrator(
+        FakeEngine(), FakePool(), FakeRouter(), auth=RefusingKeys(), tokenizer=tiny, max_prompt_tokens=64
+    )
+    msgs = await answer(orch, req(prompt=CJK * 125_000))
+    assert [m.code for m in msgs] == [ErrorCode.UNAUTHENTICATED]
+
+
+async def test_a_continuation_past_what_is_left_is_refused_by_its_size(tiny: Tokenizer) -> None:
+    tok = RecordingTokenizer(tiny)
+    orch, _ = make(tok, limit=4096)
+    msgs = await answer(orch, req(prompt="hi", continuation=Continuation(text=CJK * 125_000)))
+    assert msgs[-1].code == ErrorCode.PROMPT_TOO_LONG
+    assert msgs[-1].message.startswith("continuation.text: ") and "left under" in msgs[-1].message
+    assert [c[1] for c in tok.calls] == [2]  # only the prompt was encoded
 
 
 async def test_large_prompts_are_tokenized_off_the_loop_small_ones_on_it(tiny: Tokenizer) -> None:
