@@ -38,10 +38,12 @@ FIELDS = [
 
 
 class FrameFuzzer:
-    """Deterministic (per seed) generator of hostile stream contents."""
+    """Deterministic (per seed) generator of hostile stream contents. Requests built to be valid
+    carry `api_key`, so that over the wire they get past authentication to the deeper checks."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, api_key: str | None = None) -> None:
         self.rng = random.Random(seed)
+        self.api_key = api_key
         self._strategies = [
             self._random_body,
             self._mutated_request,
@@ -87,10 +89,12 @@ class FrameFuzzer:
         sampling = SamplingOptions(max_tokens=1, temperature=r.choice([0.0, 0.7]), ignore_eos=True)
         if r.random() < 0.5:
             prompt = "hi " * r.randrange(1, 8)
-            return GenerateRequest(id=f"f{r.randrange(10**6)}", prompt=prompt, sampling=sampling)
+            return GenerateRequest(
+                id=f"f{r.randrange(10**6)}", prompt=prompt, sampling=sampling, api_key=self.api_key
+            )
         n = r.randrange(1, 6)
         ids = struct.pack(f"<{n}i", *(r.randrange(-5, 5000) for _ in range(n)))
-        return GenerateRequest(id="f", prompt_ids=ids, sampling=sampling, tier="edge")
+        return GenerateRequest(id="f", prompt_ids=ids, sampling=sampling, tier="edge", api_key=self.api_key)
 
     def _mutated_request(self) -> bytes:
         r = self.rng
