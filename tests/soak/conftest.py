@@ -21,20 +21,15 @@ import pytest
 from tests.edge.quic_helpers import write_self_signed
 
 from .load import MAX_TOKENS, PROMPTS, References, reference_ids
+from .mode import API_KEY, IS_LONG, pick
 from .procs import REPO, Proc, edge_toml, spawn_center, spawn_edge, start_all
 
-API_KEY = "sk-soak-legit"
-IS_LONG = os.environ.get("ISTHMUS_SOAK_LONG", "") not in ("", "0")
+__all__ = ["API_KEY", "IS_LONG", "Network", "pick", "record"]
 RESULTS = Path(os.environ.get("ISTHMUS_SOAK_RESULTS", REPO / "bench" / "reliability" / "results"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "soak: reliability suite (load, faults, fuzz, floods)")
-
-
-def pick(short: Any, long: Any) -> Any:
-    """The long variant's value under ISTHMUS_SOAK_LONG=1, else the short one."""
-    return long if IS_LONG else short
 
 
 def record(name: str, figures: dict[str, Any]) -> None:

@@ -1,0 +1,161 @@
+"""The four floods, each an attacker population run in its own process (`run_in_child`).
+
+An attacker is another host: running the floods in a child process keeps their CPU work off the
+legitimate client's event loop (the two machine cores are still shared). Each flood runs until
+told to stop and reports what its attackers saw as an `AttackStats` summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import struct
+from typing import Any
+
+from isthmus.protocol import GenerateRequest, SamplingOptions
+from isthmus.protocol.limits import MAX_FRAME_SIZE
+
+from .attack import AttackStats, attacker, source
+from .mode import API_KEY, pick
+
+NUM_IDLE = pick(300, 1100)  # idle connections (the default per-source limit is 256, global 1024)
+NUM_PARTIAL_CONNS, PARTIAL_STREAMS = pick((8, 16), (32, 64))
+PARTIAL_BYTES = pick(256 * 1024, 1024 * 1024)  # bytes of each never-finished frame
+NUM_PROMPT_ATTACKERS = pick(2, 4)
+HUGE_PROMPT = "漢字" * 500_000  # 1M characters, 3 MB of UTF-8
+NUM_KEY_ATTACKERS = pick(8, 32)
+
+
+# --- the floods ---------------------------------------------------------------------------------
+async def partial_frames(port: int, stop: asyncio.Event, stats: AttackStats) -> None:
+    """Connections whose streams each announce a maximal frame, send part of it and stall."""
+    header = struct.pack(">I", MAX_FRAME_SIZE)
+
+    async def one(i: int) -> None:
+        while not stop.is_set():
+            try:
+                async with attacker(port, source(i)) as c:
+                    for _ in range(PARTIAL_STREAMS):
+                        c.send(header + b"\x00" * PARTIAL_BYTES, end_stream=False)
+                        stats.num_sent += 1
+                    closed = c._closed  # set when the edge closes the connection on us
+                    while not stop.is_set() and not closed.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), 0.25)
+                    if closed.is_set():
+                        stats.codes["CLOSED_BY_EDGE"] += 1
+            except (OSError, TimeoutError, ConnectionError):
+                stats.num_connect_failures += 1
+                await asyncio.sleep(0.2)
+
+    await asyncio.gather(*(one(i) for i in range(NUM_PARTIAL_CONNS)))
+
+
+async def idle_connections(port: int, stop: asyncio.Event, stats: AttackStats) -> None:
+    """Many handshaken connections that never send a stream, from a few attacker addresses."""
+    async with contextlib.AsyncExitStack() as stack:
+        for i in range(NUM_IDLE):
+            if stop.is_set():
+                break
+            try:
+                await stack.enter_async_context(attacker(port, source(i % 4)))
+                stats.num_sent += 1
+            except (OSError, TimeoutError, ConnectionError):
+                stats.num_connect_failures += 1
+        await stop.wait()
+
+
+async def huge_prompts(port: int, stop: asyncio.Event, stats: AttackStats) -> None:
+    """Authenticated clients sending 1M-character prompts back to back."""
+    req = GenerateRequest(
+        id="huge", prompt=HUGE_PROMPT, api_key=API_KEY, tier="edge", sampling=SamplingOptions(max_tokens=1)
+    )
+
+    async def one(i: int) -> None:
+        async with attacker(port, source(100 + i)) as c:
+            while not stop.is_set():
+                stats.num_sent += 1
+                try:
+                    sid = c.send_message(req)
+                    stats.note_end(await c.wait_end(sid, 60.0), sid in c.resets)
+                except TimeoutError:
+                    stats.num_no_answer += 1
+
+    await asyncio.gather(*(one(i) for i in range(NUM_PROMPT_ATTACKERS)))
+
+
+async def wrong_keys(port: int, stop: asyncio.Event, stats: AttackStats) -> None:
+    """Clients guessing API keys as fast as the edge answers."""
+
+    async def one(i: int) -> None:
+        async with attacker(port, source(200 + i)) as c:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                stats.num_sent += 1
+                req = GenerateRequest(
+                    id=f"k{i}-{n}",
+                    prompt="hi",
+                    api_key=f"sk-guess-{i}-{n}",
+                    tier="edge",
+                    sampling=SamplingOptions(max_tokens=1),
+                )
+                try:
+                    sid = c.send_message(req)
+                    stats.note_end(await c.wait_end(sid, 30.0), sid in c.resets)
+                except TimeoutError:
+                    stats.num_no_answer += 1
+
+    await asyncio.gather(*(one(i) for i in range(NUM_KEY_ATTACKERS)))
+
+
+FLOODS = {
+    "partial_frames": partial_frames,
+    "idle_connections": idle_connections,
+    "huge_prompts": huge_prompts,
+    "wrong_keys": wrong_keys,
+}
+
+
+def _child(name: str, port: int, stop: Any, out: Any) -> None:
+    async def main() -> AttackStats:
+        stats, stop_here = AttackStats(), asyncio.Event()
+
+        async def relay_stop() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.1)
+            stop_here.set()
+
+        relay = asyncio.create_task(relay_stop())
+        try:
+            await FLOODS[name](port, stop_here, stats)
+        finally:
+            await relay
+        return stats
+
+    try:
+        out.put(asyncio.run(main()).summary())
+    except BaseException as exc:  # reported to the parent, which fails the test with it
+        out.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+class ChildFlood:
+    """`FLOODS[name]` against 127.0.0.1:`port` in a spawned process; `stop()` returns its summary."""
+
+    def __init__(self, name: str, port: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._out = ctx.Queue()
+        self._proc = ctx.Process(target=_child, args=(name, port, self._stop, self._out), daemon=True)
+        self._proc.start()
+
+    async def stop(self, timeout_s: float = 90.0) -> dict[str, Any]:
+        self._stop.set()
+        try:
+            summary: dict[str, Any] = await asyncio.to_thread(self._out.get, True, timeout_s)
+        finally:
+            await asyncio.to_thread(self._proc.join, 10)
+            if self._proc.is_alive():
+                self._proc.kill()
+        return summary
