@@ -49,6 +49,12 @@ def _config_eos_ids(model_dir: str) -> set[int]:
     return ids
 
 
+def _cache_salt(options: EngineOptions, runner: Any) -> str:
+    """What besides the token ids changes the KV: the model, its dtype and quantization, the TP layout."""
+    world = getattr(getattr(runner, "group", None), "world_size", 1)
+    return f"{options.model}|{options.dtype}|{options.quantization}|tp={world}"
+
+
 class EngineCore:
     def __init__(self, options: EngineOptions, runner: Runner | None = None, tokenizer: Any = None) -> None:
         self.options = options
@@ -78,6 +84,8 @@ class EngineCore:
             eos_token_ids=eos,
             vocab_size=getattr(runner, "vocab_size", None),
             seed=options.seed,
+            enable_prefix_caching=options.enable_prefix_caching,
+            cache_salt=_cache_salt(options, runner),
         )
         from isthmus.engine.output_processor import OutputProcessor
 

@@ -28,3 +28,4 @@ class EngineOptions:
     max_model_len: int | None = None  # default: the model's max_position_embeddings
     use_cuda_graphs: bool = True  # decode steps on CUDA are captured for a set of batch sizes
     seed: int = 0  # seed for requests that give none
+    enable_prefix_caching: bool = True  # reuse the KV of cached full blocks of a shared prefix

@@ -12,6 +12,10 @@ Each :meth:`Scheduler.schedule` builds one step's :class:`SchedulePlan`:
 3. Waiting sequences (highest priority, then oldest first) are admitted while there is budget,
    a free running slot (``max_num_seqs``) and enough free blocks for their whole prefill; the
    queue is strict: a head that does not fit blocks those behind it (no starvation).
+   An admitted sequence first adopts the KV blocks of its longest cached prefix (prefix caching,
+   see `BlockManager`) and starts its prefill after them, exactly like a later prefill chunk, so
+   the budget counts only the tokens to compute. A request that wants prompt logprobs computes
+   its whole prompt (the cache holds no logits). Blocks are registered in the cache as they fill.
 """
 
 from __future__ import annotations
@@ -65,10 +69,14 @@ class Scheduler:
         eos_token_ids: set[int] | frozenset[int] = frozenset(),
         vocab_size: int | None = None,
         seed: int = 0,
+        enable_prefix_caching: bool = True,
+        cache_salt: str = "",
     ) -> None:
         if max_num_seqs < 1 or max_num_batched_tokens < 1 or max_waiting < 0:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1, max_waiting >= 0")
-        self.block_manager = BlockManager(num_kv_blocks, block_size)
+        self.block_manager = BlockManager(
+            num_kv_blocks, block_size, enable_prefix_caching=enable_prefix_caching, salt=cache_salt
+        )
         # One sequence alone must always fit, else preemption could loop forever.
         self.max_model_len = min(max_model_len, num_kv_blocks * block_size)
         self.max_num_seqs = max_num_seqs
@@ -213,10 +221,13 @@ class Scheduler:
             seq = self.waiting[0]
             if seq.seq_id in preempted_now:
                 break  # it just lost its blocks for lack of room; admitting it again would thrash
-            if not bm.can_allocate(bm.blocks_for(len(seq.all_ids))):
+            wants_logits = seq.want_prompt_logprobs and not seq.is_prompt_logprob_reported
+            cached = [] if wants_logits else bm.match_prefix(seq.all_ids)
+            if not bm.can_allocate(bm.admission_cost(cached, len(seq.all_ids))):
                 break
-            chunk = min(seq.num_pending, budget)
             self.waiting.pop(0)
+            seq.num_computed = seq.num_cached_tokens = bm.adopt(seq.seq_id, cached, len(seq.all_ids))
+            chunk = min(seq.num_pending, budget)
             seq.status = SeqStatus.RUNNING
             bisect.insort(self.running, seq, key=Sequence.sort_key)
             self._emit(seq, chunk, plan, now)
@@ -232,6 +243,7 @@ class Scheduler:
             if seq is None or seq.status is not SeqStatus.RUNNING:
                 continue  # aborted or finished while the step ran
             seq.num_computed = s.start_pos + len(s.token_ids)
+            self.block_manager.commit(seq.seq_id, seq.all_ids, seq.num_computed)
             pl = out.prompt_logprobs.get(s.seq_id)
             if pl is not None:
                 seq.prompt_logprob_sum += pl[0]

@@ -4,7 +4,8 @@ The KV invariant that makes prefill, decode, chunking, preemption and resume one
 ``all_ids = prompt_ids + output_ids``; KV is cached for ``all_ids[:num_computed]``; each step
 feeds ``all_ids[num_computed : num_computed + chunk]`` and samples when the chunk reaches the end
 of ``all_ids``. A decode is a chunk of one (the last sampled token). A preempted or resumed
-sequence simply has ``num_computed = 0`` and recomputes prompt + generated tokens in its prefill.
+sequence simply has ``num_computed = 0`` and recomputes prompt + generated tokens in its prefill
+(after adopting whatever prefix the KV cache still holds: ``num_computed`` is then that length).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Sequence:
     want_prompt_logprobs: bool = False
     all_ids: list[int] = field(default_factory=list)  # prompt + generated
     num_computed: int = 0  # positions whose KV is cached
+    num_cached_tokens: int = 0  # of those, positions reused from the prefix cache at admission
     status: SeqStatus = SeqStatus.WAITING
     finish_reason: str | None = None
     first_scheduled: float | None = None  # when it first got a step (queue time ends)
