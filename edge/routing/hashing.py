@@ -137,17 +137,19 @@ def _finalise(h: np.ndarray) -> np.ndarray:
 
 
 def _char_ngrams(cps: np.ndarray, cfg: HashingConfig) -> np.ndarray:
-    """Keys of every char n-gram, n ascending then position (FNV-style over code points, salted by n)."""
+    """Keys of every char n-gram, n ascending then position.
+
+    FNV-style and rolling: the keys of the (n+1)-grams extend those of the n-grams by one code
+    point, so each size costs two array operations; a salt per n keeps sizes apart.
+    """
     keys: list[np.ndarray] = []
-    length = cps.size
-    for n in range(cfg.char_ngram_min, cfg.char_ngram_max + 1):
-        count = length - n + 1
-        if count <= 0:
+    h = (np.uint64(0xCBF29CE484222325) ^ cps) * _PRIME  # 1-grams
+    for n in range(1, cfg.char_ngram_max + 1):
+        if h.size == 0:
             break
-        h = np.full(count, np.uint64(0xCBF29CE484222325 ^ n), dtype=np.uint64)
-        for k in range(n):
-            h = (h ^ cps[k : k + count]) * _PRIME
-        keys.append(h)
+        if n >= cfg.char_ngram_min:
+            keys.append(h ^ np.uint64(n * _SALT_WORD2))
+        h = (h[:-1] ^ cps[n:]) * _PRIME
     return np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
 
 
