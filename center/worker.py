@@ -42,7 +42,8 @@ def build_shard_runner(options: EngineOptions, group: TPGroup) -> ModelRunner:
 def _slim(plan: SchedulePlan) -> SchedulePlan:
     """The plan followers need: no token history (only rank 0 samples and scores prompts)."""
     return SchedulePlan(
-        seqs=[replace(s, history_ids=[], want_prompt_logprobs=False) for s in plan.seqs],
+        # want_prompt_logprobs stays: it decides graph replay vs eager, which must match rank 0's.
+        seqs=[replace(s, history_ids=[]) for s in plan.seqs],
         preempted_seq_ids=list(plan.preempted_seq_ids),
     )
 
@@ -130,10 +131,10 @@ class TPRunner:
 
 @torch.inference_mode()
 def _forward_only(runner: ModelRunner, plan: SchedulePlan) -> None:
-    """A follower's share of a step: the forward pass (and its all-reduces), no logits."""
+    """A follower's share of a step: rank 0's forward (graph replay or eager) and its all-reduces."""
     if plan.is_empty:
         return
-    runner.forward(plan)  # validates before any collective, on every rank
+    runner.forward_step(plan)  # validates before any collective, on every rank
 
 
 def follow_plans(runner: ModelRunner, group: TPGroup) -> int:

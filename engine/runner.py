@@ -92,13 +92,13 @@ class ModelRunner:
             max_useful_blocks=max_useful,
         )
         self.kv_cache_bytes = block_bytes * self.num_kv_blocks
-        # Not under rewrites (tensor parallelism): capturing collectives in lockstep is untested.
+        # Under tensor parallelism too: every rank captures the same sizes in the same order, so
+        # the all-reduces inside the graphs pair up, and replays in lockstep (`forward_step`).
         # Only where the Triton decode handles the heads: the portable fallback would gather the
         # graph's full max_model_len-wide block table for every row, every layer, every step.
         heads = (self.config.num_heads, self.num_kv_heads, self.config.head_dim)
         use_graphs = (
             options.use_cuda_graphs
-            and not rewrites
             and decode_attention.available(self.device)
             and decode_attention.supports_shape(*heads)
         )
@@ -123,6 +123,11 @@ class ModelRunner:
                     scratch_block=self.num_kv_blocks,
                 )
             except RuntimeError as exc:  # a layer that cannot be captured: decode stays eager
+                if rewrites:  # one rank eager and another replaying would pair up wrong collectives
+                    raise RuntimeError(
+                        f"CUDA graph capture failed under rewrites (tensor parallelism): {exc}; "
+                        "start every rank with use_cuda_graphs=False"
+                    ) from exc
                 warnings.warn(f"CUDA graph capture failed, decoding eagerly: {exc}", stacklevel=2)
 
     @property
@@ -167,6 +172,20 @@ class ModelRunner:
         )  # [num_tokens, hidden]
         return batch, hidden
 
+    @torch.inference_mode()
+    def forward_step(self, plan: SchedulePlan) -> None:
+        """A tensor-parallel follower's share of a step: the forward rank 0 runs, no sampling.
+
+        The same choice as `run` (graph replay for a decode-only step, else eager) from the same
+        broadcast plan, so every rank's collectives pair up: in lockstep with rank 0's replay.
+        """
+        if plan.is_empty:
+            return
+        if self.graphs is not None and self._graph_eligible(plan):
+            self._replay(plan)
+        else:
+            self.forward(plan)
+
     def _graph_eligible(self, plan: SchedulePlan) -> bool:
         """Decode-only steps that fit a captured size and need no prompt scoring."""
         assert self.graphs is not None
@@ -175,19 +194,24 @@ class ModelRunner:
             for s in plan.seqs
         )
 
-    def _run_graph(self, plan: SchedulePlan) -> RunOutput:
-        """A decode-only step replayed from a captured CUDA graph; sampling runs eagerly after."""
+    def _replay(self, plan: SchedulePlan) -> torch.Tensor:
+        """Validate a decode-only plan and replay its graph -> logits [n, vocab] (a static view)."""
         assert self.graphs is not None
         for seq in plan.seqs:
             self._validate(seq)
         seqs = plan.seqs
         bs = self.block_size
-        logits = self.graphs.run(
+        return self.graphs.run(
             [s.token_ids[0] for s in seqs],
             [s.start_pos for s in seqs],
             [s.block_table[s.start_pos // bs] * bs + s.start_pos % bs for s in seqs],
             [s.block_table[: s.start_pos // bs + 1] for s in seqs],
-        )  # [n, vocab]
+        )
+
+    def _run_graph(self, plan: SchedulePlan) -> RunOutput:
+        """A decode-only step replayed from a captured CUDA graph; sampling runs eagerly after."""
+        seqs = plan.seqs
+        logits = self._replay(plan)  # [n, vocab]
         out = RunOutput()
         rows = [i for i, s in enumerate(seqs) if s.do_sample]
         if rows:
