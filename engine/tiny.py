@@ -51,12 +51,15 @@ def make_tiny_checkpoint(
     max_position_embeddings: int = 2048,
     tokenizer_vocab_size: int | None = None,
     write_manifest: bool = False,
+    device: str = "cpu",
 ) -> Path:
     """Write a random checkpoint of `arch` ("llama" or "qwen2") into the folder `path`; return it.
 
     `max_shard_size` (bytes) splits the weights into shards with an index. `tokenizer_vocab_size`
     defaults to `vocab_size`; a smaller tokenizer under a larger model vocab only suits benchmarks
-    (ids past the tokenizer decode to nothing). `write_manifest` adds `sha256sums.txt`.
+    (ids past the tokenizer decode to nothing). `write_manifest` adds `sha256sums.txt`. `device`
+    draws the random numbers there ("cuda": seconds instead of minutes for billions of them; the
+    values differ from the CPU's for the same seed).
     """
     from isthmus.engine.tiny_tokenizer import BOS_TOKEN, EOS_TOKEN, write_tiny_tokenizer
 
@@ -109,13 +112,15 @@ def make_tiny_checkpoint(
         tie_word_embeddings,
     )
     torch_dtype = DTYPES[dtype]
-    files = _write_weights(out, shapes, seed, torch_dtype, max_shard_size)
+    files = _write_weights(out, shapes, seed, torch_dtype, max_shard_size, device)
     if write_manifest:
         write_checksums(out, files)
     return out
 
 
-def make_7b_shaped_checkpoint(path: str | Path, *, seed: int = 0, num_layers: int = 30) -> Path:
+def make_7b_shaped_checkpoint(
+    path: str | Path, *, seed: int = 0, num_layers: int = 30, device: str | None = None
+) -> Path:
     """DeepSeek-LLM-7B's shape (6.9 B parameters, bf16, ~13.8 GB) with random weights, for GPU benchmarks.
 
     Written one ~2 GB shard at a time. The tokenizer is the tiny 1024-token one: the model's vocab
@@ -135,6 +140,7 @@ def make_7b_shaped_checkpoint(path: str | Path, *, seed: int = 0, num_layers: in
         max_position_embeddings=4096,
         max_shard_size=2 * 1024**3,
         tokenizer_vocab_size=1024,
+        device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
     )
 
 
@@ -215,10 +221,10 @@ def _tensor_shapes(
     return shapes
 
 
-def _init(name: str, shape: tuple[int, ...], seed: int, tied: bool) -> torch.Tensor:
-    """Deterministic float32 tensor for (seed, name)."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-    x = torch.randn(shape, generator=gen)
+def _init(name: str, shape: tuple[int, ...], seed: int, tied: bool, device: str = "cpu") -> torch.Tensor:
+    """Deterministic float32 tensor for (seed, name), drawn on `device`."""
+    gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    x = torch.randn(shape, generator=gen, device=device)
     if name == "model.norm.weight" and tied:
         return 6.0 * (1.0 + 0.1 * x)  # the small tied embeddings (below) still give logits of std ~2
     if name.endswith("norm.weight"):
@@ -260,6 +266,7 @@ def _write_weights(
     seed: int,
     dtype: torch.dtype,
     max_shard_size: int | None,
+    device: str = "cpu",
 ) -> list[str]:
     tied = not any(name == "lm_head.weight" for name, _ in shapes)
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -272,7 +279,7 @@ def _write_weights(
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map: dict[str, str] = {}
     for fname, shard in zip(names, shards, strict=True):
-        tensors = dict(_generate(shard, seed, dtype, tied))
+        tensors = dict(_generate(shard, seed, dtype, tied, device))
         save_file(tensors, str(out / fname), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(tensors, fname))
         del tensors
@@ -285,7 +292,7 @@ def _write_weights(
 
 
 def _generate(
-    shard: list[tuple[str, tuple[int, ...]]], seed: int, dtype: torch.dtype, tied: bool
+    shard: list[tuple[str, tuple[int, ...]]], seed: int, dtype: torch.dtype, tied: bool, device: str = "cpu"
 ) -> Iterator[tuple[str, torch.Tensor]]:
     for name, shape in shard:
-        yield name, _init(name, shape, seed, tied).to(dtype).contiguous()
+        yield name, _init(name, shape, seed, tied, device).to(dtype).contiguous().cpu()
