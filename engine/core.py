@@ -182,4 +182,8 @@ class EngineCore:
             num_free_kv_blocks=bm.num_free_blocks,
             num_total_kv_blocks=bm.num_total_blocks,
             tokens_per_s=sum(n for _, n in self._generated) / TOKENS_PER_S_WINDOW,
+            num_prefix_queried_tokens=bm.stats.num_queried_tokens,
+            num_prefix_hit_tokens=bm.stats.num_hit_tokens,
+            num_cached_kv_blocks=bm.num_cached_blocks,
+            num_prefix_evictions=bm.stats.num_evictions,
         )

@@ -71,3 +71,14 @@ class EngineLoad:
     num_free_kv_blocks: int
     num_total_kv_blocks: int
     tokens_per_s: float  # generated tokens per second over the last few seconds
+    # Prefix cache (see BlockManager), counted since the engine started.
+    num_prefix_queried_tokens: int = 0  # tokens of admitted sequences
+    num_prefix_hit_tokens: int = 0  # of those, reused from the cache
+    num_cached_kv_blocks: int = 0  # blocks registered in the cache now
+    num_prefix_evictions: int = 0  # cached blocks reclaimed for new KV
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        """Tokens reused / tokens queried (0.0 before any request)."""
+        q = self.num_prefix_queried_tokens
+        return self.num_prefix_hit_tokens / q if q else 0.0
