@@ -12,8 +12,8 @@ try:  # Triton ships with CUDA builds of torch.
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - depends on the install
-    triton = None  # type: ignore[assignment]
-    tl = None  # type: ignore[assignment]
+    triton = None  # type: ignore[assignment, unused-ignore]
+    tl = None  # type: ignore[assignment, unused-ignore]
 
 __all__ = [
     "available", "cast", "dot_precision", "interpreting", "mma", "next_pow2", "on_device", "require_triton",
