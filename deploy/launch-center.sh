@@ -3,7 +3,9 @@
 #
 # Run the same command on every node of the replica, changing only --node-rank. Global rank 0
 # (on node rank 0) runs the scheduler and serves gRPC; every rank holds one shard of the model.
-# See --help for every option. Inputs are checked before anything starts.
+# See --help for every option. Inputs are checked before anything starts. Secure by default: gRPC
+# and the rendezvous listen on loopback unless told otherwise, and beyond loopback gRPC needs
+# mutual TLS (--tls-dir makes the certificates) or an explicit --insecure.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -13,9 +15,10 @@ usage() {
     cat <<'EOF'
 Usage: launch-center.sh --model PATH [options]
 
-Starts this node's share of a center replica with torchrun (python -m torch.distributed.run).
-Tensor-parallel size = --nproc-per-node x --nnodes. Node rank 0 hosts the rendezvous and
-serves gRPC on --port; other nodes only run model shards.
+Starts this node's share of a center replica with torchrun (python -m isthmus.center.rendezvous:
+torchrun whose rendezvous store listens only on the --rdzv address). Tensor-parallel size =
+--nproc-per-node x --nnodes. Node rank 0 hosts the rendezvous and serves gRPC on --port; other
+nodes only run model shards.
 
 Model and parallelism:
   --model PATH            Hugging Face checkpoint folder (config.json, *.safetensors,
@@ -25,8 +28,8 @@ Model and parallelism:
   --nproc-per-node N      Ranks (GPUs) on this node. Default 1 (or tp-size / nnodes).
   --nnodes N              Number of nodes in this replica. Default 1.
   --node-rank R           This node's rank, 0 .. nnodes-1. Default 0.
-  --rdzv ADDR:PORT        Rendezvous address: node rank 0's address and a free TCP port.
-                          Default 127.0.0.1:29500.
+  --rdzv ADDR:PORT        Rendezvous address: node rank 0's address and a free TCP port. The
+                          store listens on exactly this address. Default 127.0.0.1:29500.
   --device cpu|cuda       cuda: one GPU per rank, NCCL; cpu: gloo (tests, demos). Default cuda.
   --dtype DTYPE           auto | float32 | bfloat16 | float16. Default auto.
   --num-kv-blocks N       KV cache blocks per rank (default: sized from free memory).
@@ -36,23 +39,45 @@ Model and parallelism:
                           the replica down instead of hanging it). Default 60.
 
 Serving (node rank 0):
-  --host HOST             gRPC bind address. Default 0.0.0.0.
+  --host HOST             gRPC bind address. Default 127.0.0.1 (loopback). Any other address
+                          needs mutual TLS (--tls-dir, or --tls-cert/--tls-key/--tls-client-ca)
+                          or --insecure.
   --port N                gRPC port. Default 50051.
+  --tls-dir DIR           Mutual TLS with the certificates in DIR, made on first use: ca.crt/.key,
+                          center.crt/.key (valid for --host, localhost, this host's name and
+                          every --tls-host) and edge.crt/.key for the edges (copy ca.crt, edge.crt
+                          and edge.key to each edge: install-edge.sh --center-tls-dir).
+  --tls-host NAME         Another name or address the center certificate is valid for
+                          (repeatable; used when --tls-dir makes it).
   --tls-cert FILE         Server certificate (PEM). Without it the center serves plaintext.
   --tls-key FILE          Server private key (PEM). Required with --tls-cert.
   --tls-client-ca FILE    CA bundle (PEM) for client certificates: turns on mutual TLS.
+  --insecure              Allow a non-loopback --host without mutual TLS (not recommended).
+  --admin-token-file FILE Token that admin calls (Drain) must send as metadata
+                          "authorization: Bearer TOKEN"; made (random, mode 0600) if missing.
+                          With mutual TLS, a verified client certificate also may.
+  --admin-cn CN           With mutual TLS, only client certificates with this common name may
+                          make admin calls (repeatable). Default: any verified certificate.
   --grace-s S             Drain grace period on SIGTERM: in-flight requests get this long to
                           finish. Default 30.
+
+Restarts:
+  --restart N             Start the replica again, up to N times, when it fails (exit status
+                          other than 0; a drain or a stop signal is not a failure). Default 0.
+                          deploy/isthmus-center.service does the same under systemd.
+  --restart-delay S       Seconds to wait before each restart. Default 5.
 
 Other:
   --python PATH           Python interpreter with isthmus installed. Default: the repository's
                           .venv/bin/python when present, else python3.
-  --dry-run               Check inputs and print the torchrun command without running it.
+  --dry-run               Check inputs (and make missing --tls-dir certificates and the admin
+                          token) and print the torchrun command without running it.
   -h, --help              This help.
 
 Example (two nodes, 8 GPUs each, TP=16):
   node0$ deploy/launch-center.sh --model /models/deepseek-llm-67b-chat --nnodes 2 \
-           --nproc-per-node 8 --node-rank 0 --rdzv 10.0.0.1:29500 --port 50051
+           --nproc-per-node 8 --node-rank 0 --rdzv 10.0.0.1:29500 --port 50051 \
+           --host 10.0.0.1 --tls-dir /etc/isthmus/tls --admin-token-file /etc/isthmus/admin.token
   node1$ deploy/launch-center.sh --model /models/deepseek-llm-67b-chat --nnodes 2 \
            --nproc-per-node 8 --node-rank 1 --rdzv 10.0.0.1:29500
 EOF
@@ -64,8 +89,10 @@ die() {
 }
 
 MODEL="" TP_SIZE="" NPROC="" NNODES=1 NODE_RANK=0 RDZV="127.0.0.1:29500" DEVICE=cuda DTYPE=auto
-NUM_KV_BLOCKS="" MAX_NUM_SEQS="" COLL_TIMEOUT=60 HOST=0.0.0.0 PORT=50051 TLS_CERT="" TLS_KEY=""
-TLS_CLIENT_CA="" GRACE_S=30 PYTHON="" DRY_RUN=0
+NUM_KV_BLOCKS="" MAX_NUM_SEQS="" COLL_TIMEOUT=60 HOST=127.0.0.1 PORT=50051 TLS_CERT="" TLS_KEY=""
+TLS_CLIENT_CA="" GRACE_S=30 PYTHON="" DRY_RUN=0 TLS_DIR="" INSECURE=0 ADMIN_TOKEN_FILE="" RESTARTS=0
+RESTART_DELAY=5
+TLS_HOSTS=() ADMIN_CNS=()
 
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value"; }
 
@@ -88,6 +115,13 @@ while [[ $# -gt 0 ]]; do
         --tls-cert) need_value "$@"; TLS_CERT="$2"; shift 2 ;;
         --tls-key) need_value "$@"; TLS_KEY="$2"; shift 2 ;;
         --tls-client-ca) need_value "$@"; TLS_CLIENT_CA="$2"; shift 2 ;;
+        --tls-dir) need_value "$@"; TLS_DIR="$2"; shift 2 ;;
+        --tls-host) need_value "$@"; TLS_HOSTS+=("$2"); shift 2 ;;
+        --insecure) INSECURE=1; shift ;;
+        --admin-token-file) need_value "$@"; ADMIN_TOKEN_FILE="$2"; shift 2 ;;
+        --admin-cn) need_value "$@"; ADMIN_CNS+=("$2"); shift 2 ;;
+        --restart) need_value "$@"; RESTARTS="$2"; shift 2 ;;
+        --restart-delay) need_value "$@"; RESTART_DELAY="$2"; shift 2 ;;
         --grace-s) need_value "$@"; GRACE_S="$2"; shift 2 ;;
         --python) need_value "$@"; PYTHON="$2"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
@@ -130,6 +164,12 @@ case "$DTYPE" in auto|float32|bfloat16|float16) ;; *) die "--dtype must be auto|
 is_number "$COLL_TIMEOUT" || die "--collective-timeout-s must be a positive number of seconds"
 is_number "$GRACE_S" || die "--grace-s must be a non-negative number of seconds"
 is_uint "$PORT" && (( PORT >= 1 && PORT <= 65535 )) || die "--port must be 1..65535, got '$PORT'"
+is_uint "$RESTARTS" || die "--restart must be a non-negative integer, got '$RESTARTS'"
+is_number "$RESTART_DELAY" || die "--restart-delay must be a non-negative number of seconds"
+if [[ -n "$TLS_DIR" ]]; then
+    [[ -z "$TLS_CERT$TLS_KEY$TLS_CLIENT_CA" ]] || die "--tls-dir replaces --tls-cert/--tls-key/--tls-client-ca: give one or the other"
+    (( NODE_RANK == 0 )) || die "--tls-dir is for node rank 0 (the node that serves gRPC)"
+fi
 if [[ -n "$TLS_CERT" || -n "$TLS_KEY" ]]; then
     [[ -n "$TLS_CERT" && -n "$TLS_KEY" ]] || die "--tls-cert and --tls-key go together"
     [[ -r "$TLS_CERT" ]] || die "--tls-cert: cannot read '$TLS_CERT'"
@@ -139,11 +179,32 @@ if [[ -n "$TLS_CLIENT_CA" ]]; then
     [[ -n "$TLS_CERT" ]] || die "--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key"
     [[ -r "$TLS_CLIENT_CA" ]] || die "--tls-client-ca: cannot read '$TLS_CLIENT_CA'"
 fi
+is_loopback_host() { [[ "$1" =~ ^127\.[0-9]+\.[0-9]+\.[0-9]+$ || "$1" == "::1" || "$1" == "[::1]" || "$1" == localhost ]]; }
+if (( NODE_RANK == 0 )) && ! is_loopback_host "$HOST" && [[ -z "$TLS_CLIENT_CA$TLS_DIR" ]] && (( ! INSECURE )); then
+    die "--host $HOST listens beyond loopback, so the center needs mutual TLS there: give --tls-dir DIR (made on first use) or --tls-cert, --tls-key and --tls-client-ca; or --insecure to serve without it"
+fi
+(( ${#ADMIN_CNS[@]} == 0 )) || [[ -n "$TLS_CLIENT_CA$TLS_DIR" ]] || die "--admin-cn needs mutual TLS (--tls-dir or --tls-client-ca)"
 
 if [[ -z "$PYTHON" ]]; then
     if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python3; fi
 fi
 command -v "$PYTHON" >/dev/null || die "--python: '$PYTHON' not found"
+
+# --- certificates and the admin token (node rank 0 serves, so only it needs them) ----------------
+if [[ -n "$TLS_DIR" ]]; then
+    CERT_HOSTS=(--host localhost --host 127.0.0.1 --host ::1)
+    h="$(hostname 2>/dev/null || true)"
+    [[ -z "$h" || "$h" == localhost ]] || CERT_HOSTS+=(--host "$h")
+    [[ "$HOST" == 0.0.0.0 || "$HOST" == "::" ]] || is_loopback_host "$HOST" || CERT_HOSTS+=(--host "$HOST")
+    for h in "${TLS_HOSTS[@]}"; do CERT_HOSTS+=(--host "$h"); done
+    "$PYTHON" -m isthmus.edge.tls --mutual-tls-dir "$TLS_DIR" "${CERT_HOSTS[@]}" >&2 \
+        || die "--tls-dir: could not make certificates in '$TLS_DIR' (the cryptography package is needed: pip install cryptography)"
+    TLS_CERT="$TLS_DIR/center.crt" TLS_KEY="$TLS_DIR/center.key" TLS_CLIENT_CA="$TLS_DIR/ca.crt"
+fi
+if [[ -n "$ADMIN_TOKEN_FILE" ]] && (( NODE_RANK == 0 )); then
+    "$PYTHON" -c 'import sys; from isthmus.center.auth import write_admin_token as w; w(sys.argv[1])' \
+        "$ADMIN_TOKEN_FILE" || die "--admin-token-file: see the error above"
+fi
 
 # --- checks that need Python: the model's shape, free ports, GPUs --------------------------------
 CHECK_ROLE=worker
@@ -186,7 +247,7 @@ def check_free(h, p, flag):
 
 if role == "server":  # node rank 0 hosts the rendezvous store and serves gRPC
     check_free(host, port, "--port")
-    check_free("0.0.0.0", rdzv_port, "--rdzv")
+    check_free(rdzv_addr, rdzv_port, "--rdzv")
 if device == "cuda":
     import torch
     n = torch.cuda.device_count()
@@ -194,20 +255,28 @@ if device == "cuda":
         die(f"--device cuda: {nproc} ranks on this node but only {n} CUDA device(s) visible")
 PY
 
-CMD=("$PYTHON" -m torch.distributed.run
-    --nnodes "$NNODES" --nproc-per-node "$NPROC" --node-rank "$NODE_RANK"
-    --master-addr "$RDZV_ADDR" --master-port "$RDZV_PORT"
+# isthmus.center.rendezvous is torchrun with a static rendezvous whose store listens only on
+# RDZV_ADDR (torchrun's own binds every interface).
+CMD=("$PYTHON" -m isthmus.center.rendezvous
+    --nnodes "$NNODES" --nproc-per-node "$NPROC"
+    --rdzv-backend isthmus-static --rdzv-endpoint "$RDZV_ADDR:$RDZV_PORT" --rdzv-conf "rank=$NODE_RANK"
     --max-restarts 0
     # torchrun forwards SIGTERM to the ranks and waits this long before SIGKILL: the grace
     # period plus a margin, so a draining rank 0 finishes its in-flight requests.
     --shutdown-timeout "$(( ${GRACE_S%.*} + 30 ))"
     -m isthmus.center.main
-    --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --host "$HOST" --port "$PORT"
+    --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --port "$PORT"
     --grace-s "$GRACE_S" --collective-timeout-s "$COLL_TIMEOUT")
 [[ -n "$NUM_KV_BLOCKS" ]] && CMD+=(--num-kv-blocks "$NUM_KV_BLOCKS")
 [[ -n "$MAX_NUM_SEQS" ]] && CMD+=(--max-num-seqs "$MAX_NUM_SEQS")
-[[ -n "$TLS_CERT" ]] && CMD+=(--tls-cert "$TLS_CERT" --tls-key "$TLS_KEY")
-[[ -n "$TLS_CLIENT_CA" ]] && CMD+=(--tls-client-ca "$TLS_CLIENT_CA")
+if (( NODE_RANK == 0 )); then  # serving options; the other nodes' ranks never serve
+    CMD+=(--host "$HOST")
+    [[ -n "$TLS_CERT" ]] && CMD+=(--tls-cert "$TLS_CERT" --tls-key "$TLS_KEY")
+    [[ -n "$TLS_CLIENT_CA" ]] && CMD+=(--tls-client-ca "$TLS_CLIENT_CA")
+    (( INSECURE )) && CMD+=(--insecure)
+    [[ -n "$ADMIN_TOKEN_FILE" ]] && CMD+=(--admin-token-file "$ADMIN_TOKEN_FILE")
+    for cn in "${ADMIN_CNS[@]}"; do CMD+=(--admin-cn "$cn"); done
+fi
 
 echo "launch-center: node $NODE_RANK/$NNODES, $NPROC rank(s) here, TP size $WORLD, device $DEVICE" >&2
 if (( DRY_RUN )); then
@@ -221,18 +290,33 @@ fi
 # torchrun's agent treats SIGTERM as a failure of the job (exit status 1). For a graceful drain
 # the signal goes to the ranks instead: rank 0 drains, stops the followers and exits 0; followers
 # ignore it and leave on rank 0's stop message; torchrun then exits 0 on its own.
-"${CMD[@]}" &
-TORCHRUN_PID=$!
+STOPPING=0 TORCHRUN_PID=""
 forward_to_ranks() {
+    STOPPING=1
     echo "launch-center: draining (signal forwarded to the ranks)" >&2
-    pkill -TERM -P "$TORCHRUN_PID" 2>/dev/null || true
+    [[ -z "$TORCHRUN_PID" ]] || pkill -TERM -P "$TORCHRUN_PID" 2>/dev/null || true
 }
 trap forward_to_ranks TERM INT
 set +e
-wait "$TORCHRUN_PID"
-rc=$?
-while kill -0 "$TORCHRUN_PID" 2>/dev/null; do
+num_restarts=0
+while true; do
+    echo "launch-center: starting the replica ($(date -u +%Y-%m-%dT%H:%M:%SZ))" >&2
+    "${CMD[@]}" &
+    TORCHRUN_PID=$!
     wait "$TORCHRUN_PID"
     rc=$?
+    while kill -0 "$TORCHRUN_PID" 2>/dev/null; do
+        wait "$TORCHRUN_PID"
+        rc=$?
+    done
+    TORCHRUN_PID=""
+    # a drain (0), a stop signal or bad arguments (2) end it; a failure is restarted if asked
+    if (( rc == 0 || rc == 2 || STOPPING || num_restarts >= RESTARTS )); then
+        exit "$rc"
+    fi
+    num_restarts=$(( num_restarts + 1 ))
+    echo "launch-center: the replica failed (exit status $rc); restart $num_restarts of $RESTARTS in ${RESTART_DELAY}s" >&2
+    sleep "$RESTART_DELAY" &
+    wait $! || true  # a stop signal interrupts the wait
+    (( STOPPING )) && exit "$rc"
 done
-exit "$rc"

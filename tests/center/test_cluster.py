@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from isthmus.center.auth import admin_metadata
 from isthmus.engine.async_engine import AsyncEngine, EngineRequest
 from isthmus.engine.params import SamplingParams
 from isthmus.protocol import (
@@ -131,9 +132,11 @@ def test_main_rejects_bad_arguments_naming_the_flag(tp_llama: Path) -> None:
 @pytest.mark.slow
 async def test_two_node_tp2_center_from_the_launch_script(tp_llama: Path, tmp_path: Path) -> None:
     rdzv, port = free_port(), free_port()
+    token = tmp_path / "admin.token"
     common = ["--model", str(tp_llama), "--device", "cpu", "--nnodes", "2", "--nproc-per-node", "1",
               "--rdzv", f"127.0.0.1:{rdzv}", "--host", "127.0.0.1", "--port", str(port),
-              "--num-kv-blocks", "48", "--grace-s", "10", "--collective-timeout-s", "30"]
+              "--num-kv-blocks", "48", "--grace-s", "10", "--collective-timeout-s", "30",
+              "--admin-token-file", str(token)]
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -149,7 +152,8 @@ async def test_two_node_tp2_center_from_the_launch_script(tp_llama: Path, tmp_pa
         assert status.is_ready and status.num_total_kv_blocks == 48 and status.num_free_kv_blocks == 48
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             drain = channel.unary_unary(rpc.DRAIN, request_serializer=encode, response_deserializer=decode)
-            reply = await drain(DrainRequest(grace_s=5.0), timeout=10)
+            reply = await drain(DrainRequest(grace_s=5.0), timeout=10,
+                                metadata=admin_metadata(token.read_text().strip()))
         assert isinstance(reply, DrainReply) and reply.num_in_flight == 0
         for p, log in zip(procs, logs, strict=True):
             assert p.wait(timeout=60) == 0, log.read_text()[-3000:]

@@ -31,7 +31,9 @@ def test_help_documents_every_option() -> None:
     out = _run("--help")
     assert out.returncode == 0
     for flag in ("--model", "--tp-size", "--nproc-per-node", "--nnodes", "--node-rank", "--rdzv", "--port",
-                 "--tls-cert", "--tls-key", "--tls-client-ca", "--device", "--grace-s", "--dry-run"):
+                 "--tls-cert", "--tls-key", "--tls-client-ca", "--device", "--grace-s", "--dry-run",
+                 "--tls-dir", "--tls-host", "--insecure", "--admin-token-file", "--admin-cn", "--restart",
+                 "--restart-delay"):
         assert flag in out.stdout, flag
 
 
@@ -41,8 +43,10 @@ def test_dry_run_prints_the_torchrun_command(tmp_path: Path) -> None:
     out = _run("--model", str(model), "--device", "cpu", "--tp-size", "2", "--port", str(port),
                "--rdzv", f"127.0.0.1:{rdzv}", "--dry-run")
     assert out.returncode == 0, out.stderr
-    assert "torch.distributed.run" in out.stdout
+    assert "isthmus.center.rendezvous" in out.stdout  # torchrun with a store bound to --rdzv only
+    assert f"--rdzv-backend isthmus-static --rdzv-endpoint 127.0.0.1:{rdzv}" in out.stdout
     assert "--nproc-per-node 2" in out.stdout and "isthmus.center.main" in out.stdout
+    assert "--host 127.0.0.1" in out.stdout  # loopback unless told otherwise
 
 
 @pytest.mark.parametrize(
@@ -60,6 +64,13 @@ def test_dry_run_prints_the_torchrun_command(tmp_path: Path) -> None:
         (["--tls-cert", "/etc/hostname"], "--tls-cert and --tls-key go together"),
         (["--tls-client-ca", "/etc/hostname"], "needs --tls-cert"),
         (["--bogus"], "unknown option '--bogus'"),
+        (["--host", "0.0.0.0"], "--host 0.0.0.0 listens beyond loopback"),
+        (["--host", "10.1.2.3", "--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname"],
+         "needs mutual TLS"),
+        (["--admin-cn", "ops"], "--admin-cn needs mutual TLS"),
+        (["--restart", "-1"], "--restart must be a non-negative integer"),
+        (["--tls-dir", "/tmp/x", "--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname"],
+         "--tls-dir replaces"),
     ],
 )
 def test_bad_inputs_are_refused(tmp_path: Path, args: list[str], message: str) -> None:
@@ -92,3 +103,35 @@ def test_busy_grpc_port_is_refused(tmp_path: Path) -> None:
         out = _run("--model", str(model), "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
                    "--rdzv", f"127.0.0.1:{free_port()}", "--dry-run")
     assert out.returncode == 2 and f"--port: port {port}" in out.stderr, out.stderr
+
+
+def test_insecure_allows_a_plaintext_bind_beyond_loopback(tmp_path: Path) -> None:
+    model = _model(tmp_path)
+    out = _run("--model", str(model), "--device", "cpu", "--host", "0.0.0.0", "--insecure",
+               "--port", str(free_port()), "--rdzv", f"127.0.0.1:{free_port()}", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "--host 0.0.0.0" in out.stdout and "--insecure" in out.stdout
+
+
+def test_tls_dir_makes_certificates_and_turns_on_mutual_tls(tmp_path: Path) -> None:
+    model, tls, token = _model(tmp_path), tmp_path / "tls", tmp_path / "admin.token"
+    args = ["--model", str(model), "--device", "cpu", "--port", str(free_port()), "--rdzv",
+            f"127.0.0.1:{free_port()}", "--tls-dir", str(tls), "--tls-host", "center.example",
+            "--admin-token-file", str(token), "--admin-cn", "ops", "--dry-run"]
+    out = _run(*args)
+    assert out.returncode == 0, out.stderr
+    assert {p.name for p in tls.iterdir()} == {"ca.crt", "ca.key", "center.crt", "center.key", "edge.crt",
+                                               "edge.key"}
+    assert f"--tls-client-ca {tls}/ca.crt" in out.stdout and f"--tls-cert {tls}/center.crt" in out.stdout
+    assert f"--admin-token-file {token}" in out.stdout and "--admin-cn ops" in out.stdout
+    assert token.stat().st_mode & 0o077 == 0 and len(token.read_text().strip()) >= 16
+    first = (tls / "ca.crt").read_bytes()
+    assert _run(*args).returncode == 0 and (tls / "ca.crt").read_bytes() == first  # kept on the next start
+
+
+def test_other_nodes_get_no_serving_options(tmp_path: Path) -> None:
+    model = _model(tmp_path)
+    out = _run("--model", str(model), "--device", "cpu", "--nnodes", "2", "--node-rank", "1", "--host",
+               "0.0.0.0", "--rdzv", f"127.0.0.1:{free_port()}", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "--host" not in out.stdout.split("isthmus.center.main", 1)[1]
