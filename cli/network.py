@@ -147,7 +147,11 @@ class LocalNetwork:
             f"log: {self.log_path}"
         )
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        with open(self.log_path, "wb") as log:
+        # appended, not truncated: the traceback of the run before (a crash) survives a restart
+        with open(self.log_path, "ab") as log:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            log.write(f"\n=== isthmus up: starting the center {stamp} ===\n".encode())
+            log.flush()
             self.center = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
