@@ -10,4 +10,14 @@
 The public functions without a `triton_` prefix dispatch: the Triton kernel on CUDA (when the
 shapes are supported), the portable path elsewhere. The `triton_*` functions always launch the
 kernel (tests run them on CPU through Triton's interpreter, TRITON_INTERPRET=1).
+
+Wiring into the model (each a drop-in for the current line; the portable path is the same math):
+- `norm.rms_norm(x, layer.weight, layer.eps)` for `RMSNorm.forward`; in a decoder layer
+  `normed, h = norm.add_rms_norm(attn_out, h, post_norm.weight, eps)` for
+  `h = h + attn_out; normed = post_norm(h)`.
+- `rope.apply_rope_(q, k, rotary.cos_sin, positions)` for `q, k = rotary(positions, q, k)`;
+  q and k may be views into the fused qkv output (rotated in place, v untouched).
+- `act.silu_mul(gate_up_proj(x))` for `F.silu(gate) * up` of a fused [gate; up] projection.
+- `nf4.nf4_linear(x.to(compute_dtype), module.weight, bias)` in an nf4 `Linear4bit`'s forward.
+Attention needs no wiring: `attention.paged_attention` dispatches to `prefill` and `decode`.
 """

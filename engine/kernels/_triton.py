@@ -62,7 +62,8 @@ if triton is not None:
         products are exact in float32, so the result is the same."""
         if UPCAST:
             return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-        return tl.dot(a, b, input_precision=PRECISION)
+        else:
+            return tl.dot(a, b, input_precision=PRECISION)
 
     @triton.jit
     def round_to(x, DT: tl.constexpr):

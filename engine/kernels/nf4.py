@@ -39,19 +39,19 @@ if triton is not None:
 
     @triton.jit
     def _scales(
-        absmax_ptr, absmax2_ptr, code2_ptr, offset, blk, mask, BS2: tl.constexpr, NESTED: tl.constexpr
+        absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, blk, mask, BS2: tl.constexpr, NESTED: tl.constexpr
     ):
         """absmax of block ids `blk`, decoding the nested (double-quantized) form."""
         if NESTED:
             q = tl.load(absmax_ptr + blk, mask=mask, other=0).to(tl.int32)
             outer = tl.load(absmax2_ptr + blk // BS2, mask=mask, other=0.0)
-            return tl.load(code2_ptr + q) * outer + offset
+            return tl.load(code2_ptr + q) * outer + tl.load(offset_ptr)
         else:
             return tl.load(absmax_ptr + blk, mask=mask, other=0.0)
 
     @triton.jit
     def _nf4_kernel(
-        x_ptr, w_ptr, code_ptr, absmax_ptr, absmax2_ptr, code2_ptr, bias_ptr, out_ptr, offset,
+        x_ptr, w_ptr, code_ptr, absmax_ptr, absmax2_ptr, code2_ptr, bias_ptr, out_ptr, offset_ptr,
         M, N, K, stride_xm, stride_om,
         BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr, HAS_BIAS: tl.constexpr,
         M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BK: tl.constexpr, USE_DOT: tl.constexpr,
@@ -71,7 +71,7 @@ if triton is not None:
             elem = n.to(tl.int64)[:, None] * K + k_even[None, :]  # [BLOCK_N, BK // 2]
             packed = tl.load(w_ptr + elem // 2, mask=wmask, other=0).to(tl.int32)
             blk = elem // BLOCKSIZE  # both nibbles of a byte share a block (blocksize is even)
-            scale = _scales(absmax_ptr, absmax2_ptr, code2_ptr, offset, blk, wmask, BLOCKSIZE2, NESTED)
+            scale = _scales(absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, blk, wmask, BLOCKSIZE2, NESTED)
             w_hi = round_to(tl.load(code_ptr + (packed >> 4)) * scale, dt)
             w_lo = round_to(tl.load(code_ptr + (packed & 15)) * scale, dt)
             xmask = mmask[:, None] & kmask[None, :]
@@ -98,6 +98,15 @@ def _state(weight: Any) -> Any:
     if getattr(qs, "packing_format_for_cpu", False):
         raise ValueError("weight is in bitsandbytes' CPU-repacked layout, not the standard nf4 packing")
     return qs
+
+
+def _offset_tensor(qs: Any, device: torch.device) -> torch.Tensor:
+    """The nested absmax offset as a float32 tensor on `device`, made once and kept on the state."""
+    cached = getattr(qs, "_isthmus_offset", None)
+    if cached is None or cached.device != device:
+        cached = torch.as_tensor(qs.offset, dtype=torch.float32).reshape(1).to(device)
+        qs._isthmus_offset = cached
+    return cached
 
 
 def supports(x: torch.Tensor, weight: Any) -> bool:
@@ -129,11 +138,14 @@ def triton_nf4_linear(x: torch.Tensor, weight: Any, bias: torch.Tensor | None = 
     nested = bool(qs.nested)
     absmax2 = qs.state2.absmax if nested else qs.absmax
     code2 = qs.state2.code if nested else qs.code
+    # The offset stays a device tensor read by the kernel: float() would sync with the host,
+    # which a CUDA-graph capture forbids.
+    offset = _offset_tensor(qs, x.device) if nested else qs.code
     block_n = 16 if n_out <= 8192 else 32
     with on_device(x):
         _nf4_kernel[(triton.cdiv(n_out, block_n),)](
             x2, weight.data, qs.code, qs.absmax, absmax2, code2, bias if bias is not None else out,
-            out, float(qs.offset) if nested else 0.0, m, n_out, k_in, x2.stride(0), out.stride(0),
+            out, offset, m, n_out, k_in, x2.stride(0), out.stride(0),
             BLOCKSIZE=int(qs.blocksize), BLOCKSIZE2=int(qs.state2.blocksize) if nested else 1,
             NESTED=nested, HAS_BIAS=bias is not None, M_PAD=16 if m > 1 else 1, BLOCK_N=block_n,
             BK=BLOCK_K, USE_DOT=m > 1, PRECISION=dot_precision(x.dtype), UPCAST=interpreting(),
