@@ -91,3 +91,14 @@ def test_bad_arguments_exit_2(argv: list[str], message: str, capsys: pytest.Capt
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_base_adds_the_project_corpus_to_the_operators_file(tmp_path: Path) -> None:
+    from isthmus.cli.router import _examples
+    from isthmus.edge.routing.corpus import read_corpus
+
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"prompt": "Write a poem about tea.", "label": "center"}\n')
+    assert [ex.prompt for ex in _examples([data])] == ["Write a poem about tea."]
+    merged = _examples([data], base=True)
+    assert merged[0].prompt == "Write a poem about tea." and len(merged) == 1 + len(read_corpus())
