@@ -81,13 +81,16 @@ ANY_MESSAGE = st.fixed_dictionaries(
         {"type": st.sampled_from(["text", "image_url"]) | ANY_JSON, "text": st.text(max_size=20) | ANY_JSON}
     ), max_size=3) | ANY_JSON, "name": ANY_JSON, "tool_calls": ANY_JSON},
 ) | ANY_JSON
+_OPTIONAL = {k: v for k, v in VALID.items() if k != "max_tokens"}  # always given: short answers
 CHAT = st.fixed_dictionaries(
-    {"messages": st.lists(MESSAGE, min_size=1, max_size=3) | st.lists(ANY_MESSAGE, max_size=3)},
-    optional=VALID,
+    {"messages": st.lists(MESSAGE, min_size=1, max_size=3) | st.lists(ANY_MESSAGE, max_size=3),
+     "max_tokens": VALID["max_tokens"]},
+    optional=_OPTIONAL,
 )
 COMPLETION = st.fixed_dictionaries(
-    {"prompt": st.text(min_size=1, max_size=40) | st.lists(st.text(max_size=10), max_size=2) | ANY_JSON},
-    optional={k: v for k, v in VALID.items() if k != "response_format"},
+    {"prompt": st.text(min_size=1, max_size=40) | st.lists(st.text(max_size=10), max_size=2) | ANY_JSON,
+     "max_tokens": VALID["max_tokens"]},
+    optional={k: v for k, v in _OPTIONAL.items() if k != "response_format"},
 )
 
 
