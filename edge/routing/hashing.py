@@ -98,29 +98,25 @@ def hash_text(text: str, cfg: HashingConfig, with_origins: bool = False) -> Hash
     cps = codepoints(norm)
     char_keys = _char_ngrams(cps, cfg)
     word_keys, word_spans = _word_ngrams(cps, cfg.word_bigrams)
-    mask = np.uint64(cfg.num_buckets - 1)
-    char_h = _finalise(char_keys)
-    word_h = _finalise(word_keys)
-    slots = np.concatenate(
-        [(char_h & mask).astype(np.int64), (word_h & mask).astype(np.int64) + cfg.num_buckets]
-    )
-    if slots.size == 0:
+    hashes = _finalise(np.concatenate([char_keys, word_keys]))
+    if hashes.size == 0:
         empty = np.zeros(0, dtype=np.int64)
         return HashedText(empty, np.zeros(0, dtype=np.float32), {} if with_origins else None)
+    slots = (hashes & np.uint64(cfg.num_buckets - 1)).astype(np.int64)
+    slots[char_keys.size :] += cfg.num_buckets
     # one sort of (slot, sign bit) keys aggregates equal slots: cheaper than np.unique's argsort
-    sign_bits = (np.concatenate([char_h, word_h]) >> np.uint64(63)).astype(np.int64)
-    keys = np.sort(slots * 2 + sign_bits)
+    keys = np.sort(slots * 2 + (hashes >> np.uint64(63)).astype(np.int64))
     sorted_slots = keys >> 1
     starts = np.flatnonzero(np.concatenate(([True], sorted_slots[1:] != sorted_slots[:-1])))
     uniq = sorted_slots[starts]
     counts = np.add.reduceat(1.0 - 2.0 * (keys & 1), starts)
     vals = np.sign(counts) * np.log1p(np.abs(counts))
-    # each block (chars, words) is scaled to unit length on its own
-    is_word = uniq >= cfg.num_buckets
-    sq = vals * vals
-    word_norm = float(np.sqrt(sq[is_word].sum()))
-    char_norm = float(np.sqrt(sq.sum() - word_norm * word_norm)) if word_norm else float(np.sqrt(sq.sum()))
-    vals = vals / np.where(is_word, word_norm or 1.0, char_norm or 1.0)
+    # each block (chars, then words: the sorted slots' tail) is scaled to unit length on its own
+    split = int(np.searchsorted(uniq, cfg.num_buckets))
+    for block in (vals[:split], vals[split:]):
+        length = float(np.sqrt(np.dot(block, block))) if block.size else 0.0
+        if length > 0:
+            block /= length
     origins = None
     if with_origins:
         origins = _origins(norm, slots, cfg, word_spans)
