@@ -19,6 +19,8 @@ Layout:
   PREFIX/venv/                 the virtualenv (PREFIX/venv/bin/isthmus is the command)
   PREFIX/etc/edge.toml         the configuration (see deploy/edge.example.toml for every key)
   PREFIX/etc/edge.crt, .key    the self-signed certificate and key (key mode 0600)
+  PREFIX/etc/center-tls/       with --center-tls-dir: ca.crt, client.crt, client.key for mutual
+                               TLS to the center
   PREFIX/etc/isthmus-edge.service   the rendered systemd unit (also installed, see below)
 
 Where and what to install:
@@ -38,6 +40,12 @@ Where and what to install:
 Configuration (used only when the config is written: first run, or with --force):
   --model PATH            Hugging Face checkpoint folder of the edge model. Required then.
   --center HOST:PORT      A center replica's gRPC endpoint. Repeatable. None: edge only.
+  --center-tls-dir DIR    Mutual TLS to the center with the files that
+                          "launch-center.sh --tls-dir" made: DIR/ca.crt and the client pair
+                          DIR/NAME.crt, DIR/NAME.key (NAME from --center-client, default edge).
+                          They are copied to PREFIX/etc/center-tls/ (refreshed on every run).
+                          Needed when a center is beyond loopback.
+  --center-client NAME    Which client certificate in --center-tls-dir. Default edge.
   --port N                QUIC (UDP) port apps connect to. Default 4433.
   --http-port N           HTTP port for /metrics, /healthz, /readyz and the OpenAI API.
                           Default 9090.
@@ -77,6 +85,8 @@ PIP_ARGS=""
 SITE_DIRS=()
 MODEL=""
 CENTERS=()
+CENTER_TLS_DIR=""
+CENTER_CLIENT=edge
 PORT=4433
 HTTP_PORT=9090
 KEY_HASHES=()
@@ -103,6 +113,8 @@ while [[ $# -gt 0 ]]; do
         --site-packages) need "$@"; SITE_DIRS+=("$2"); shift 2 ;;
         --model) need "$@"; MODEL="$2"; shift 2 ;;
         --center) need "$@"; CENTERS+=("$2"); shift 2 ;;
+        --center-tls-dir) need "$@"; CENTER_TLS_DIR="$2"; shift 2 ;;
+        --center-client) need "$@"; CENTER_CLIENT="$2"; shift 2 ;;
         --port) need "$@"; PORT="$2"; shift 2 ;;
         --http-port) need "$@"; HTTP_PORT="$2"; shift 2 ;;
         --api-key-hash) need "$@"; KEY_HASHES+=("$2"); shift 2 ;;
@@ -130,6 +142,18 @@ if [[ -n "$CERT" ]]; then
     [[ -r "$KEY" ]] || die "--key: cannot read $KEY"
 fi
 for d in "${SITE_DIRS[@]}"; do [[ -d "$d" ]] || die "--site-packages: no such folder $d"; done
+if [[ -n "$CENTER_TLS_DIR" ]]; then
+    for f in ca.crt "$CENTER_CLIENT.crt" "$CENTER_CLIENT.key"; do
+        [[ -r "$CENTER_TLS_DIR/$f" ]] || die "--center-tls-dir: cannot read $CENTER_TLS_DIR/$f (copy ca.crt, $CENTER_CLIENT.crt and $CENTER_CLIENT.key from the center's --tls-dir)"
+    done
+fi
+for c in "${CENTERS[@]}"; do
+    h="${c%:*}"
+    if [[ -z "$CENTER_TLS_DIR" && ! "$h" =~ ^(127\.[0-9.]+|localhost|\[::1\])$ ]]; then
+        echo "install-edge: warning: center $c is beyond loopback but no --center-tls-dir was given;" \
+             "a center there serves mutual TLS only (unless it was started with --insecure)" >&2
+    fi
+done
 command -v "$PYTHON" >/dev/null 2>&1 || die "--python: $PYTHON not found"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "--python: $PYTHON is older than 3.11"
 
@@ -217,9 +241,21 @@ else
     KEY="$(cd "$(dirname "$KEY")" && pwd)/$(basename "$KEY")"
 fi
 
+CENTER_TLS_ARGS=()
+if [[ -n "$CENTER_TLS_DIR" ]]; then
+    CTLS="$ETC/center-tls"
+    mkdir -p "$CTLS"
+    cp "$CENTER_TLS_DIR/ca.crt" "$CTLS/ca.crt"
+    cp "$CENTER_TLS_DIR/$CENTER_CLIENT.crt" "$CTLS/client.crt"
+    install -m 600 "$CENTER_TLS_DIR/$CENTER_CLIENT.key" "$CTLS/client.key"
+    CENTER_TLS_ARGS=(--center-tls "$CTLS/ca.crt" "$CTLS/client.crt" "$CTLS/client.key")
+    say "mutual TLS to the center: $CTLS (client certificate $CENTER_CLIENT)"
+fi
+
 if [[ $WRITE_CONFIG -eq 1 ]]; then
     CFG_ARGS=(write --out "$CONFIG" --model "$MODEL" --port "$PORT" --http-port "$HTTP_PORT"
-              --cert "$CERT" --key "$KEY" --quantization "$QUANT" --device "$DEVICE" --force)
+              --cert "$CERT" --key "$KEY" --quantization "$QUANT" --device "$DEVICE" --force
+              "${CENTER_TLS_ARGS[@]}")
     for c in "${CENTERS[@]}"; do CFG_ARGS+=(--center "$c"); done
     for k in "${KEY_HASHES[@]}"; do CFG_ARGS+=(--api-key-hash "$k"); done
     "$VENV/bin/python" -m isthmus.edge.config "${CFG_ARGS[@]}"

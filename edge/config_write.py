@@ -27,10 +27,12 @@ def write_default_config(
     quantization: str = "none",
     device: str = "cpu",
     force: bool = False,
+    center_tls: tuple[str, str, str] | None = None,
 ) -> bool:
     """Write a config with defaults plus these settings; keeps an existing file unless `force`.
 
     `api_key_hashes` items are ``SHA256HEX`` or ``SHA256HEX:name`` or ``SHA256HEX:name:max_concurrent``.
+    `center_tls` is (CA, client certificate, client key) for mutual TLS to the center.
     Returns True if it wrote the file. The result is checked by loading it back before it is kept.
     """
     path = Path(path)
@@ -43,6 +45,8 @@ def write_default_config(
         "auth": {"keys": [_parse_key(i, spec) for i, spec in enumerate(api_key_hashes)]},
         "center": {"endpoints": list(centers)},
     }
+    if center_tls is not None:
+        data["center"].update(tls=True, ca=center_tls[0], cert=center_tls[1], key=center_tls[2])
     cfg = EdgeConfig.from_dict(data, name=path.name)  # never write a file we would refuse
     text = (
         "# isthmus edge node configuration (see deploy/edge.example.toml for every key)\n\n" + cfg.to_toml()
@@ -81,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     w.add_argument("--quantization", default="none", choices=_QUANTIZATIONS)
     w.add_argument("--device", default="cpu")
     w.add_argument("--force", action="store_true", help="overwrite an existing file")
+    w.add_argument("--center-tls", nargs=3, metavar=("CA", "CERT", "KEY"),
+                   help="mutual TLS to the center: CA bundle, client certificate and key (PEM)")
     c = sub.add_parser("check", help="load a config and report the first error")
     c.add_argument("path")
     args = parser.parse_args(argv)
@@ -101,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             quantization=args.quantization,
             device=args.device,
             force=args.force,
+            center_tls=tuple(args.center_tls) if args.center_tls else None,
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

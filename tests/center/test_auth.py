@@ -83,6 +83,32 @@ async def test_mutual_tls_admin_by_client_certificate_and_allowed_cn(tp_llama: P
         assert c.service.is_draining
 
 
+async def test_the_edges_center_pool_reaches_a_mutual_tls_center(tp_llama: Path, tmp_path: Path) -> None:
+    """What `launch-center.sh --tls-dir` + `install-edge.sh --center-tls-dir` set up, end to end."""
+    from isthmus.edge.replica import CenterTls, PoolOptions, Replica
+
+    ensure_mutual_tls(tmp_path)  # the launch script's defaults: localhost, 127.0.0.1, ::1; client "edge"
+    tls = TLSFiles(tmp_path / "center.crt", tmp_path / "center.key", client_ca=tmp_path / "ca.crt")
+    ca, edge_key, edge_crt = ((tmp_path / name).read_bytes() for name in ("ca.crt", "edge.key", "edge.crt"))
+    creds = grpc.ssl_channel_credentials(ca, edge_key, edge_crt)
+    async with running_center(tp_llama, tls=tls, channel_credentials=creds) as c:
+        edge_tls = CenterTls(ca_file=str(tmp_path / "ca.crt"), cert_file=str(tmp_path / "edge.crt"),
+                             key_file=str(tmp_path / "edge.key"))
+        replica = Replica(f"127.0.0.1:{c.server.port}", PoolOptions(), edge_tls)
+        try:
+            assert await replica.check() and replica.status is not None
+            call = replica.generate(GenerateRequest(id="via-edge", prompt="hi", sampling=GREEDY), 30.0)
+            assert isinstance([m async for m in call][-1], Done)
+        finally:
+            await replica.close()
+        ca_only = CenterTls(ca_file=str(tmp_path / "ca.crt"))
+        no_cert = Replica(f"127.0.0.1:{c.server.port}", PoolOptions(), ca_only)
+        try:
+            assert not await no_cert.check()  # without a client certificate the handshake fails
+        finally:
+            await no_cert.close()
+
+
 def _encode(msg: object) -> bytes:
     from isthmus.protocol import encode
 

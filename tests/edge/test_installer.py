@@ -101,6 +101,30 @@ def test_install_twice_and_start(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
 
 
+def test_center_tls_dir_configures_mutual_tls_to_the_center(tmp_path: Path) -> None:
+    from isthmus.edge.tls import ensure_mutual_tls
+
+    tls = tmp_path / "from-center"
+    ensure_mutual_tls(tls, clients=["edge-7"])
+    prefix = tmp_path / "edge"
+    proc = run(prefix, "--model", "/models/tiny", "--center", "10.0.0.1:50051", "--center-tls-dir", str(tls),
+               "--center-client", "edge-7")
+    assert "warning" not in proc.stderr
+    ctls = prefix / "etc" / "center-tls"
+    assert (ctls / "client.crt").read_bytes() == (tls / "edge-7.crt").read_bytes()
+    assert stat.S_IMODE((ctls / "client.key").stat().st_mode) == 0o600
+    code = (
+        f"import isthmus.edge.config as c; cfg = c.EdgeConfig.load({str(prefix / 'etc' / 'edge.toml')!r}); "
+        "print(cfg.center.tls, cfg.center.ca, cfg.center.cert, cfg.center.key)"
+    )
+    assert installed_python(prefix, code) == f"True {ctls}/ca.crt {ctls}/client.crt {ctls}/client.key"
+    # a missing client pair is refused up front; a remote center without TLS gets a warning
+    proc = run(tmp_path / "other", "--model", "/m", "--center-tls-dir", str(tls), check=False)
+    assert proc.returncode != 0 and "edge.crt" in proc.stderr
+    proc = run(tmp_path / "plain", "--model", "/m", "--center", "10.0.0.1:50051")
+    assert "beyond loopback but no --center-tls-dir" in proc.stderr
+
+
 def test_refuses_bad_input_before_installing(tmp_path: Path) -> None:
     prefix = tmp_path / "edge"
     proc = run(prefix, check=False)  # no --model on a first install
