@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from isthmus.protocol import GenerateRequest, SamplingOptions
@@ -25,10 +26,12 @@ PARTIAL_BYTES = pick(256 * 1024, 1024 * 1024)  # bytes of each never-finished fr
 NUM_PROMPT_ATTACKERS = pick(2, 4)
 HUGE_PROMPT = "漢字" * 500_000  # 1M characters, 3 MB of UTF-8
 NUM_KEY_ATTACKERS = pick(8, 32)
+IDLE_BATCH = 25  # idle connections opened at once
+Ready = Callable[[], None]
 
 
 # --- the floods ---------------------------------------------------------------------------------
-async def partial_frames(port: int, stop: asyncio.Event, stats: AttackStats) -> None:
+async def partial_frames(port: int, stop: asyncio.Event, stats: AttackStats, ready: Ready) -> None:
     """Connections whose streams each announce a maximal frame, send part of it and stall."""
     header = struct.pack(">I", MAX_FRAME_SIZE)
 
@@ -39,6 +42,8 @@ async def partial_frames(port: int, stop: asyncio.Event, stats: AttackStats) -> 
                     for _ in range(PARTIAL_STREAMS):
                         c.send(header + b"\x00" * PARTIAL_BYTES, end_stream=False)
                         stats.num_sent += 1
+                    if stats.num_sent >= NUM_PARTIAL_CONNS * PARTIAL_STREAMS:
+                        ready()
                     closed = c._closed  # set when the edge closes the connection on us
                     while not stop.is_set() and not closed.is_set():
                         with contextlib.suppress(TimeoutError):
@@ -52,21 +57,29 @@ async def partial_frames(port: int, stop: asyncio.Event, stats: AttackStats) -> 
     await asyncio.gather(*(one(i) for i in range(NUM_PARTIAL_CONNS)))
 
 
-async def idle_connections(port: int, stop: asyncio.Event, stats: AttackStats) -> None:
-    """Many handshaken connections that never send a stream, from a few attacker addresses."""
+async def idle_connections(port: int, stop: asyncio.Event, stats: AttackStats, ready: Ready) -> None:
+    """Many handshaken connections that never send a stream, from a few attacker addresses
+    (opened IDLE_BATCH at a time; ready once all were tried)."""
+
+    async def open_one(stack: contextlib.AsyncExitStack, i: int) -> None:
+        try:
+            await stack.enter_async_context(attacker(port, source(i % 4)))
+            stats.num_sent += 1
+        except (OSError, TimeoutError, ConnectionError):
+            stats.num_connect_failures += 1
+
     async with contextlib.AsyncExitStack() as stack:
-        for i in range(NUM_IDLE):
+        for start in range(0, NUM_IDLE, IDLE_BATCH):
             if stop.is_set():
                 break
-            try:
-                await stack.enter_async_context(attacker(port, source(i % 4)))
-                stats.num_sent += 1
-            except (OSError, TimeoutError, ConnectionError):
-                stats.num_connect_failures += 1
+            await asyncio.gather(
+                *(open_one(stack, i) for i in range(start, min(NUM_IDLE, start + IDLE_BATCH)))
+            )
+        ready()
         await stop.wait()
 
 
-async def huge_prompts(port: int, stop: asyncio.Event, stats: AttackStats) -> None:
+async def huge_prompts(port: int, stop: asyncio.Event, stats: AttackStats, ready: Ready) -> None:
     """Authenticated clients sending 1M-character prompts back to back."""
     req = GenerateRequest(
         id="huge", prompt=HUGE_PROMPT, api_key=API_KEY, tier="edge", sampling=SamplingOptions(max_tokens=1)
@@ -76,6 +89,7 @@ async def huge_prompts(port: int, stop: asyncio.Event, stats: AttackStats) -> No
         async with attacker(port, source(100 + i)) as c:
             while not stop.is_set():
                 stats.num_sent += 1
+                ready()  # the attackers are connected and sending
                 try:
                     sid = c.send_message(req)
                     stats.note_end(await c.wait_end(sid, 60.0), sid in c.resets)
@@ -85,7 +99,7 @@ async def huge_prompts(port: int, stop: asyncio.Event, stats: AttackStats) -> No
     await asyncio.gather(*(one(i) for i in range(NUM_PROMPT_ATTACKERS)))
 
 
-async def wrong_keys(port: int, stop: asyncio.Event, stats: AttackStats) -> None:
+async def wrong_keys(port: int, stop: asyncio.Event, stats: AttackStats, ready: Ready) -> None:
     """Clients guessing API keys as fast as the edge answers."""
 
     async def one(i: int) -> None:
@@ -94,6 +108,7 @@ async def wrong_keys(port: int, stop: asyncio.Event, stats: AttackStats) -> None
             while not stop.is_set():
                 n += 1
                 stats.num_sent += 1
+                ready()
                 req = GenerateRequest(
                     id=f"k{i}-{n}",
                     prompt="hi",
@@ -118,7 +133,7 @@ FLOODS = {
 }
 
 
-def _child(name: str, port: int, stop: Any, out: Any) -> None:
+def _child(name: str, port: int, stop: Any, ready: Any, out: Any) -> None:
     async def main() -> AttackStats:
         stats, stop_here = AttackStats(), asyncio.Event()
 
@@ -129,7 +144,7 @@ def _child(name: str, port: int, stop: Any, out: Any) -> None:
 
         relay = asyncio.create_task(relay_stop())
         try:
-            await FLOODS[name](port, stop_here, stats)
+            await FLOODS[name](port, stop_here, stats, ready.set)
         finally:
             await relay
         return stats
@@ -145,10 +160,15 @@ class ChildFlood:
 
     def __init__(self, name: str, port: int) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self._stop = ctx.Event()
+        self._stop, self._ready = ctx.Event(), ctx.Event()
         self._out = ctx.Queue()
-        self._proc = ctx.Process(target=_child, args=(name, port, self._stop, self._out), daemon=True)
+        args = (name, port, self._stop, self._ready, self._out)
+        self._proc = ctx.Process(target=_child, args=args, daemon=True)
         self._proc.start()
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> bool:
+        """Wait (bounded) until the flood is built up (all idle connections open, ...)."""
+        return bool(await asyncio.to_thread(self._ready.wait, timeout_s))
 
     async def stop(self, timeout_s: float = 90.0) -> dict[str, Any]:
         self._stop.set()

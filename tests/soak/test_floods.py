@@ -21,7 +21,7 @@ from .floods import ChildFlood
 from .load import LoadStats, References, run_load
 from .procs import Proc
 
-PROBE_S = pick(5.0, 30.0)  # seconds of legitimate load per measurement
+PROBE_S = pick(4.0, 30.0)  # seconds of legitimate load per measurement
 PROBE_CONCURRENCY = 4
 pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.timeout(pick(300, 1200))]
 
@@ -53,7 +53,8 @@ async def _run_flood(
     sampler = asyncio.create_task(sample_rss(edge.rss, stop, rss))
     flood = ChildFlood(name, edge.port)
     try:
-        await asyncio.sleep(pick(3.0, 6.0))  # the child starts and the flood builds up
+        is_ready = await flood.wait_ready()
+        await asyncio.sleep(pick(0.5, 3.0))
         during = await _probe(edge, refs, certs)
     finally:
         attackers = await flood.stop()
@@ -68,6 +69,7 @@ async def _run_flood(
             "legit_unloaded": baseline.summary(),
             "legit_during": during.summary(),
             "ttft_p99_ratio": ratio,
+            "flood_built_before_probe": is_ready,
             "attackers": attackers,
             "edge_rss_mb": {
                 "before": round(rss[0] / 2**20, 1),
