@@ -27,6 +27,7 @@ NUM_PROMPT_ATTACKERS = pick(2, 4)
 HUGE_PROMPT = "漢字" * 500_000  # 1M characters, 3 MB of UTF-8
 NUM_KEY_ATTACKERS = pick(8, 32)
 IDLE_BATCH = 25  # idle connections opened at once
+PARTIAL_SETTLE_S = pick(2.0, 5.0)  # seconds after the partial frames were queued
 Ready = Callable[[], None]
 
 
@@ -43,6 +44,8 @@ async def partial_frames(port: int, stop: asyncio.Event, stats: AttackStats, rea
                         c.send(header + b"\x00" * PARTIAL_BYTES, end_stream=False)
                         stats.num_sent += 1
                     if stats.num_sent >= NUM_PARTIAL_CONNS * PARTIAL_STREAMS:
+                        # the bytes leave at QUIC's pace: give them time to reach the edge
+                        await asyncio.sleep(PARTIAL_SETTLE_S)
                         ready()
                     closed = c._closed  # set when the edge closes the connection on us
                     while not stop.is_set() and not closed.is_set():
