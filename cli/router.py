@@ -114,7 +114,8 @@ def _eval(a: argparse.Namespace) -> int:
     from isthmus.edge.routing.train import score_examples
 
     model = load_model(a.model or "")
-    assert model is not None
+    if model is None:
+        raise ValueError("--model heuristic: eval measures a weights file (it prints the baseline too)")
     train_set, test_set = split(_examples(a.data))
     chosen = {"test": test_set, "train": train_set, "all": train_set + test_set}[a.split]
     if not chosen:
@@ -124,7 +125,7 @@ def _eval(a: argparse.Namespace) -> int:
     threshold = model.threshold if a.threshold is None else a.threshold
     print(f"model {model.source}")
     cv = model.info.get("cv")
-    if isinstance(cv, dict):
+    if isinstance(cv, dict) and all(isinstance(cv.get(k), (int, float)) for k in ("mean", "std")):
         print(
             f"  {cv.get('folds')}-fold cross-validation on its train split: agreement "
             f"{cv.get('mean', 0):.1%} +- {cv.get('std', 0):.1%} (folds {cv.get('agreements')})"

@@ -102,3 +102,10 @@ def test_base_adds_the_project_corpus_to_the_operators_file(tmp_path: Path) -> N
     assert [ex.prompt for ex in _examples([data])] == ["Write a poem about tea."]
     merged = _examples([data], base=True)
     assert merged[0].prompt == "Write a poem about tea." and len(merged) == 1 + len(read_corpus())
+
+
+def test_eval_of_the_heuristic_is_refused_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--model", "heuristic"]) == 1
+    assert "eval measures a weights file" in capsys.readouterr().err
+    assert main(["explain", "hello", "--model", "heuristic"]) == 0
+    assert "tier      edge" in capsys.readouterr().out
