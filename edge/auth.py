@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from isthmus.protocol import ErrorCode, ProtocolError
 
@@ -84,8 +85,10 @@ class ApiKeyStore:
         allow_anonymous: bool = True,
         anonymous_max_concurrent: int = 0,
         throttle: ThrottleLimits | None = None,
+        audit: Any = None,
     ) -> None:
         self._keys = list(keys)
+        self.audit = audit  # an `AuditLog` (audit.py) or None: refused authentications go there
         names = [k.name or f"key{i}" for i, k in enumerate(self._keys)]
         if len(set(names)) != len(names):
             raise ValueError("keys: names must be unique")
@@ -155,10 +158,14 @@ class ApiKeyStore:
             return 0.0
         return self.throttle.retry_after(source, time.monotonic() if now is None else now)
 
-    def record_failure(self, source: str, now: float | None = None) -> None:
-        """`source` presented a wrong or missing key (an UNAUTHENTICATED answer)."""
+    def record_failure(self, source: str, now: float | None = None, reason: str = "") -> None:
+        """`source` presented a wrong or missing key (an UNAUTHENTICATED answer): throttle it and
+        write one ``auth.refused`` audit record (never the key itself)."""
         if not self.is_open:
             self.throttle.record_failure(source, time.monotonic() if now is None else now)
+        if self.audit is not None:
+            details = {"reason": reason or "unauthenticated"}
+            self.audit.record("auth.refused", actor="-", source=source, outcome="refused", details=details)
 
     def identify_from(self, source: str, key: str | None, now: float | None = None) -> str:
         """`identify(key)` for a request from address `source`, throttled: check, then record."""
@@ -167,7 +174,7 @@ class ApiKeyStore:
             return self.identify(key)
         except ProtocolError as exc:
             if exc.code is ErrorCode.UNAUTHENTICATED:
-                self.record_failure(source, now)
+                self.record_failure(source, now, exc.message)
             raise
 
     def acquire_from(self, source: str, key: str | None, now: float | None = None) -> Lease:
@@ -177,7 +184,7 @@ class ApiKeyStore:
             return self.acquire(key)
         except ProtocolError as exc:
             if exc.code is ErrorCode.UNAUTHENTICATED:
-                self.record_failure(source, now)
+                self.record_failure(source, now, exc.message)
             raise
 
     def num_in_use(self, name: str) -> int:

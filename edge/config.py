@@ -101,13 +101,38 @@ class AuthConfig:
             max_sources=self.max_throttled_sources,
         )
 
-    def store(self) -> ApiKeyStore:
+    def store(self, audit: Any = None) -> ApiKeyStore:
+        """The key store; `audit` (an `AuditLog` or None) records its refused authentications."""
         return ApiKeyStore(
             self.keys,
             allow_anonymous=self.allow_anonymous,
             anonymous_max_concurrent=self.anonymous_max_concurrent,
             throttle=self.throttle_limits(),
+            audit=audit,
         )
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audit log (`audit.py`): admin actions and refused authentications, one JSON line each."""
+
+    path: str = ""  # "" = off, "-" = stdout (the journal), else a file rotated by size
+    max_bytes: int = 10 * 1024 * 1024  # bytes before the file rotates
+    backups: int = 5  # rotated files kept (audit.log.1 ...)
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1:
+            raise ValueError("max_bytes: expected an integer >= 1")
+        if self.backups < 0:
+            raise ValueError("backups: expected an integer >= 0")
+
+    def open(self) -> Any:
+        """An `AuditLog`, or None when off."""
+        if not self.path:
+            return None
+        from .audit import AuditLog
+
+        return AuditLog.open(self.path, max_bytes=self.max_bytes, backups=self.backups)
 
 
 @dataclass(frozen=True)
@@ -283,6 +308,7 @@ class EdgeConfig:
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     source: str | None = field(default=None, compare=False)  # the file it was read from
 
     @classmethod
@@ -331,6 +357,7 @@ class EdgeConfig:
                 self.center, ca=res(self.center.ca), cert=res(self.center.cert), key=res(self.center.key)
             ),
             router=dataclasses.replace(self.router, model=_router_model_path(self.router.model, res)),
+            audit=dataclasses.replace(self.audit, path=_router_model_path(self.audit.path, res)),
             source=source,
         )
 
@@ -367,8 +394,9 @@ class EdgeConfig:
 
 
 def _router_model_path(model: str, res: Any) -> str:
-    """A `[router] model` file resolved like the other paths; "" and "heuristic" are not files."""
-    return model if model in ("", "heuristic") else res(model) or ""
+    """A `[router] model` file resolved like the other paths; "" and "heuristic" are not files
+    (nor is "-", stdout for `[audit] path`, which is resolved the same way)."""
+    return model if model in ("", "heuristic", "-") else res(model) or ""
 
 
 def _check_router_model(model: str, name: str) -> None:

@@ -46,6 +46,7 @@ class EdgeNode:
         self.pool: Any = None
         self.router: Any = None
         self.auth: Any = None
+        self.audit: Any = None
         self.orchestrator: Orchestrator | None = None
         self.quic: EdgeQuicServer | None = None
         self.http_server: Any = None
@@ -65,7 +66,8 @@ class EdgeNode:
 
         self.metrics = Metrics()
         self.router = Router(cfg.router)
-        self.auth = cfg.auth.store()
+        self.audit = cfg.audit.open()  # admin actions and refused authentications (None: off)
+        self.auth = cfg.auth.store(audit=self.audit)
         await self._start_engine()
         self.pool = self._make_pool()
         if self.pool is not None:
