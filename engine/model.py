@@ -7,14 +7,22 @@ projections: `qkv_proj` holds q_proj, k_proj and v_proj's rows one after the oth
 `gate_up_proj` holds gate_proj's and up_proj's, so a layer runs 4 GEMMs instead of 7; the loader
 assembles them from the checkpoint's separate tensors (`engine/packed.py`, `packed_sizes`).
 Inputs are a flattened ragged batch: no padding, no batch dimension.
+
+On CUDA the elementwise work runs in fused Triton kernels (`engine/kernels/`): RMSNorm with the
+residual add in one pass, RoPE applied to q and k in place (in the packed qkv output), SiLU(gate)
+* up from the packed gate_up output. Elsewhere the same functions take the portable path, the
+reference arithmetic. Layers pass (output, residual) along so each norm can absorb the add.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from isthmus.engine.attention import AttentionMetadata, paged_attention, write_kv
 from isthmus.engine.config import ModelConfig
+from isthmus.engine.kernels._triton import available as kernels_available
+from isthmus.engine.kernels.act import silu_mul
+from isthmus.engine.kernels.norm import add_rms_norm, rms_norm
+from isthmus.engine.kernels.rope import apply_rope_
 from isthmus.engine.rope import RotaryEmbedding
 from torch import nn
 
@@ -28,10 +36,12 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # As transformers: normalise in float32, cast back, then scale.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        # As transformers: normalise in float32, cast back, then scale (kernels/norm.py).
+        return rms_norm(x, self.weight, self.eps)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(self(x + residual), x + residual): one pass on CUDA."""
+        return add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class Attention(nn.Module):
@@ -62,7 +72,10 @@ class Attention(nn.Module):
         q = q.view(n, -1, hd)  # [num_tokens, num_heads, head_dim]
         k = k.view(n, -1, hd)  # [num_tokens, num_kv_heads, head_dim]
         v = v.view(n, -1, hd)
-        q, k = self.rotary[0](positions, q, k)
+        if kernels_available(q.device):  # rotate in place inside the qkv output: no new q/k tensors
+            apply_rope_(q, k, self.rotary[0].cos_sin, positions)
+        else:
+            q, k = self.rotary[0](positions, q, k)
         k_cache, v_cache = kv_cache
         write_kv(k, v, k_cache, v_cache, attn.slot_mapping)
         o = paged_attention(q, k_cache, v_cache, attn, self.scale)  # [num_tokens, num_heads, head_dim]
@@ -78,8 +91,8 @@ class MLP(nn.Module):
         self.packed_sizes = {"gate_up_proj": (("gate_proj", ffn), ("up_proj", ffn))}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # a TP shard holds [its gate; its up]
-        return self.down_proj(F.silu(gate) * up)
+        # A TP shard holds [its gate; its up], as the whole model does.
+        return self.down_proj(silu_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -96,9 +109,16 @@ class DecoderLayer(nn.Module):
         positions: torch.Tensor,
         attn: AttentionMetadata,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, attn, kv_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        residual: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mlp output, residual stream before it): the next norm adds the two."""
+        if residual is None:  # the first layer: x is the embedding, the residual stream itself
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm.add_forward(x, residual)
+        h = self.self_attn(h, positions, attn, kv_cache)
+        h, residual = self.post_attention_layernorm.add_forward(h, residual)
+        return self.mlp(h), residual
 
 
 class DecoderModel(nn.Module):
@@ -129,9 +149,12 @@ class CausalLM(nn.Module):
         kv_caches: KVCaches,
     ) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
+        residual: torch.Tensor | None = None
         for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
-            x = layer(x, positions, attn, kv_cache)
-        return self.model.norm(x)  # [num_tokens, hidden]
+            x, residual = layer(x, positions, attn, kv_cache, residual)
+        if residual is None:  # no layers
+            return self.model.norm(x)
+        return self.model.norm.add_forward(x, residual)[0]  # [num_tokens, hidden]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, hidden] -> [n, vocab]."""

@@ -5,6 +5,8 @@ is quantized the moment it is read from the checkpoint (`load_from_slice`), so a
 full-precision weight is alive at a time. Embeddings, norms and the LM head stay unquantized.
 int8 is bitsandbytes' Linear8bitLt with int8 weights (`has_fp16_weights=False`) and, by default,
 no outlier decomposition (threshold 0): the fastest int8 mode at large batch (see ANCHORS.md).
+On CUDA, nf4 calls with few rows (decode) go to the Triton GEMV in `engine/kernels/nf4.py`, which
+reads bitsandbytes' packed weights and absmax as stored; larger batches stay on bitsandbytes.
 """
 
 from __future__ import annotations
@@ -70,6 +72,14 @@ def make_nf4_linear(linear: nn.Linear, compute_dtype: torch.dtype) -> nn.Module:
             weight = tensor.read().to(dtype)
             param = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", module=self)
             self.weight = param.to(device)  # .to() quantizes
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            from isthmus.engine.kernels import nf4 as nf4_kernel
+
+            if nf4_kernel.supports(x, self.weight):
+                bias = None if self.bias is None else self.bias.to(x.dtype)
+                return nf4_kernel.triton_nf4_linear(x, self.weight, bias)  # type: ignore[no-any-return]
+            return super().forward(x)  # type: ignore[no-any-return]
 
     module = NF4Linear(
         linear.in_features,
