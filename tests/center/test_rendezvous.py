@@ -1,6 +1,6 @@
 """The rendezvous store listens only on the address it is given; a replica started by the launch
-script on loopback has no socket beyond loopback, is restarted when it fails, and drains only for
-the admin token."""
+script on loopback has no socket beyond loopback, is restarted when it fails (not when it is
+stopped), and refuses a Drain without the admin token."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 import torch.distributed as dist
 from isthmus.center.auth import admin_metadata
 from isthmus.center.rendezvous import bound_tcp_store
-from isthmus.protocol import DrainReply, DrainRequest, decode, encode, rpc
+from isthmus.protocol import DrainRequest, decode, encode, rpc
 
 from tests.center.conftest import free_port
 from tests.center.test_cluster import REPO, _env, _stop
@@ -104,8 +104,11 @@ async def test_launch_script_on_loopback_restarts_a_failed_replica(tp_llama: Pat
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _drain(port)  # no token: refused, and the replica keeps serving
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        reply = await _drain(port, admin_metadata(token.read_text().strip()))
-        assert isinstance(reply, DrainReply)
-        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]  # a drain is not restarted
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _drain(port, admin_metadata("a-wrong-token-0123456789"))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        proc.send_signal(signal.SIGTERM)  # the operator's stop: drained, exit 0, not restarted
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert log.read_text().count("starting the replica") == 2
     finally:
         _stop([proc])
