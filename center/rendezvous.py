@@ -80,7 +80,7 @@ def _create_handler(params: Any) -> Any:
             bootstrap = RendezvousStoreInfo(self.master_addr, self.master_port)
             return RendezvousInfo(store, self.rank, self.world_size, bootstrap)
 
-    plain = static_tcp_rendezvous.create_rdzv_handler(params)  # parses and checks the parameters
+    plain: Any = static_tcp_rendezvous.create_rdzv_handler(params)  # parses and checks the parameters
     # --rdzv-conf rank=N arrives as the string "N"
     return BoundStaticRendezvous(plain.master_addr, plain.master_port, int(plain.rank), plain.world_size,
                                  plain.run_id, int(plain.timeout.total_seconds()))
