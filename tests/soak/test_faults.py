@@ -22,9 +22,9 @@ from .conftest import API_KEY, Network, pick, record
 from .load import LoadStats, References, run_load
 from .procs import Proc, edge_toml, spawn_center, spawn_edge, start_all
 
-LOAD_S = pick(10.0, 90.0)  # seconds of load around each fault
-FAULT_AT_S = pick(4.0, 30.0)  # seconds into the load
-AFTER_S = pick(4.0, 30.0)  # seconds of clean load after the fault
+LOAD_S = pick(8.0, 90.0)  # seconds of load around each fault
+FAULT_AT_S = pick(3.0, 30.0)  # seconds into the load
+AFTER_S = pick(3.0, 30.0)  # seconds of clean load after the fault
 CONCURRENCY = pick(32, 200)
 HANG_S = 45.0  # a request still open after this is a hang
 pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.timeout(pick(400, 1200))]
