@@ -13,7 +13,6 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,8 +42,7 @@ class References:
     ids: dict[tuple[str, int], list[int]]
 
     def matches(self, tier: str, index: int, token_ids: list[int]) -> bool:
-        ref = self.ids.get((tier, index))
-        return ref is not None and ref[: len(token_ids)] == token_ids and len(token_ids) == len(ref)
+        return self.ids.get((tier, index)) == token_ids
 
 
 async def reference_ids(model: str, prompts: list[str], max_tokens: int) -> list[list[int]]:
@@ -159,7 +157,6 @@ async def run_load(
     tiers: tuple[str, ...] = ("edge", "center"),
     hang_s: float = 60.0,
     seed: int = 0,
-    on_tick: Callable[[float], None] | None = None,
 ) -> LoadStats:
     """`concurrency` workers, each sending one request after another, for `duration_s`."""
     stats = LoadStats()
@@ -173,15 +170,6 @@ async def run_load(
             index, tier = rng.randrange(len(PROMPTS)), rng.choice(tiers)
             await one_request(client, refs, index, tier, stats, hang_s)
 
-    async def ticker() -> None:
-        while on_tick is not None:
-            await asyncio.sleep(1.0)
-            on_tick(time.monotonic() - start)
-
-    tick = asyncio.create_task(ticker())
-    try:
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    finally:
-        tick.cancel()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     stats.wall_s = time.monotonic() - start
     return stats
