@@ -24,6 +24,7 @@ import grpc
 import msgspec
 from isthmus.protocol import Done, Error, ErrorCode, GenerateRequest, ProtocolError, TokenChunk, limits
 
+from .affinity import PrefixAffinity, prompt_bytes
 from .replica import CenterTls, PoolOptions, Replica
 from .router import LoadView
 
@@ -47,8 +48,10 @@ class CenterPool:
         options: PoolOptions | None = None,
         on_health: Callable[[str, bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        affinity: PrefixAffinity | None = None,
     ) -> None:
         self.options = options or PoolOptions()
+        self.affinity = affinity or PrefixAffinity()  # cache-aware preference (edge/affinity.py)
         self.tls = tls
         self.endpoints = list(endpoints)
         self.on_health = on_health  # called with (endpoint, is_healthy) after every check
@@ -111,14 +114,21 @@ class CenterPool:
                 return r.status.tokenizer_fingerprint
         return None
 
-    def pick(self, exclude: Collection[str] = ()) -> Replica | None:
-        """The least-loaded usable replica not in `exclude` (ties: least recently picked)."""
+    def pick(self, exclude: Collection[str] = (), prefix: Sequence[int] = ()) -> Replica | None:
+        """The usable replica not in `exclude` likely to hold `prefix` (block hashes, see
+        `PrefixAffinity`) unless loads are imbalanced; else the least loaded (ties: least recently
+        picked)."""
         now = self.clock()
         candidates = [r for r in self._usable(now) if r.endpoint not in exclude]
         if not candidates:
             return None
-        best = min(candidates, key=lambda r: (r.load_score(), self._last_pick.get(r.endpoint, -1)))
+        preferred = self.affinity.choose({r.endpoint: r.load_score() for r in candidates}, prefix)
+        def rank(r: Replica) -> tuple[bool, float, int]:
+            return (r.endpoint != preferred, r.load_score(), self._last_pick.get(r.endpoint, -1))
+
+        best = min(candidates, key=rank)
         self._last_pick[best.endpoint] = next(self._ticket)
+        self.affinity.record(best.endpoint, prefix)
         return best
 
     # --- generate --------------------------------------------------------------------------------
@@ -133,6 +143,7 @@ class CenterPool:
         tried: set[str] = set()
         last_failure = "no healthy center replica"
         last_error: Error | None = None
+        prefix = self.affinity.block_hashes(prompt_bytes(req)) if self.affinity.options.enabled else []
         for _ in range(max(1, self.options.max_attempts)):
             timeout_s: float | None = None
             if deadline is not None:
@@ -140,7 +151,7 @@ class CenterPool:
                 if timeout_s <= 0:
                     yield Error(id=req.id, code=ErrorCode.DEADLINE_EXCEEDED, message="deadline exceeded")
                     return
-            replica = self.pick(tried)
+            replica = self.pick(tried, prefix)
             if replica is None or not replica.breaker.allow(self.clock()):
                 break
             tried.add(replica.endpoint)
