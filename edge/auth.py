@@ -23,6 +23,7 @@ from typing import Any
 from isthmus.protocol import ErrorCode, ProtocolError
 
 from .auth_throttle import FailureThrottle, ThrottleLimits
+from .jwt_auth import JwtVerifier, looks_like_jwt
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 ANONYMOUS = "anonymous"
@@ -86,8 +87,10 @@ class ApiKeyStore:
         anonymous_max_concurrent: int = 0,
         throttle: ThrottleLimits | None = None,
         audit: Any = None,
+        jwt: JwtVerifier | None = None,
     ) -> None:
         self._keys = list(keys)
+        self.jwt = jwt  # bearer tokens beside the keys (jwt_auth.py); None: keys only
         self.audit = audit  # an `AuditLog` (audit.py) or None: refused authentications go there
         names = [k.name or f"key{i}" for i, k in enumerate(self._keys)]
         if len(set(names)) != len(names):
@@ -96,6 +99,10 @@ class ApiKeyStore:
         self._digests = [bytes.fromhex(k.sha256) for k in self._keys]
         self._limits = {name: k.max_concurrent for name, k in zip(names, self._keys, strict=True)}
         self._limits[ANONYMOUS] = max(0, anonymous_max_concurrent)
+        for tenant, limit in (jwt.tenants if jwt is not None else {}).items():
+            if tenant in self._limits:
+                raise ValueError(f"jwt.tenants: {tenant!r} is also the name of a key")
+            self._limits[tenant] = limit
         self.allow_anonymous = allow_anonymous
         self._in_use: dict[str, int] = {}
         self.throttle = FailureThrottle(throttle)
@@ -103,14 +110,17 @@ class ApiKeyStore:
     @property
     def is_open(self) -> bool:
         """True when requests without a key are admitted."""
-        return not self._keys and self.allow_anonymous
+        return not self._keys and self.jwt is None and self.allow_anonymous
 
     def identify(self, key: str | None) -> str:
-        """The name of the key `key` matches; raises ProtocolError(UNAUTHENTICATED)."""
+        """The name of the key `key` matches (for a JWT, its tenant); raises
+        ProtocolError(UNAUTHENTICATED)."""
         if self.is_open:
             return ANONYMOUS
         if not key:
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, "api_key: missing")
+        if self.jwt is not None and looks_like_jwt(key):
+            return self.jwt.verify(key).tenant  # the tenant names the limit
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
         match = -1
         for i, stored in enumerate(self._digests):  # no early exit: constant time in the match position

@@ -17,8 +17,10 @@ from typing import Any
 
 from isthmus.protocol.limits import MAX_FRAME_SIZE
 
+from .allowlist import parse_networks
 from .auth import ApiKey, ApiKeyStore
 from .confidence import ConfidenceMonitor
+from .jwt_auth import JwtConfig, JwtVerifier
 from .router import RouterConfig
 from .toml_dataclass import ConfigError, from_table, to_toml
 
@@ -56,9 +58,11 @@ class ListenConfig:
     port: int = 4433  # UDP
     cert: str = "edge.crt"  # PEM certificate chain
     key: str = "edge.key"  # PEM private key
+    allow: list[str] = field(default_factory=list)  # CIDRs served (allowlist.py); [] = every address
 
     def __post_init__(self) -> None:
         _check_port("port", self.port, allow_zero=True)
+        parse_networks(self.allow)
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,11 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 9090  # TCP
     ready_requires_center: bool = False  # /readyz also needs a healthy center replica
+    allow: list[str] = field(default_factory=list)  # CIDRs served (allowlist.py); [] = every address
 
     def __post_init__(self) -> None:
         _check_port("port", self.port, allow_zero=True)
+        parse_networks(self.allow)
 
 
 @dataclass(frozen=True)
@@ -84,9 +90,10 @@ class AuthConfig:
     failed_attempt_window_s: float = 60.0  # seconds for that burst to be credited back
     max_throttled_sources: int = 65536  # source addresses remembered by the throttle
     keys: list[ApiKey] = field(default_factory=list)
+    jwt: JwtConfig = field(default_factory=JwtConfig)  # bearer tokens beside the keys (jwt_auth.py)
 
     def __post_init__(self) -> None:
-        if not self.keys and not self.allow_anonymous:
+        if not self.keys and not self.jwt.enabled and not self.allow_anonymous:
             raise ValueError("keys: none configured and allow_anonymous = false would refuse every request")
         if self.anonymous_max_concurrent < 0:
             raise ValueError("anonymous_max_concurrent: expected an integer >= 0")
@@ -109,6 +116,7 @@ class AuthConfig:
             anonymous_max_concurrent=self.anonymous_max_concurrent,
             throttle=self.throttle_limits(),
             audit=audit,
+            jwt=JwtVerifier(self.jwt) if self.jwt.enabled else None,
         )
 
 
@@ -323,6 +331,7 @@ class EdgeConfig:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
         cfg = cls.from_dict(data, name=path.name, base_dir=path.parent, source=str(path))
         _check_router_model(cfg.router.model, path.name)
+        _check_auth(cfg.auth, path.name)
         return cfg
 
     @classmethod
@@ -357,6 +366,7 @@ class EdgeConfig:
                 self.center, ca=res(self.center.ca), cert=res(self.center.cert), key=res(self.center.key)
             ),
             router=dataclasses.replace(self.router, model=_router_model_path(self.router.model, res)),
+            auth=dataclasses.replace(self.auth, jwt=self.auth.jwt.resolved(res)),
             audit=dataclasses.replace(self.audit, path=_router_model_path(self.audit.path, res)),
             source=source,
         )
@@ -407,6 +417,14 @@ def _check_router_model(model: str, name: str) -> None:
         load_model(model)
     except ValueError as exc:  # RouterModelError
         raise ConfigError(f"{name}: router.model: {exc}") from None
+
+
+def _check_auth(auth: AuthConfig, name: str) -> None:
+    """Refuse JWT key files that cannot be read or parsed, or tenants named like keys."""
+    try:
+        auth.store()
+    except ValueError as exc:
+        raise ConfigError(f"{name}: auth: {exc}") from None
 
 
 def _check_port(name: str, port: int, allow_zero: bool) -> None:

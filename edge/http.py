@@ -62,6 +62,22 @@ def retry_after(auth: Any, request: web.Request) -> dict[str, str]:
     seconds = wait(request.remote or "") if callable(wait) else 0.0
     return {"Retry-After": str(max(1, math.ceil(seconds)))} if seconds > 0 else {}
 
+
+def allowlist_middleware(node: Any) -> Any:
+    """Refuse (403) a request whose source address is outside `node.http_allowlist` (looked up per
+    request, so a reload may swap it), before any handler runs: nothing is read or computed."""
+
+    @web.middleware
+    async def allowlist(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        allow = getattr(node, "http_allowlist", None)
+        if allow is not None and not allow.allows(request.remote or ""):
+            body = {"error": {"message": "address not allowed", "type": "forbidden", "code": "forbidden"}}
+            return web.json_response(body, status=403)
+        return await handler(request)
+
+    return allowlist
+
+
 ReadyCheck = Callable[[], bool]
 Setup = Callable[[web.Application], None]
 
@@ -89,7 +105,7 @@ def make_app(
             checks = node.ready_checks()
         if on_scrape is None and callable(getattr(node, "update_gauges", None)):
             on_scrape = node.update_gauges
-    app = web.Application(client_max_size=MAX_BODY_SIZE)
+    app = web.Application(client_max_size=MAX_BODY_SIZE, middlewares=[allowlist_middleware(node)])
     app[METRICS_KEY] = metrics
     ready_checks = dict(checks or {})
 

@@ -46,6 +46,7 @@ class EdgeNode:
         self.pool: Any = None
         self.router: Any = None
         self.auth: Any = None
+        self.http_allowlist: Any = None  # `Allowlist` the HTTP middleware checks (http.py)
         self.audit: Any = None
         self.orchestrator: Orchestrator | None = None
         self.quic: EdgeQuicServer | None = None
@@ -68,6 +69,9 @@ class EdgeNode:
         self.router = Router(cfg.router)
         self.audit = cfg.audit.open()  # admin actions and refused authentications (None: off)
         self.auth = cfg.auth.store(audit=self.audit)
+        from .allowlist import Allowlist
+
+        self.http_allowlist = Allowlist(cfg.http.allow)
         await self._start_engine()
         self.pool = self._make_pool()
         if self.pool is not None:
@@ -92,6 +96,7 @@ class EdgeNode:
             limits=self._quic_limits(),
             on_error=self._record_stream_error,
             auth=self.auth,
+            allowlist=Allowlist(cfg.listen.allow),
         )
         await self.quic.start()
         self._gauge_task = asyncio.get_running_loop().create_task(self._update_gauges())
@@ -195,6 +200,9 @@ class EdgeNode:
         load = self.engine.load()
         self.metrics.set_load(
             load.num_waiting, load.num_running, load.num_free_kv_blocks, load.num_total_kv_blocks
+        )
+        self.metrics.set_prefix_cache(
+            load.prefix_cache_hit_rate, load.num_cached_kv_blocks, load.num_prefix_evictions
         )
         if self.quic is not None:
             self.metrics.set_connections(self.quic.num_connections)

@@ -22,6 +22,7 @@ from isthmus.protocol import ErrorCode
 from isthmus.protocol.version import ALPN_PROTOCOL
 
 from .admission import ConnectionTable
+from .allowlist import Allowlist
 from .memory import trim_heap
 from .quic_connection import MAX_REMEMBERED_STREAMS, EdgeQuicProtocol
 from .quic_limits import QuicLimits, SessionTicketStore, set_stream_limits
@@ -67,8 +68,10 @@ class EdgeQuicServer:
         limits: QuicLimits | None = None,
         on_error: Callable[[ErrorCode], None] | None = None,
         auth: KeyThrottle | None = None,
+        allowlist: Allowlist | None = None,
     ) -> None:
         self.handler = handler
+        self.allowlist = allowlist  # source CIDRs served (None or empty: every address)
         self.auth = auth  # wrong keys throttled per source address (None: not throttled here)
         self.limits = limits or QuicLimits()
         self.host = host
@@ -174,6 +177,11 @@ class EdgeQuicServer:
     def _admit(self, conn: EdgeQuicProtocol) -> str | None:
         """The handshake completed: admit `conn` (evicting an idle one if need be), or say why not."""
         self._pending.discard(conn)
+        if self.allowlist is not None and not self.allowlist.allows(conn.source):
+            self._connections.discard(conn)
+            self.budget.remove(conn)
+            log.info("refused a connection from %s: address not in the allowlist", conn.source)
+            return "address not allowed"
         now = asyncio.get_running_loop().time()
         verdict = self.table.admit(conn, conn.source, now, num_streams=len(conn.streams))
         if not verdict.is_admitted:
