@@ -228,6 +228,9 @@ class CenterService:
             tokens_per_s=self.meter.rate(self.clock()),
             is_ready=self.is_ready and not self.is_draining,
             is_draining=self.is_draining,
+            prefix_cache_hit_rate=load.prefix_cache_hit_rate,
+            num_cached_kv_blocks=load.num_cached_kv_blocks,
+            num_prefix_evictions=load.num_prefix_evictions,
         )
 
     # --- Drain ------------------------------------------------------------------------------------

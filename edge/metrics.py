@@ -75,6 +75,16 @@ class Metrics:
             registry=r,
         )
         self.connections = Gauge("quic_connections", "Open QUIC connections", namespace=ns, registry=r)
+        self.prefix_hit_rate = Gauge(
+            "prefix_cache_hit_ratio", "Prompt tokens reused from the KV cache / prompt tokens",
+            namespace=ns, registry=r,
+        )
+        self.prefix_blocks = Gauge(
+            "prefix_cache_blocks", "KV blocks held in the prefix cache", namespace=ns, registry=r
+        )
+        self.prefix_evictions = Gauge(
+            "prefix_cache_evictions", "Cached KV blocks reclaimed since start", namespace=ns, registry=r
+        )
         self.slow_readers = Counter(
             "slow_readers", "Requests cancelled for a slow reader", namespace=ns, registry=r
         )
@@ -125,6 +135,12 @@ class Metrics:
         if num_total_kv_blocks > 0:
             used = num_total_kv_blocks - max(0, num_free_kv_blocks)
             self.kv_usage.set(min(1.0, max(0.0, used / num_total_kv_blocks)))
+
+    def set_prefix_cache(self, hit_rate: float, num_cached_blocks: int, num_evictions: int) -> None:
+        """The edge engine's prefix cache: hit rate since start, blocks cached now, evictions."""
+        self.prefix_hit_rate.set(min(1.0, max(0.0, hit_rate)))
+        self.prefix_blocks.set(max(0, num_cached_blocks))
+        self.prefix_evictions.set(max(0, num_evictions))
 
     def set_replica_health(self, endpoint: str, is_healthy: bool) -> None:
         self.replica_health.labels(endpoint=endpoint).set(1.0 if is_healthy else 0.0)

@@ -179,6 +179,9 @@ class Status(msgspec.Struct, kw_only=True, tag_field="type", tag="status"):
     tokens_per_s: NonNegFloat = 0.0
     is_ready: bool = False
     is_draining: bool = False
+    prefix_cache_hit_rate: NonNegFloat = 0.0  # prompt tokens reused from the KV cache / prompt tokens
+    num_cached_kv_blocks: Count = 0  # KV blocks held in the prefix cache now
+    num_prefix_evictions: Count = 0  # cached KV blocks reclaimed since start
 
 
 class DrainRequest(msgspec.Struct, kw_only=True, tag_field="type", tag="drain_request"):
