@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--num-kv-blocks", type=int, help="KV cache blocks per rank (default: from memory)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default 16)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="recompute shared prompt prefixes")
     p.add_argument("--max-num-seqs", type=int, default=64, help="running requests at most (default 64)")
     p.add_argument("--max-model-len", type=int, help="context length cap (default: the model's)")
     p.add_argument("--grace-s", type=float, default=DEFAULT_GRACE_S,
@@ -122,7 +123,8 @@ def admin_policy(a: argparse.Namespace) -> AdminPolicy:
 def engine_options(a: argparse.Namespace, local_rank: int = 0) -> EngineOptions:
     device = f"cuda:{local_rank}" if a.device == "cuda" else "cpu"
     return EngineOptions(model=a.model, dtype=a.dtype, device=device, num_kv_blocks=a.num_kv_blocks,
-                         block_size=a.block_size, max_num_seqs=a.max_num_seqs, max_model_len=a.max_model_len)
+                         block_size=a.block_size, max_num_seqs=a.max_num_seqs, max_model_len=a.max_model_len,
+                         enable_prefix_caching=not a.no_prefix_caching)
 
 
 async def warm_up(engine: Any) -> None:

@@ -287,6 +287,7 @@ class EngineConfig:
     use_cuda_graphs: bool = True
     seed: int = 0
     verify_checksums: bool = False
+    enable_prefix_caching: bool = True  # reuse the KV of shared prompt prefixes (docs/prefix-caching.md)
 
     def __post_init__(self) -> None:
         if not 0 < self.kv_memory_fraction <= 1:
@@ -396,6 +397,7 @@ class EdgeConfig:
             max_model_len=e.max_model_len,
             use_cuda_graphs=e.use_cuda_graphs,
             seed=e.seed,
+            enable_prefix_caching=e.enable_prefix_caching,
         )
 
     def to_toml(self) -> str:

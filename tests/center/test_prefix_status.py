@@ -21,3 +21,11 @@ async def test_status_reports_the_prefix_cache(center: Center) -> None:
     assert status.num_cached_kv_blocks > 0
     assert 0.3 < status.prefix_cache_hit_rate < 0.5  # (40 - 1) // block * block reused of 80 queried
     assert status.num_prefix_evictions == 0
+
+
+def test_center_flag_turns_prefix_caching_off(tp_llama) -> None:
+    from isthmus.center.main import engine_options, parse_args
+
+    assert engine_options(parse_args(["--model", str(tp_llama)])).enable_prefix_caching
+    off = parse_args(["--model", str(tp_llama), "--no-prefix-caching"])
+    assert not engine_options(off).enable_prefix_caching

@@ -1,5 +1,6 @@
 """The edge exports its engine's prefix cache on /metrics."""
 
+from isthmus.edge.config import EdgeConfig
 from isthmus.edge.metrics import Metrics
 from isthmus.engine.outputs import EngineLoad
 
@@ -24,3 +25,10 @@ def test_hit_rate_is_zero_before_any_request():
         num_running=0, num_waiting=0, num_free_kv_blocks=1, num_total_kv_blocks=1, tokens_per_s=0.0
     )
     assert load.prefix_cache_hit_rate == 0.0
+
+
+def test_edge_config_turns_prefix_caching_off():
+    on = EdgeConfig.from_dict({"model": {"path": "/m"}})
+    off = EdgeConfig.from_dict({"model": {"path": "/m"}, "engine": {"enable_prefix_caching": False}})
+    assert on.engine_options().enable_prefix_caching
+    assert not off.engine_options().enable_prefix_caching
