@@ -127,6 +127,11 @@ if triton is not None:
         tl.store(out_ptr + seq * stride_os + head * stride_oh + d, cast(out, out_ptr.dtype.element_ty))
 
 
+def _tokens_per_iter(q: torch.Tensor, head_dim: int) -> int:
+    # float32 K and V tiles of 64 x 128 would crowd shared memory once the loop is pipelined.
+    return TOKENS_PER_ITER // 2 if q.element_size() > 2 and head_dim >= 128 else TOKENS_PER_ITER
+
+
 def triton_paged_decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -155,8 +160,9 @@ def triton_paged_decode(
         sms = _sm_count(q.device.index or 0) if q.is_cuda else DEFAULT_SMS
         num_splits = choose_num_splits(num_seqs, num_kv_heads, block_tables.shape[1] * block_size, sms)
     # Groups of 2+ query heads go through tl.dot (rows padded to its minimum of 16); a single head
-    # (MHA) reduces elementwise, where padding to 16 rows would waste registers.
-    use_dot = group > 1
+    # (MHA) reduces elementwise, where padding to 16 rows would waste registers; so do head_dims
+    # below tl.dot's minimum of 16.
+    use_dot = group > 1 and head_dim >= 16
     group_pad = max(16, next_pow2(group)) if use_dot else 1
     if num_splits > 1:
         mid_o = torch.empty(num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
@@ -169,7 +175,7 @@ def triton_paged_decode(
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             block_tables.stride(0), out.stride(0), out.stride(1),
             NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=group_pad, BLOCK_SIZE=block_size,
-            HEAD_DIM=head_dim, TOK=TOKENS_PER_ITER, NUM_SPLITS=num_splits, USE_DOT=use_dot,
+            HEAD_DIM=head_dim, TOK=_tokens_per_iter(q, head_dim), NUM_SPLITS=num_splits, USE_DOT=use_dot,
             PRECISION=dot_precision(q.dtype), UPCAST=interpreting(),
         )
         if num_splits > 1:

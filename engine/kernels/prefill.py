@@ -112,13 +112,15 @@ def triton_varlen_prefill(
     num_prefills = int(start_pos.shape[0])
     if num_prefills == 0 or max_query_len == 0:
         return out
-    grid = (num_prefills, num_heads, triton.cdiv(max_query_len, BLOCK_M))
+    # float32 tiles at head_dim 128 would overflow shared memory at the bf16 tile sizes.
+    bm, bn = (BLOCK_M // 2, BLOCK_N // 2) if q.element_size() > 2 and head_dim >= 128 else (BLOCK_M, BLOCK_N)
+    grid = (num_prefills, num_heads, triton.cdiv(max_query_len, bm))
     with on_device(q):
         _prefill_kernel[grid](
             q, k_cache, v_cache, out, query_start, start_pos, block_tables, scale,
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             block_tables.stride(0), out.stride(0), out.stride(1),
             GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
-            BM=BLOCK_M, BN=BLOCK_N, PRECISION=dot_precision(q.dtype), UPCAST=interpreting(),
+            BM=bm, BN=bn, PRECISION=dot_precision(q.dtype), UPCAST=interpreting(),
         )
     return out
