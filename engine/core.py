@@ -17,7 +17,7 @@ from isthmus.engine.outputs import EngineLoad, EngineOutput
 from isthmus.engine.params import SamplingParams
 from isthmus.engine.plan import RunOutput, SchedulePlan
 from isthmus.engine.scheduler import Scheduler
-from isthmus.engine.sequence import Sequence
+from isthmus.engine.sequence import Sequence, SeqUpdate
 from isthmus.engine.state import RequestState
 
 TOKENS_PER_S_WINDOW = 5.0  # seconds
@@ -92,6 +92,9 @@ class EngineCore:
         self.processor = OutputProcessor(tokenizer, self.scheduler)
         self.last_num_scheduled = 0  # tokens in the latest step's plan
         self._generated: deque[tuple[float, int]] = deque()  # (time, tokens generated that step)
+        # Updates of an overlapped step (see `step`), turned into outputs during the next one.
+        self._deferred: list[SeqUpdate] = []
+        self._ready: list[EngineOutput] = []  # outputs drained early (export_state), sent next
 
     def add(
         self,
@@ -140,25 +143,55 @@ class EngineCore:
 
     @property
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished
+        return self.scheduler.has_unfinished or bool(self._deferred or self._ready)
 
     def step(self, lock: Any = None) -> list[EngineOutput]:
-        """One iteration: schedule, run, postprocess. ``lock`` is held except while running."""
+        """One iteration: schedule, run, postprocess. ``lock`` is held except while running.
+
+        Host work off the critical path: when the runner's `launch` returns with the device still
+        busy (a decode step replayed from a CUDA graph), the previous such step's output processing
+        (detokenization, stop strings) runs meanwhile, and this step's is deferred to the next
+        step; its outputs come one step later. A stop string found then finishes the request
+        before its next token is accepted (that token, already computed, is dropped).
+        """
         guard = lock if lock is not None else contextlib.nullcontext()
         with guard:
             plan = self.scheduler.schedule(time.monotonic())
             self.last_num_scheduled = plan.num_tokens
-        out = self.runner.run(plan) if not plan.is_empty else RunOutput()
+        launch = getattr(self.runner, "launch", None)
+        handle = launch(plan) if launch is not None and not plan.is_empty else None
+        overlapped = handle is not None and handle.overlapped
+        early: list[EngineOutput] = []
+        if overlapped:
+            with guard:
+                early = self._drain()
+        if handle is not None:
+            out = handle.result()
+        else:
+            out = self.runner.run(plan) if not plan.is_empty else RunOutput()
         with guard:
             now = time.monotonic()
+            if not overlapped:  # before postprocess: a stop string found there drops this step's token
+                early = self._drain()
             updates = self.scheduler.postprocess(plan, out, now)
-            outputs = self.processor.process(updates)
+            if overlapped:
+                self._deferred = updates
+                outputs = early
+            else:
+                outputs = early + self.processor.process(updates)
             num_new = sum(len(u.new_token_ids) for u in updates)
             if num_new:
                 self._generated.append((now, num_new))
         return outputs
 
+    def _drain(self) -> list[EngineOutput]:
+        """Outputs drained early plus those of the deferred updates (call under the lock)."""
+        ready, self._ready = self._ready, []
+        deferred, self._deferred = self._deferred, []
+        return ready + (self.processor.process(deferred) if deferred else [])
+
     def export_state(self, request_id: str) -> RequestState:
+        self._ready = self._drain()  # the text must include every token of output_ids
         seq = self.scheduler.get(request_id)
         if seq is None:
             raise KeyError(f"no running or waiting request {request_id!r}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +28,8 @@ from isthmus.engine.loader import Rewrite, load_model
 from isthmus.engine.options import EngineOptions
 from isthmus.engine.plan import RunOutput, ScheduledSeq, SchedulePlan
 from isthmus.engine.quant import QUANTIZATIONS, UnsupportedQuantizationError
-from isthmus.engine.sampler import sample
+from isthmus.engine.sampler import sample, sample_async
+from isthmus.engine.step_handle import StepHandle
 
 PROMPT_LOGPROB_ROWS = 256  # rows of full-vocab logits materialised at once when scoring prompts
 # Portable decode attention (CPU): at most this many length groups, each of at least ~this many rows.
@@ -208,18 +209,41 @@ class ModelRunner:
             [s.block_table[: s.start_pos // bs + 1] for s in seqs],
         )
 
+    @torch.inference_mode()
+    def launch(self, plan: SchedulePlan) -> StepHandle:
+        """Start one step; `StepHandle.result()` gives what `run` would have returned.
+
+        A decode-only step replayed from a CUDA graph returns with its device work (replay,
+        sampling, the copy of the tokens to pinned memory) still queued (``overlapped``), so the
+        caller can do host work meanwhile. Any other step runs to completion here.
+        """
+        captured = self.graphs is not None and self.graphs.captured
+        if captured and not plan.is_empty and self._graph_eligible(plan):
+            return StepHandle(self._launch_graph(plan), overlapped=True)
+        out = self.run(plan)
+        return StepHandle(lambda: out, overlapped=False)
+
     def _run_graph(self, plan: SchedulePlan) -> RunOutput:
         """A decode-only step replayed from a captured CUDA graph; sampling runs eagerly after."""
+        return self._launch_graph(plan)()
+
+    def _launch_graph(self, plan: SchedulePlan) -> Callable[[], RunOutput]:
         seqs = plan.seqs
-        logits = self._replay(plan)  # [n, vocab]
-        out = RunOutput()
+        logits = self._replay(plan)  # [n, vocab], the graph's static output
         rows = [i for i, s in enumerate(seqs) if s.do_sample]
-        if rows:
-            sample_seqs = [seqs[i] for i in rows]
-            picked = logits if len(rows) == len(seqs) else logits[torch.tensor(rows, device=self.device)]
-            for seq, token in zip(sample_seqs, sample(picked, sample_seqs), strict=True):
+        if not rows:
+            return RunOutput
+        sample_seqs = [seqs[i] for i in rows]
+        picked = logits if len(rows) == len(seqs) else logits[torch.tensor(rows, device=self.device)]
+        tokens = sample_async(picked, sample_seqs)  # queued behind the replay, before any next one
+
+        def finish() -> RunOutput:
+            out = RunOutput()
+            for seq, token in zip(sample_seqs, tokens(), strict=True):
                 out.sampled[seq.seq_id] = token
-        return out
+            return out
+
+        return finish
 
     def _prompt_logprobs(self, hidden: torch.Tensor, seq: ScheduledSeq, start: int) -> tuple[float, int]:
         """(sum, count) of log p(prompt token) for the prompt tokens this chunk's rows predict.

@@ -23,6 +23,8 @@ request's output is the same alone or in any batch, and can be resumed on anothe
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from isthmus.engine.plan import SampledToken, ScheduledSeq
 from isthmus.engine.sample_stats import row_stats
@@ -150,9 +152,15 @@ def _rows(idx: list[int], n: int, device: torch.device) -> slice | torch.Tensor:
     return slice(None) if len(idx) == n else torch.tensor(idx, device=device)
 
 
-@torch.no_grad()
 def sample(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> list[SampledToken]:
-    """Pick one token per row of ``logits`` [n, vocab] (any float dtype) for ``seqs`` (same order).
+    """Pick one token per row of ``logits`` [n, vocab] for ``seqs`` (same order); see `sample_async`."""
+    return sample_async(logits, seqs)()
+
+
+@torch.no_grad()
+def sample_async(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> Callable[[], list[SampledToken]]:
+    """Enqueue the sampling of ``logits`` [n, vocab] (any float dtype) for ``seqs`` (same order);
+    returns a function giving the tokens.
 
     Greedy rows never build float32 log-probabilities: their token, its logprob and (when the
     request wants it, ``SamplingParams.entropy``) the entropy come from one pass over the logits
@@ -163,7 +171,7 @@ def sample(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> list[SampledToken]
     if logits.dim() != 2 or logits.shape[0] != len(seqs):
         raise ValueError(f"logits shape {tuple(logits.shape)} does not match {len(seqs)} sequences")
     if not seqs:
-        return []
+        return list
     n, device = len(seqs), logits.device
     if any(_has_penalty(s) for s in seqs):
         logits = apply_penalties(logits.float().clone(), seqs)  # [n, vocab]
@@ -240,9 +248,12 @@ def _collect(
     chosen_lp: torch.Tensor,
     entropy: torch.Tensor,
     logprobs: dict[int, torch.Tensor],
-) -> list[SampledToken]:
-    """One device-to-host copy of every row's token, logprob, entropy and top logprobs."""
-    n = len(seqs)
+) -> Callable[[], list[SampledToken]]:
+    """One device-to-host copy of every row's token, logprob, entropy and top logprobs.
+
+    On CUDA the copy goes into pinned memory without blocking; the returned function waits for
+    it, so the host can do other work (the previous step's output processing) meanwhile.
+    """
     max_top = min(max((s.params.logprobs or 0) for s in seqs), logits.shape[1])
     parts = [chosen.double(), chosen_lp.double(), entropy.double()]
     if max_top > 0:
@@ -252,9 +263,28 @@ def _collect(
         ])  # [t, vocab]: only the rows that asked for top logprobs
         tv, ti = rows.topk(max_top, dim=-1)
         parts += [ti.double().flatten(), tv.double().flatten()]
-    flat = torch.cat(parts).cpu().tolist()
+    top_at = {i: j for j, i in enumerate(tops)} if max_top > 0 else {}  # row -> its top block
+    flat_dev = torch.cat(parts)
+    if not flat_dev.is_cuda:
+        flat = flat_dev.cpu().tolist()
+        return lambda: _tokens(seqs, flat, max_top, top_at)
+    host = torch.empty(flat_dev.shape, dtype=flat_dev.dtype, pin_memory=True)
+    host.copy_(flat_dev, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def finish() -> list[SampledToken]:
+        done.synchronize()
+        return _tokens(seqs, host.tolist(), max_top, top_at)
+
+    return finish
+
+
+def _tokens(
+    seqs: list[ScheduledSeq], flat: list[float], max_top: int, top_at: dict[int, int]
+) -> list[SampledToken]:
+    n = len(seqs)
     out = []
-    top_at = {i: j for j, i in enumerate(tops)} if max_top > 0 else {}
     id_base, val_base = 3 * n, 3 * n + len(top_at) * max_top
     for i, s in enumerate(seqs):
         k = min(s.params.logprobs or 0, max_top)
