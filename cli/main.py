@@ -1,4 +1,4 @@
-"""The `isthmus` command: `model make-tiny`, `center`, `edge`, `up`, `chat`, `demo`.
+"""The `isthmus` command: `model make-tiny`, `center`, `edge`, `up`, `chat`, `demo`, `weights`.
 
 Every bad argument is refused before anything starts, naming the flag and what to give instead
 (exit status 2). Long steps (writing models, waiting for the center's health) print progress.
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("args", nargs=argparse.REMAINDER)
     router = sub.add_parser("router", help="eval, train or explain the escalation router", add_help=False)
     router.add_argument("args", nargs=argparse.REMAINDER)
+    weights = sub.add_parser("weights", help="write a checkpoint's manifest, or sync one", add_help=False)
+    weights.add_argument("args", nargs=argparse.REMAINDER)
 
     up = sub.add_parser("up", help="start a whole network (center TP=2 + edge) on this machine")
     _network_args(up)
@@ -133,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .router import main as router_main
 
         return router_main(args[1:])
+    if args and args[0] == "weights":
+        from .weights import main as weights_main
+
+        return weights_main(args[1:])
     parser = build_parser()
     a = parser.parse_args(args)
     check_args(parser, a)

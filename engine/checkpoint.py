@@ -193,20 +193,26 @@ def write_checksums(path: str | Path, file_names: Iterable[str]) -> Path:
     return manifest
 
 
-def verify_checksums(path: str | Path) -> None:
-    """Check every weights file against `sha256sums.txt`; raise `ChecksumError` naming a bad file."""
-    folder = Path(path)
-    manifest = folder / MANIFEST_FILE
-    if not manifest.exists():
-        raise ChecksumError(MANIFEST_FILE, f"verification asked but no manifest in {folder}")
+def parse_manifest(text: str) -> dict[str, str]:
+    """File name -> sha256 hex digest from the text of a `sha256sums.txt`."""
     expected: dict[str, str] = {}
-    for lineno, line in enumerate(manifest.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         digest, sep, name = line.partition("  ")
         if not sep or len(digest) != 64:
             raise ChecksumError(MANIFEST_FILE, f"line {lineno} is not '<sha256>  <file>'")
         expected[name.strip().lstrip("*")] = digest.lower()
+    return expected
+
+
+def verify_checksums(path: str | Path) -> None:
+    """Check every weights file against `sha256sums.txt`; raise `ChecksumError` naming a bad file."""
+    folder = Path(path)
+    manifest = folder / MANIFEST_FILE
+    if not manifest.exists():
+        raise ChecksumError(MANIFEST_FILE, f"verification asked but no manifest in {folder}")
+    expected = parse_manifest(manifest.read_text())
     for fname in weight_files(folder):
         if fname not in expected:
             raise ChecksumError(fname, f"not listed in {MANIFEST_FILE}")
