@@ -39,7 +39,7 @@ class AffinityOptions:
     min_match_blocks: int = 1  # shorter matches are treated as no match
     balance_abs: float = 8.0  # requests: a load gap above this (and balance_rel) means imbalance
     balance_rel: float = 1.5  # ratio busiest / idlest above which (and balance_abs) it is imbalance
-    load_cost_blocks: float = 16.0  # blocks of prefill one request in a replica's load is worth
+    load_cost_blocks: float = 32.0  # blocks of prefill one request in a replica's load is worth
 
     def __post_init__(self) -> None:
         if self.block_bytes < 1 or self.max_blocks < 1 or self.max_entries < 1:
