@@ -60,6 +60,9 @@ class CenterPool:
         self._ticket = itertools.count()  # round-robin among equally loaded replicas
         self._last_pick: dict[str, int] = {}
         self._health_task: asyncio.Task[None] | None = None
+        self.weights: dict[str, float] = {}  # endpoint -> weight (default 1.0; 0: no new requests)
+        self._retiring: dict[Replica, asyncio.Task[None]] = {}  # removed, finishing in-flight calls
+        self._checks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Open the channels and run one health round, so `has_healthy()` is meaningful at once."""
@@ -73,7 +76,10 @@ class CenterPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
             self._health_task = None
-        await asyncio.gather(*(r.close() for r in self.replicas), return_exceptions=True)
+        for task in [*self._retiring.values(), *self._checks]:
+            task.cancel()
+        retiring = list(self._retiring)
+        await asyncio.gather(*(r.close() for r in [*self.replicas, *retiring]), return_exceptions=True)
 
     async def check_all(self) -> None:
         """One health + Status round over every replica, concurrently."""
@@ -84,6 +90,8 @@ class CenterPool:
             healthy = await replica.check()
         except Exception as exc:  # a broken channel must not kill the health loop
             replica.is_healthy, replica.last_error, healthy = False, f"{type(exc).__name__}: {exc}", False
+        if not healthy:
+            self.affinity.forget(replica.endpoint)  # it may come back restarted, with an empty cache
         if self.on_health is not None:
             self.on_health(replica.endpoint, healthy)
 
@@ -91,6 +99,57 @@ class CenterPool:
         while True:
             await asyncio.sleep(self.options.health_interval_s)
             await self.check_all()
+
+    # --- runtime changes (admin API, config reload) -----------------------------------------------
+    def add_replica(self, endpoint: str, weight: float = 1.0) -> Replica:
+        """Add `endpoint` to the pool; it takes requests once its first health check (started now)
+        passes. Raises ValueError when it is already in the pool."""
+        if any(r.endpoint == endpoint for r in self.replicas):
+            raise ValueError(f"endpoint: {endpoint} is already in the pool")
+        replica = Replica(endpoint, self.options, self.tls)
+        self.replicas.append(replica)
+        self.endpoints.append(endpoint)
+        self.set_weight(endpoint, weight)
+        task = asyncio.get_running_loop().create_task(self._check(replica))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+        return replica
+
+    def remove_replica(self, endpoint: str, grace_s: float = 600.0) -> Replica:
+        """Take `endpoint` out of the pool: no new request goes to it; calls in flight on it finish
+        (up to `grace_s` seconds) before its channel closes. Raises ValueError when it is unknown."""
+        replica = next((r for r in self.replicas if r.endpoint == endpoint), None)
+        if replica is None:
+            raise ValueError(f"endpoint: {endpoint} is not in the pool")
+        self.replicas.remove(replica)
+        self.endpoints.remove(endpoint)
+        self.weights.pop(endpoint, None)
+        task = asyncio.get_running_loop().create_task(self._retire(replica, grace_s))
+        self._retiring[replica] = task
+        task.add_done_callback(lambda _t: self._retiring.pop(replica, None))
+        return replica
+
+    async def _retire(self, replica: Replica, grace_s: float) -> None:
+        deadline = self.clock() + grace_s
+        while replica.num_outstanding > 0 and self.clock() < deadline:
+            await asyncio.sleep(0.05)
+        await replica.close()
+
+    def set_weight(self, endpoint: str, weight: float) -> None:
+        """Share of new requests relative to the others (load is divided by it); 0 sends none."""
+        if endpoint not in self.endpoints:
+            raise ValueError(f"endpoint: {endpoint} is not in the pool")
+        if not (isinstance(weight, int | float) and 0 <= weight <= 1000):
+            raise ValueError(f"weight: expected a number in [0, 1000], got {weight!r}")
+        self.weights[endpoint] = float(weight)
+
+    def weight(self, endpoint: str) -> float:
+        return self.weights.get(endpoint, 1.0)
+
+    @property
+    def num_retiring(self) -> int:
+        """Removed replicas still finishing calls in flight."""
+        return len(self._retiring)
 
     # --- views -----------------------------------------------------------------------------------
     def _usable(self, now: float) -> list[Replica]:
@@ -119,12 +178,13 @@ class CenterPool:
         `PrefixAffinity`) unless loads are imbalanced; else the least loaded (ties: least recently
         picked)."""
         now = self.clock()
-        candidates = [r for r in self._usable(now) if r.endpoint not in exclude]
+        candidates = [r for r in self._usable(now) if r.endpoint not in exclude and self.weight(r.endpoint) > 0]
         if not candidates:
             return None
         preferred = self.affinity.choose({r.endpoint: r.load_score() for r in candidates}, prefix)
         def rank(r: Replica) -> tuple[bool, float, int]:
-            return (r.endpoint != preferred, r.load_score(), self._last_pick.get(r.endpoint, -1))
+            score = r.load_score() / self.weight(r.endpoint)  # weight 2: looks half as loaded
+            return (r.endpoint != preferred, score, self._last_pick.get(r.endpoint, -1))
 
         best = min(candidates, key=rank)
         self._last_pick[best.endpoint] = next(self._ticket)

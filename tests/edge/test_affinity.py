@@ -134,3 +134,17 @@ def test_simulated_chat_workload_hits_more_without_starving_a_replica():
     assert aff["hit_rate"] > base["hit_rate"]
     assert aff["computed"] < base["computed"]
     assert min(aff["requests"]) >= 0.3 * sum(aff["requests"])  # neither replica starves
+
+
+async def test_pool_forgets_a_replica_that_turns_unhealthy():
+    pool = CenterPool(["a:1"], affinity=PrefixAffinity(AffinityOptions(block_bytes=8)))
+    replica = _FakeReplica("a:1")
+    conv = pool.affinity.block_hashes(ids(*range(16)))
+    pool.affinity.record("a:1", conv)
+
+    async def unhealthy() -> bool:
+        return False
+
+    replica.check = unhealthy  # type: ignore[attr-defined]
+    await pool._check(replica)  # type: ignore[arg-type]
+    assert pool.affinity.match("a:1", conv) == 0
