@@ -65,8 +65,15 @@ class CenterService:
         model_name: str,
         max_model_len: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        weights_digest: str | None = None,
     ) -> None:
         self.engine = engine
+        if weights_digest is None:  # the model folder's manifest digest, reported in Status
+            from isthmus.engine.weights_sync import folder_digest
+
+            model = getattr(getattr(engine, "options", None), "model", "")
+            weights_digest = folder_digest(model) if model else ""
+        self.weights_digest = weights_digest
         self.tokenizer = tokenizer
         self.model_name = model_name[: limits.MAX_MODEL_NAME_LEN]
         self.max_model_len = max_model_len
@@ -231,6 +238,7 @@ class CenterService:
             prefix_cache_hit_rate=load.prefix_cache_hit_rate,
             num_cached_kv_blocks=load.num_cached_kv_blocks,
             num_prefix_evictions=load.num_prefix_evictions,
+            weights_digest=self.weights_digest,
         )
 
     # --- Drain ------------------------------------------------------------------------------------

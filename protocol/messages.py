@@ -182,6 +182,7 @@ class Status(msgspec.Struct, kw_only=True, tag_field="type", tag="status"):
     prefix_cache_hit_rate: NonNegFloat = 0.0  # prompt tokens reused from the KV cache / prompt tokens
     num_cached_kv_blocks: Count = 0  # KV blocks held in the prefix cache now
     num_prefix_evictions: Count = 0  # cached KV blocks reclaimed since start
+    weights_digest: Fingerprint = ""  # sha256 of the model's sha256sums.txt ("" = no manifest)
 
 
 class DrainRequest(msgspec.Struct, kw_only=True, tag_field="type", tag="drain_request"):

@@ -233,6 +233,7 @@ SAMPLES: list[tuple[Message, dict[str, Any]]] = [
             prefix_cache_hit_rate=0.75,
             num_cached_kv_blocks=40,
             num_prefix_evictions=2,
+            weights_digest="d" * 64,
         ),
         {
             "type": "status",
@@ -250,6 +251,7 @@ SAMPLES: list[tuple[Message, dict[str, Any]]] = [
             "prefix_cache_hit_rate": 0.75,
             "num_cached_kv_blocks": 40,
             "num_prefix_evictions": 2,
+            "weights_digest": "d" * 64,
         },
     ),
     (DrainRequest(grace_s=12.5), {"type": "drain_request", "grace_s": 12.5}),
