@@ -193,3 +193,25 @@ async def test_a_corrupted_byte_over_http_is_refused(tmp_path: Path, origin: tup
     with pytest.raises(ChecksumMismatch, match=r"config\.json"):
         await asyncio.to_thread(sync_checkpoint, url, dst)
     assert tree(dst) == tree(v1)
+
+
+def test_a_server_without_range_support_restarts_the_cut_file(tmp_path: Path) -> None:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    src = checkpoint(tmp_path / "src", seed=4)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(src))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        dst = tmp_path / "model"
+        staging = tmp_path / ".model.versions" / f"{folder_digest(src)[:32]}.partial"
+        staging.mkdir(parents=True)
+        (staging / "model.safetensors.part").write_bytes(b"stale bytes from an earlier try")
+        result = sync_checkpoint(f"http://127.0.0.1:{server.server_address[1]}", dst)
+        assert tree(dst) == tree(src) and result.num_files_resumed == 1
+    finally:
+        server.shutdown()
+        server.server_close()
