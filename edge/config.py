@@ -158,8 +158,16 @@ class CenterConfig:
     max_attempts: int = 3
     breaker_failures: int = 3
     breaker_cooldown_s: float = 5.0
+    # per endpoint, same order; [] = all 1.0; 0 = no new requests (admin API: POST /admin/pool)
+    weights: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.weights and len(self.weights) != len(self.endpoints):
+            num = len(self.endpoints)
+            raise ValueError(f"weights: expected one per endpoint ({num}), got {len(self.weights)}")
+        for i, w in enumerate(self.weights):
+            if not 0 <= w <= 1000:
+                raise ValueError(f"weights[{i}]: expected a number in [0, 1000], got {w!r}")
         for i, ep in enumerate(self.endpoints):
             m = _ENDPOINT.match(ep)
             if m is None or not 1 <= int(m.group(1)) <= 65535:
@@ -190,6 +198,26 @@ class CenterConfig:
             breaker_max_cooldown_s=max(60.0, self.breaker_cooldown_s),
         )
         return {"tls": tls, "options": options}
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The admin API (`admin_api.py`) on the HTTP port: off unless a token digest is set."""
+
+    token_sha256: str = ""  # sha256 hex of the admin token (`isthmus.edge.auth.hash_key`); "" = off
+
+    def __post_init__(self) -> None:
+        if self.token_sha256 and not re.match(r"^[0-9a-f]{64}$", self.token_sha256):
+            raise ValueError("token_sha256: expected 64 lowercase hex characters")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = ""  # "DEBUG", "INFO", "WARNING", "ERROR"; "" = the --log-level given at start
+
+    def __post_init__(self) -> None:
+        if self.level not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"level: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.level!r}")
 
 
 @dataclass(frozen=True)
@@ -318,6 +346,8 @@ class EdgeConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     source: str | None = field(default=None, compare=False)  # the file it was read from
 
     @classmethod

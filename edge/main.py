@@ -42,15 +42,26 @@ async def serve(config: EdgeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, node)  # config hot reload
     log.info("edge ready: QUIC on %s, HTTP on %s", node.quic_address, node.http_address)
     try:
         await stop.wait()
         log.info("draining")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await node.stop()
     log.info("stopped")
+
+
+def _reload_on_sighup(node: object) -> None:
+    """SIGHUP: re-read the config file and apply what can change live (a refusal is logged)."""
+    from .reload import ReloadRefused
+
+    try:
+        node.reload(actor="sighup")  # type: ignore[attr-defined]
+    except ReloadRefused:
+        pass  # reload_node logged the field-named errors and audited the refusal
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,8 +157,11 @@ class EdgeNode:
         if not center.endpoints:
             return None
         from .pool import CenterPool
+        from .reload_apply import apply_pool_weights
 
-        return CenterPool(center.endpoints, on_health=self.metrics.set_replica_health, **center.pool_kwargs())
+        pool = CenterPool(center.endpoints, on_health=self.metrics.set_replica_health, **center.pool_kwargs())
+        apply_pool_weights(pool, center)  # per-replica [center] weights
+        return pool
 
     def _quic_limits(self) -> QuicLimits:
         limits = self.config.limits.quic_limits()
@@ -169,14 +172,22 @@ class EdgeNode:
     async def _start_http(self) -> None:
         if not self.config.http.enabled:
             return
+        from .admin_api import admin_setup
         from .http import HttpServer, make_app
         from .openai_api import openai_setup
 
-        app = make_app(self, setup=[openai_setup(self), *self.http_setup])
+        app = make_app(self, setup=[openai_setup(self), admin_setup(self), *self.http_setup])
         server = HttpServer(app, self.config.http.host, self.config.http.port)
         await server.start()
         self.http_server = server
         self.http_port = server.port
+
+    def reload(self, new_config: Any = None, *, actor: str = "sighup", source: str = "") -> list[Any]:
+        """Validate and apply a new config (default: re-read the file) atomically; the changes.
+        Raises `ReloadRefused` naming the fields and keeps the running config (reload_apply.py)."""
+        from .reload_apply import reload_node
+
+        return reload_node(self, new_config, actor=actor, source=source)
 
     def ready_checks(self) -> dict[str, Callable[[], bool]]:
         """What `/readyz` reports: the model is loaded and the node not draining (and a healthy

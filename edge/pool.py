@@ -178,7 +178,8 @@ class CenterPool:
         `PrefixAffinity`) unless loads are imbalanced; else the least loaded (ties: least recently
         picked)."""
         now = self.clock()
-        candidates = [r for r in self._usable(now) if r.endpoint not in exclude and self.weight(r.endpoint) > 0]
+        usable = self._usable(now)
+        candidates = [r for r in usable if r.endpoint not in exclude and self.weight(r.endpoint) > 0]
         if not candidates:
             return None
         preferred = self.affinity.choose({r.endpoint: r.load_score() for r in candidates}, prefix)

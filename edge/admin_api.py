@@ -1,0 +1,177 @@
+"""The admin API on the edge's HTTP port: config reload and center pool changes, token-protected.
+
+Off unless ``[admin] token_sha256`` is set (the sha256 hex of the admin token, separate from every
+API key). Each call needs ``Authorization: Bearer <admin token>``; the presented token is hashed
+and compared in constant time. Missing token: 401; wrong token: 403 (and one ``auth.refused`` audit
+record); both as JSON and before anything is read or changed.
+
+- ``POST /admin/reload``: re-read the config file and apply it (`reload_apply.reload_node`);
+  200 ``{"changes": [...]}`` or 400 ``{"error": ..., "errors": [field-named, ...]}``.
+- ``GET /admin/pool``: the replicas with weight, health and requests in flight.
+- ``POST /admin/pool`` with ``{"action": "add" | "remove" | "weight", "endpoint": "host:port",
+  "weight": 1.0}``: change the pool at runtime (removal: no new requests, in-flight ones finish).
+  A bad argument gets 400 naming the field.
+
+The mount is looked up per request (`node.config.admin`), so a reload that sets, changes or clears
+the token takes effect on the next call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from .reload import ReloadRefused
+from .reload_apply import reload_node
+
+_ENDPOINT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+def _error(status: int, message: str, code: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": {"message": message, "code": code, **extra}}, status=status)
+
+
+def _bad_field(field: str, message: str) -> web.Response:
+    return _error(400, f"{field}: {message}", "invalid_argument", field=field)
+
+
+def check_admin_token(expected_sha256: str, presented: str | None) -> bool:
+    """True when sha256(`presented`) equals `expected_sha256`, compared in constant time."""
+    if not expected_sha256 or not presented:
+        return False
+    digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).hexdigest()
+    return hmac.compare_digest(digest.encode(), expected_sha256.encode())
+
+
+class AdminApi:
+    """The handlers, bound to an `EdgeNode` (read per request: a reload may replace its parts)."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def _authorize(self, request: web.Request) -> web.Response | None:
+        """None when the request carries the admin token, else the refusal to send."""
+        expected = getattr(getattr(self.node.config, "admin", None), "token_sha256", "")
+        if not expected:
+            return _error(404, "the admin API is off ([admin] token_sha256 not set)", "not_found")
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if check_admin_token(expected, token):
+            return None
+        reason = "admin token missing" if not token else "admin token not recognised"
+        audit = getattr(self.node, "audit", None)
+        if audit is not None:
+            audit.record(
+                "auth.refused",
+                actor="-",
+                source=request.remote or "",
+                outcome="refused",
+                details={"reason": reason, "path": request.path},
+            )
+        if not token:
+            return _error(401, reason, "unauthenticated")
+        return _error(403, reason, "forbidden")
+
+    async def reload(self, request: web.Request) -> web.Response:
+        if (refusal := self._authorize(request)) is not None:
+            return refusal
+        try:
+            changes = reload_node(self.node, actor="admin", source=request.remote or "")
+        except ReloadRefused as exc:
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "reload refused; the running config stays",
+                        "code": "invalid_config",
+                        "errors": exc.errors,
+                    }
+                },
+                status=400,
+            )
+        return web.json_response({"changes": [c.as_dict() for c in changes]})
+
+    async def get_pool(self, request: web.Request) -> web.Response:
+        if (refusal := self._authorize(request)) is not None:
+            return refusal
+        return web.json_response({"replicas": pool_view(self.node.pool)})
+
+    async def post_pool(self, request: web.Request) -> web.Response:
+        if (refusal := self._authorize(request)) is not None:
+            return refusal
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _bad_field("body", "expected a JSON object")
+        if not isinstance(body, dict):
+            return _bad_field("body", "expected a JSON object")
+        action, endpoint, weight = body.get("action"), body.get("endpoint"), body.get("weight", 1.0)
+        if action not in ("add", "remove", "weight"):
+            return _bad_field("action", f'expected "add", "remove" or "weight", got {action!r}')
+        if (
+            not isinstance(endpoint, str)
+            or not (m := _ENDPOINT.match(endpoint))
+            or not 1 <= int(m.group(1)) <= 65535
+        ):
+            return _bad_field("endpoint", f'expected "host:port", got {endpoint!r}')
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1000:
+            return _bad_field("weight", f"expected a number in [0, 1000], got {weight!r}")
+        pool = self.node.pool
+        if pool is None and action != "add":
+            return _bad_field("endpoint", f"{endpoint} is not in the pool (there is no center pool)")
+        try:
+            pool = pool if pool is not None else self._new_pool()
+            {
+                "add": lambda: pool.add_replica(endpoint, float(weight)),
+                "remove": lambda: pool.remove_replica(endpoint),
+                "weight": lambda: pool.set_weight(endpoint, float(weight)),
+            }[action]()
+        except ValueError as exc:
+            return _bad_field("endpoint" if "endpoint" in str(exc) else "weight", str(exc).split(": ", 1)[-1])
+        details = {"action": action, "endpoint": endpoint, "weight": weight if action != "remove" else None}
+        if self.node.audit is not None:
+            self.node.audit.record("pool.change", actor="admin", source=request.remote or "", details=details)
+        return web.json_response({"replicas": pool_view(pool)})
+
+    def _new_pool(self) -> Any:
+        from .pool import CenterPool
+
+        node = self.node
+        node.pool = CenterPool(
+            [], on_health=node.metrics.set_replica_health, **node.config.center.pool_kwargs()
+        )
+        if node.orchestrator is not None:
+            node.orchestrator.pool = node.pool
+        return node.pool
+
+
+def pool_view(pool: Any) -> list[dict[str, Any]]:
+    """The replicas as JSON-ready dicts."""
+    if pool is None:
+        return []
+    return [
+        {
+            "endpoint": r.endpoint,
+            "weight": pool.weight(r.endpoint),
+            "healthy": bool(r.is_healthy),
+            "in_flight": r.num_outstanding,
+        }
+        for r in pool.replicas
+    ]
+
+
+def admin_setup(node: Any) -> Callable[[web.Application], None]:
+    """An `http_setup` hook mounting the admin routes (they answer 404 while no token is set)."""
+
+    def setup(app: web.Application) -> None:
+        api = AdminApi(node)
+        app.router.add_post("/admin/reload", api.reload)
+        app.router.add_get("/admin/pool", api.get_pool)
+        app.router.add_post("/admin/pool", api.post_pool)
+
+    return setup
