@@ -203,7 +203,7 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
         auth = self._server.auth
         if auth is not None and msg.code == ErrorCode.UNAUTHENTICATED:
             self.has_valid_key = False
-            auth.record_failure(self.source)
+            auth.record_failure(self.source, reason=msg.message)
 
     @property
     def streams(self) -> list[RequestStream]:

@@ -162,6 +162,8 @@ async def test_every_refused_authentication_appears_once(tmp_path: Path, model: 
     refused = [r for r in records if r["action"] == "auth.refused"]
     assert len(refused) == len(wrong_quic) + len(wrong_http) + 1  # +1: the /metrics scrape
     assert all(r["source"] == "127.0.0.1" and r["outcome"] == "refused" for r in refused)
+    reasons = [r["details"]["reason"] for r in refused]
+    assert reasons.count("api_key: not recognised") == 3 and reasons.count("api_key: missing") == 3
     # the grep test: no key (right or wrong) and no prompt text ever reaches the log
     for secret in [GOOD_KEY, "quic-wrong", "http-wrong", "swordfish", "launch code"]:
         assert secret not in text
