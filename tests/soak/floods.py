@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import multiprocessing
 import struct
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 from isthmus.protocol import GenerateRequest, SamplingOptions
 from isthmus.protocol.limits import MAX_FRAME_SIZE
 
@@ -128,11 +130,27 @@ async def wrong_keys(port: int, stop: asyncio.Event, stats: AttackStats, ready: 
     await asyncio.gather(*(one(i) for i in range(NUM_KEY_ATTACKERS)))
 
 
+async def cpu_burn(port: int, stop: asyncio.Event, stats: AttackStats, ready: Ready) -> None:
+    """The control: an attacker process that burns one core and never talks to the edge.
+
+    On two shared cores an attacker's own CPU work slows everyone; the probe's latency under this
+    control separates that from what a flood costs the edge itself.
+    """
+    ready()
+    data = b"x" * 65536
+    while not stop.is_set():
+        for _ in range(200):
+            data = hashlib.sha256(data).digest() * 2048
+        stats.num_sent += 1
+        await asyncio.sleep(0)
+
+
 FLOODS = {
     "partial_frames": partial_frames,
     "idle_connections": idle_connections,
     "huge_prompts": huge_prompts,
     "wrong_keys": wrong_keys,
+    "cpu_burn": cpu_burn,
 }
 
 
@@ -169,6 +187,10 @@ class ChildFlood:
         self._proc = ctx.Process(target=_child, args=args, daemon=True)
         self._proc.start()
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the attacker process has used so far."""
+        return _cpu_s(self._proc.pid)
+
     async def wait_ready(self, timeout_s: float = 60.0) -> bool:
         """Wait (bounded) until the flood is built up (all idle connections open, ...)."""
         return bool(await asyncio.to_thread(self._ready.wait, timeout_s))
@@ -182,3 +204,11 @@ class ChildFlood:
             if self._proc.is_alive():
                 self._proc.kill()
         return summary
+
+
+def _cpu_s(pid: int | None) -> float:
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except (psutil.Error, ValueError):
+        return 0.0
+    return float(t.user + t.system)

@@ -59,6 +59,20 @@ class Proc:
                 total += p.memory_info().rss
         return total
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) of the process and its children so far."""
+        try:
+            root = psutil.Process(self.popen.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        total = 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
     def rank_pid(self, rank: int) -> int:
         """The pid of tensor-parallel rank `rank` under torchrun (read from its RANK variable)."""
         for child in psutil.Process(self.popen.pid).children(recursive=True):

@@ -1,15 +1,18 @@
-"""Floods: partial frames, idle connections, huge prompts, wrong keys.
+"""Floods: partial frames, idle connections, huge prompts, wrong keys; and a CPU-only control.
 
 During each flood a legitimate client (127.0.0.1, a fresh SDK connection) runs a light greedy
 load; its p99 first-token latency is reported next to the unloaded value (target: under 2x),
 with the edge's RSS before, at its peak and after. Tests assert correctness only: the legitimate
 client sees no failure or corrupted answer, attackers get typed errors and never INTERNAL, the
-edge stays up. Wall-clock figures are reported, never asserted.
+edge stays up. Wall-clock figures are reported, never asserted. The control (an attacker process
+that only burns CPU) shows how much of a slowdown is the two shared cores rather than the edge;
+CPU seconds of the edge and of the attackers during each probe are reported too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -55,7 +58,14 @@ async def _run_flood(
     try:
         is_ready = await flood.wait_ready()
         await asyncio.sleep(pick(0.5, 3.0))
+        cpu = (edge.cpu_s(), flood.cpu_s(), time.monotonic())
         during = await _probe(edge, refs, certs)
+        # where the two shared cores went while the probe ran: the edge, the attackers
+        cpu_share = {
+            "probe_wall_s": round(time.monotonic() - cpu[2], 1),
+            "edge_cpu_s": round(edge.cpu_s() - cpu[0], 1),
+            "attackers_cpu_s": round(flood.cpu_s() - cpu[1], 1),
+        }
     finally:
         attackers = await flood.stop()
         stop.set()
@@ -70,6 +80,7 @@ async def _run_flood(
             "legit_during": during.summary(),
             "ttft_p99_ratio": ratio,
             "flood_built_before_probe": is_ready,
+            "during_probe": cpu_share,
             "attackers": attackers,
             "edge_rss_mb": {
                 "before": round(rss[0] / 2**20, 1),
@@ -110,3 +121,11 @@ async def test_wrong_key_flood(
 ) -> None:
     stats = await _run_flood("wrong_keys", flood_edge, refs, certs, baseline)
     assert stats["sent"] > 0 and set(stats["codes"]) <= {"UNAUTHENTICATED", "RATE_LIMITED"}, stats
+
+
+async def test_control_cpu_burn(
+    flood_edge: Proc, refs: References, certs: tuple[str, str], baseline: LoadStats
+) -> None:
+    """Not a flood: an attacker process burning a core without touching the edge (see above)."""
+    stats = await _run_flood("cpu_burn", flood_edge, refs, certs, baseline)
+    assert stats["sent"] > 0 and stats["codes"] == {}, stats
