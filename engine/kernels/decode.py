@@ -127,6 +127,12 @@ if triton is not None:
         tl.store(out_ptr + seq * stride_os + head * stride_oh + d, cast(out, out_ptr.dtype.element_ty))
 
 
+def _num_warps(head_dim: int) -> int:
+    # At head_dim 128 four warps spill registers (ptxas for sm_90: 255 registers plus stack, the
+    # 64-bit gather pointers of a 64 x 128 tile); eight hold it (194-232 registers, no spill).
+    return 8 if head_dim >= 128 else 4
+
+
 def _tokens_per_iter(q: torch.Tensor, head_dim: int) -> int:
     # float32 K and V tiles of 64 x 128 would crowd shared memory once the loop is pipelined.
     return TOKENS_PER_ITER // 2 if q.element_size() > 2 and head_dim >= 128 else TOKENS_PER_ITER
@@ -176,7 +182,7 @@ def triton_paged_decode(
             block_tables.stride(0), out.stride(0), out.stride(1),
             NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=group_pad, BLOCK_SIZE=block_size,
             HEAD_DIM=head_dim, TOK=_tokens_per_iter(q, head_dim), NUM_SPLITS=num_splits, USE_DOT=use_dot,
-            PRECISION=dot_precision(q.dtype), UPCAST=interpreting(),
+            PRECISION=dot_precision(q.dtype), UPCAST=interpreting(), num_warps=_num_warps(head_dim),
         )
         if num_splits > 1:
             _combine_kernel[(num_seqs, num_heads)](

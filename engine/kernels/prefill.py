@@ -122,5 +122,8 @@ def triton_varlen_prefill(
             block_tables.stride(0), out.stride(0), out.stride(1),
             GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
             BM=bm, BN=bn, PRECISION=dot_precision(q.dtype), UPCAST=interpreting(),
+            # Four warps spill at head_dim 128 (ptxas, sm_90: 255 registers + 496 bytes of stack);
+            # eight do not.
+            num_warps=8 if head_dim >= 128 else 4,
         )
     return out

@@ -24,7 +24,7 @@ PROMPTS = {
     3: [7, 1, 2, 300, 301, 302, 5, 66, 770, 42, 19, 23, 900, 4, 8, 15, 16, 23, 42, 99, 100, 101],
 }
 CHUNKS = {1: 8, 2: 7, 3: 10}  # prefill chunk per step: 1 and 3 are chunked, 2 fits in one
-STEPS = 8
+STEPS = 6
 BLOCK = 4
 
 
