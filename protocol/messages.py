@@ -84,6 +84,7 @@ class Route(msgspec.Struct):
     reason: Reason = ""
     score: FiniteFloat = 0.0
     is_degraded: bool = False
+    variant: Annotated[str, Meta(max_length=32)] = ""  # A/B split: "stable" or "candidate"; "": none
 
 
 class Usage(msgspec.Struct):
@@ -116,6 +117,7 @@ class GenerateRequest(msgspec.Struct, kw_only=True, tag_field="type", tag="gener
     timeout_ms: Annotated[int, Meta(ge=L.MIN_TIMEOUT_MS, le=L.MAX_TIMEOUT_MS)] | None = None
     api_key: Annotated[str, Meta(max_length=L.MAX_API_KEY_LEN)] | None = None
     continuation: Continuation | None = None
+    user: Annotated[str, Meta(max_length=L.MAX_API_KEY_LEN)] | None = None  # end user, for A/B stickiness
 
 
 class TokenChunk(msgspec.Struct, kw_only=True, tag_field="type", tag="token_chunk"):

@@ -59,7 +59,7 @@ SAMPLING_DICT: dict[str, Any] = {
     "ignore_eos": True,
 }
 ROUTE = Route("center", "hard prompt", 0.83, is_degraded=False)
-ROUTE_DICT = {"tier": "center", "reason": "hard prompt", "score": 0.83, "is_degraded": False}
+ROUTE_DICT = {"tier": "center", "reason": "hard prompt", "score": 0.83, "is_degraded": False, "variant": ""}
 
 CHAT_REQUEST = GenerateRequest(
     id="req-chat",
@@ -107,6 +107,7 @@ SAMPLES: list[tuple[Message, dict[str, Any]]] = [
             "timeout_ms": None,
             "api_key": None,
             "continuation": None,
+            "user": None,
         },
     ),
     (
@@ -132,6 +133,7 @@ SAMPLES: list[tuple[Message, dict[str, Any]]] = [
                 "tokenizer_fingerprint": "ab" * 32,
                 "reason": "low confidence",
             },
+            "user": None,
         },
     ),
     (
@@ -163,6 +165,7 @@ SAMPLES: list[tuple[Message, dict[str, Any]]] = [
             "timeout_ms": None,
             "api_key": None,
             "continuation": None,
+            "user": None,
         },
     ),
     (
