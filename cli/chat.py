@@ -87,7 +87,9 @@ async def run_chat(
     try:
         async with connect(address, api_key=api_key, ca=ca, retries=1) as client:
             if prompt is not None:
-                answer = await stream_answer(client, prompt, out, **sampling)
+                # one user turn, so the model's chat template applies as in the interactive chat
+                message = [{"role": "user", "content": prompt}]
+                answer = await stream_answer(client, message, out, **sampling)
                 out.write(f"\n[{describe(answer)}]\n")
                 return 0
             return await _interactive(client, sampling, stdin, out)

@@ -1,45 +1,43 @@
-"""Default small checkpoints for `isthmus up` / `isthmus demo`, and where the network's files live.
+"""Default checkpoints for `isthmus up` / `isthmus demo`, the routing knobs tuned to them, and where
+the network's files live.
 
-Both defaults are random-weight LLaMA checkpoints written by `isthmus.engine.tiny` with the same
-tiny BPE tokenizer (same vocab size), so their tokenizer fingerprints match and a hand-over
-carries token ids. The center's model is larger and differently seeded, so the tiers' answers
-differ. Written once into the cache folder; later runs reuse them.
+The defaults are the small trained models shipped in the package (`isthmus.models`:
+`models/edge-default/`, `models/center-default/`, trained by `models/train_tiny.py` on CPython's
+documentation). Both share one tokenizer, so their fingerprints match and a hand-over carries
+token ids. Nothing is written or downloaded at start: the shipped folder is checked against its
+`sha256sums.txt` and used in place.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("ISTHMUS_CACHE_DIR", "~/.cache/isthmus")).expanduser()
 STATE_FILE = "up.json"  # written by `isthmus up`, read by `isthmus chat`
-MODELS_VERSION = 1  # bump when the default shapes change: a new folder is written
 
-VOCAB_SIZE = 1024  # tokens, shared by both defaults (same tokenizer => same fingerprint)
-EDGE_SHAPE: dict[str, Any] = {
-    "arch": "llama",
-    "seed": 1,
-    "hidden_size": 64,
-    "num_layers": 2,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "intermediate_size": 128,
-    "vocab_size": VOCAB_SIZE,
-}
-CENTER_SHAPE: dict[str, Any] = {
-    "arch": "llama",
-    "seed": 2,
-    "hidden_size": 128,
-    "num_layers": 2,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "intermediate_size": 256,
-    "vocab_size": VOCAB_SIZE,
-}
+# Routing knobs measured on the trained default edge model (nf4, greedy, the demo's presence
+# penalty): `python -m isthmus.models.signals` prints the figures for the demo's prompts and
+# tests/cli/test_demo_margins.py keeps the margins below true.
+# Prompt perplexity: mean NLL of the chat-templated prompt (nats/token). Documentation questions
+# measure 0.7-3.1 (the demo's edge prompts 1.8 and 2.2, its hand-over prompt 3.8); chit-chat and
+# questions far from the docs 3.4-6.7. At or below LOW the after-prefill reconsideration adds
+# nothing, so the demo's edge prompts stay >= 0.7 nats clear of it (tested with 0.5).
+PERPLEXITY_LOW_NATS = 4.5
+PERPLEXITY_HIGH_NATS = 8.0
+# Confidence monitor: (window tokens, mean-entropy threshold nats, max checked tokens): the mean
+# entropy of the first four answer tokens decides. Measured means: the demo's edge prompts 4.4
+# and 4.6, its hand-over prompt ("What is the capital of France?") 5.95; other documentation
+# questions 4.3-5.8 (a few, e.g. "What is the json module?" at 5.5, are handed over too).
+# The demo's hand-over relies on >= 0.65 nats either side of 5.25 (tested with 0.5).
+CONFIDENCE: tuple[int, float, int] = (4, 5.25, 4)
+
+
+class DefaultModelError(RuntimeError):
+    """The shipped default checkpoint is missing or does not match its manifest."""
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -51,23 +49,35 @@ def is_checkpoint(path: Path) -> bool:
     )
 
 
-def ensure_default_model(cache_dir: Path, which: str, progress: Callable[[str], None]) -> Path:
-    """The default `which` ("edge" or "center") checkpoint in `cache_dir`, written on first use."""
-    shape = EDGE_SHAPE if which == "edge" else CENTER_SHAPE
-    path = cache_dir / "models" / f"tiny-{which}-v{MODELS_VERSION}"
-    if is_checkpoint(path):
-        progress(f"using the default {which} model {path}")
-        return path
-    from isthmus.engine.tiny import make_tiny_checkpoint
+def default_model_path(which: str) -> Path:
+    """The shipped default checkpoint folder for `which` ("edge" or "center")."""
+    from isthmus.models import default_model_path as shipped
 
-    hidden = shape["hidden_size"]
-    progress(f"writing the default {which} model (random weights, hidden {hidden}) to {path} ...")
-    kwargs = {k: v for k, v in shape.items() if k != "arch"}
-    tmp = path.with_name(path.name + ".tmp")
-    for stale in (tmp, path):  # a half-written folder from an interrupted run
-        shutil.rmtree(stale, ignore_errors=True)
-    make_tiny_checkpoint(tmp, shape["arch"], **kwargs)
-    tmp.replace(path)
+    return shipped(which)
+
+
+def ensure_default_model(cache_dir: Path, which: str, progress: Callable[[str], None]) -> Path:
+    """The shipped default `which` ("edge" or "center") checkpoint, verified against its manifest.
+
+    `cache_dir` is unused (the weights ship with the package); the argument stays for callers.
+    """
+    del cache_dir
+    from isthmus.engine.checkpoint import ChecksumError, verify_checksums
+
+    path = default_model_path(which)
+    if not is_checkpoint(path):
+        raise DefaultModelError(
+            f"the default {which} model is missing from {path}; reinstall isthmus, or retrain it with "
+            "`python -m isthmus.models.train_tiny`"
+        )
+    try:
+        verify_checksums(path)
+    except ChecksumError as exc:
+        raise DefaultModelError(
+            f"the default {which} model in {path} does not match its sha256sums.txt ({exc}); "
+            "restore it with `git checkout -- models/` or reinstall isthmus"
+        ) from exc
+    progress(f"using the default {which} model {path} (trained; see its README.md)")
     return path
 
 

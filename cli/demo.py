@@ -1,9 +1,18 @@
 """`isthmus demo`: bring a network up, answer a handful of prompts, print a table, shut down.
 
-The prompts are chosen so the router answers some at the edge and escalates others (code, math,
-multi-step, or an explicit ``tier="center"``), and one easy prompt is handed to the center
-mid-answer: the network's confidence monitor (window/threshold in `NetworkSettings`) fires on its
-greedy answer from the default random-weight edge model, deterministically (fixed seeds).
+The default models are small LLaMAs trained on CPython's documentation (`models/`), so the prompts
+are questions about Python whose answers such a model can write in documentation-style English.
+The routing is driven by the trained edge model's own signals and the router:
+
+- documentation questions (low prompt perplexity, a confident start) are answered at the edge;
+- a code-writing task and a proof are escalated (the router's score, or the edge's perplexity on
+  the prompt after prefill: they are far from anything the edge model was trained on);
+- one prompt asks for the center outright (`tier="center"`);
+- one question from outside the documentation (`HANDOVER_PROMPT`) looks harmless to the router
+  and familiar enough to the edge model (prompt perplexity), but the edge starts its answer
+  uncertainly: the mean entropy of its first tokens crosses the confidence threshold and the
+  center continues the answer. `models/signals.py` measures the margins this relies on
+  (see `isthmus.cli.defaults`), and tests/cli/test_demo_margins.py keeps them.
 """
 
 from __future__ import annotations
@@ -22,15 +31,19 @@ class DemoPrompt:
     tier: str = "auto"
 
 
+HANDOVER_PROMPT = "What is the capital of France?"
 PROMPTS = (
-    DemoPrompt("Hi there!"),
+    DemoPrompt("What does the assert statement do?"),
     DemoPrompt("Write a Python function that implements binary search, then explain its complexity."),
+    DemoPrompt("What does the with statement do?"),
     DemoPrompt("Prove that the sum of two even numbers is even, step by step."),
-    DemoPrompt("Name a colour.", tier="center"),
-    DemoPrompt("Tell me a story"),
-    DemoPrompt("Good morning"),
+    DemoPrompt("What is a lambda expression?", tier="center"),
+    DemoPrompt(HANDOVER_PROMPT),
 )
-MAX_TOKENS = 16  # tokens per answer: enough to see streaming and a hand-over, quick on 2 cores
+MAX_TOKENS = 48  # tokens per answer: a sentence or three, quick on 2 cores
+# Greedy small models loop on a phrase; a presence penalty (generated tokens only, unlike the
+# repetition penalty, which also pushes the answer away from the prompt's words) breaks the loops.
+PRESENCE_PENALTY = 0.6
 
 
 async def run_prompts(net: LocalNetwork, out: TextIO) -> list[tuple[DemoPrompt, Answer]]:
@@ -44,12 +57,12 @@ async def run_prompts(net: LocalNetwork, out: TextIO) -> list[tuple[DemoPrompt, 
             out.write(f"\n> {prompt.text}{wish}\n")
             answer = await stream_answer(
                 client,
-                prompt.text,
+                [{"role": "user", "content": prompt.text}],  # the chat template the models learnt
                 out,
                 tier=prompt.tier,
                 max_tokens=MAX_TOKENS,
                 temperature=0.0,
-                ignore_eos=True,
+                presence_penalty=PRESENCE_PENALTY,
             )
             route = answer.completion.route
             out.write(
@@ -87,8 +100,9 @@ def table(results: list[tuple[DemoPrompt, Answer]]) -> str:
 async def run_demo(net: LocalNetwork, out: TextIO = sys.stdout) -> int:
     """Up, prompts, table, down; 0 when the network answered every prompt."""
     out.write(
-        "isthmus demo: the default models have RANDOM weights, so answers are gibberish; the demo\n"
-        "shows the network (routing, escalation, mid-answer hand-over, streaming), not a model.\n"
+        "isthmus demo: the default models are tiny LLaMAs (edge ~1.3M, center ~5.5M parameters) trained\n"
+        "on Python's documentation: they answer in documentation-style English, not always correctly.\n"
+        "The demo shows the network (routing, escalation, mid-answer hand-over, streaming).\n"
         "Real models: isthmus demo --edge-model /models/deepseek-r1-distill-qwen-1.5b "
         "--center-model /models/deepseek-llm-7b-chat\n\n"
     )

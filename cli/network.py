@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .defaults import STATE_FILE, ensure_default_model, is_checkpoint
+from .defaults import (
+    CONFIDENCE,
+    PERPLEXITY_HIGH_NATS,
+    PERPLEXITY_LOW_NATS,
+    STATE_FILE,
+    DefaultModelError,
+    ensure_default_model,
+    is_checkpoint,
+)
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 LAUNCH_SCRIPT = REPO_DIR / "deploy" / "launch-center.sh"
@@ -46,10 +54,9 @@ class NetworkSettings:
     edge_quantization: str = "nf4"
     # prompt score at or above which the edge escalates: any code, math or multi-step signal
     router_threshold: float = 0.1
-    # (window tokens, mean-entropy threshold nats, max checked tokens): the first four tokens
-    # decide. With the default random-weight nf4 edge model and greedy decoding, the demo's
-    # "Tell me a story" averages ~3.45 nats over them, its other easy prompts <= ~3.14.
-    confidence: tuple[int, float, int] = (4, 3.3, 4)
+    # (window tokens, mean-entropy threshold nats, max checked tokens): measured on the trained
+    # default edge model, see `defaults.CONFIDENCE`
+    confidence: tuple[int, float, int] = CONFIDENCE
     grace_s: float = 2.0  # seconds in-flight answers get when stopping
 
 
@@ -104,7 +111,10 @@ class LocalNetwork:
 
     def _model(self, given: Path | None, which: str, flag: str) -> Path:
         if given is None:
-            return ensure_default_model(self.settings.cache_dir, which, self.progress)
+            try:
+                return ensure_default_model(self.settings.cache_dir, which, self.progress)
+            except DefaultModelError as exc:
+                raise NetworkError(str(exc)) from exc
         path = given.expanduser().resolve()
         if not is_checkpoint(path):
             raise NetworkError(
@@ -214,7 +224,7 @@ class LocalNetwork:
     def edge_toml(self, model: Path, cert: Path, key: Path) -> str:
         s = self.settings
         window, conf_threshold, max_checked = s.confidence
-        # prompt perplexity is not a signal with random weights (every prompt looks surprising)
+        # prompt perplexity bounds measured on the trained default edge model (`defaults`)
         return f"""# written by `isthmus up`; rewritten on every start
 [model]
 path = {json.dumps(str(model))}
@@ -241,8 +251,8 @@ health_interval_s = 0.5
 
 [router]
 threshold = {s.router_threshold}
-perplexity_low_nats = 50.0
-perplexity_high_nats = 60.0
+perplexity_low_nats = {PERPLEXITY_LOW_NATS}
+perplexity_high_nats = {PERPLEXITY_HIGH_NATS}
 
 [confidence]
 window = {window}

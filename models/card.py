@@ -36,7 +36,8 @@ def _rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
             "training",
             f"{facts['steps']} steps x {facts['batch_size']} windows x {facts['seq_len']} tokens "
             f"({facts['tokens_seen']:,} tokens), AdamW, peak lr {facts['lr']}, seed {facts['seed']}, "
-            f"{facts['train_seconds']} s on CPU (Python {facts['python']}, torch {facts['torch']})",
+            f"{facts['train_cpu_seconds']} s of CPU time on one thread ({facts['train_wall_seconds']} s "
+            f"wall on a shared 2-core host; Python {facts['python']}, torch {facts['torch']})",
         ),
         (
             "held-out perplexity",
