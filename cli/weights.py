@@ -48,8 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _sync(a: argparse.Namespace, sync_error: type[Exception]) -> int:
     from isthmus.engine.weights_sync import ChecksumMismatch, open_source, sync_checkpoint
 
-    details: dict[str, object] = {"src": getattr(open_source(a.src), "description", a.src), "dst": str(a.dst)}
+    details: dict[str, object] = {"src": "", "dst": str(a.dst)}
     try:
+        details["src"] = open_source(a.src).description  # without credentials or query
         result = sync_checkpoint(a.src, a.dst)
     except ChecksumMismatch as exc:
         print(f"isthmus weights sync: refused: {exc}; {a.dst} is unchanged", file=sys.stderr)

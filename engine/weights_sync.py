@@ -22,6 +22,8 @@ The manifest is the loader's own `sha256sums.txt` (`checkpoint.py`: ``<sha256>  
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -225,16 +227,32 @@ def sync_checkpoint(src: str, dst: str | Path) -> SyncResult:
         result.is_up_to_date = True
         return result
     staging = versions / f"{digest[:32]}.partial"
-    if not final.is_dir():
-        staging.mkdir(parents=True, exist_ok=True)
-        for name, want in sorted(names.items()):
-            _copy_verified(source, name, want, staging, result)
-        (staging / MANIFEST_FILE).write_bytes(raw)
-        os.rename(staging, final)
-    elif staging.exists():
-        shutil.rmtree(staging)
-    _point(dst, final, versions)
+    versions.mkdir(parents=True, exist_ok=True)
+    with _locked(versions):
+        if not final.is_dir():
+            staging.mkdir(exist_ok=True)
+            for name, want in sorted(names.items()):
+                _copy_verified(source, name, want, staging, result)
+            (staging / MANIFEST_FILE).write_bytes(raw)
+            os.rename(staging, final)
+        elif staging.exists():
+            shutil.rmtree(staging)
+        _point(dst, final, versions)
     return result
+
+
+@contextlib.contextmanager
+def _locked(versions: Path) -> Iterator[None]:
+    """One sync per destination at a time (a second one is refused, not interleaved)."""
+    fd = os.open(versions / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SyncError(f"{versions}: another sync to this destination is running") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _copy_verified(source: Source, name: str, want: str, staging: Path, result: SyncResult) -> None:

@@ -215,3 +215,30 @@ def test_a_server_without_range_support_restarts_the_cut_file(tmp_path: Path) ->
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_second_sync_to_the_same_destination_is_refused_while_one_runs(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    src = checkpoint(tmp_path / "src", seed=5)
+    versions = tmp_path / ".model.versions"
+    versions.mkdir()
+    fd = os.open(versions / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running sync holds it
+        with pytest.raises(SyncError, match="another sync"):
+            sync_checkpoint(str(src), tmp_path / "model")
+    finally:
+        os.close(fd)
+    sync_checkpoint(str(src), tmp_path / "model")
+    assert tree(tmp_path / "model") == tree(src)
+
+
+def test_bad_sources_are_clear_errors(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["weights", "sync", "ftp://host/m", str(tmp_path / "d")]) == 1
+    assert "unsupported source" in capsys.readouterr().err
+    assert main(["weights", "sync", str(tmp_path), str(tmp_path / "d")]) == 1
+    assert "isthmus weights manifest" in capsys.readouterr().err
+    assert main(["weights", "sync", "http://127.0.0.1:9/m", str(tmp_path / "d")]) == 1
+    assert "cannot connect" in capsys.readouterr().err
