@@ -57,7 +57,9 @@ def greedy(max_tokens: int) -> dict[str, Any]:
 
 
 async def scrape(h: Harness) -> str:
-    async with aiohttp.ClientSession() as session, session.get(h.metrics_url) as resp:
+    # /metrics needs a key when keys are configured, as the API does.
+    headers = {"Authorization": f"Bearer {h.api_key}"}
+    async with aiohttp.ClientSession() as session, session.get(h.metrics_url, headers=headers) as resp:
         assert resp.status == 200
         return await resp.text()
 
