@@ -75,6 +75,9 @@ class Continuation(msgspec.Struct, kw_only=True):
     token_ids: Annotated[bytes, Meta(max_length=L.MAX_CONTINUATION_TOKENS * L.TOKEN_ID_SIZE)] = b""
     tokenizer_fingerprint: Fingerprint = ""
     reason: Reason = ""
+    # True: `token_ids` are this request's own answer so far on a replica of the same model (a live
+    # migration): sampling goes on from there (seeded position, penalties, `max_tokens` counts them)
+    is_migration: bool = False
 
 
 class Route(msgspec.Struct):
@@ -191,6 +194,7 @@ class DrainRequest(msgspec.Struct, kw_only=True, tag_field="type", tag="drain_re
     """Stop admitting; finish or hand over in-flight work within `grace_s` seconds."""
 
     grace_s: Annotated[float, Meta(ge=0.0, le=L.MAX_DRAIN_GRACE_S)] = 30.0
+    migrate: bool = False  # end each in-flight request with `Migrated` (its state) instead of waiting
 
 
 class DrainReply(msgspec.Struct, kw_only=True, tag_field="type", tag="drain_reply"):
@@ -199,8 +203,29 @@ class DrainReply(msgspec.Struct, kw_only=True, tag_field="type", tag="drain_repl
     num_in_flight: Count = 0
 
 
+class ExportRequest(msgspec.Struct, kw_only=True, tag_field="type", tag="export_request"):
+    """Admin: stop serving in-flight request `id` here and return its state (a `Migrated`)."""
+
+    id: RequestId
+
+
+class Migrated(msgspec.Struct, kw_only=True, tag_field="type", tag="migrated"):
+    """A request's resumable state: the reply to `ExportRequest`, and the last message of its stream.
+
+    Continue it elsewhere with a `GenerateRequest` whose `prompt_ids`, `sampling` and
+    `continuation` (``is_migration=True``) are these; the rest is the original request's.
+    `sampling.seed` is the seed the exporting replica drew when the request gave none.
+    """
+
+    id: RequestId
+    prompt_ids: bytes  # packed: everything before the answer (a hand-over's text included)
+    sampling: SamplingOptions
+    continuation: Continuation
+
+
 Message = (
     GenerateRequest | TokenChunk | Done | Error | Cancel | StatusRequest | Status | DrainRequest | DrainReply
+    | ExportRequest | Migrated
 )
 """Any top-level message."""
 
@@ -214,4 +239,6 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     Status,
     DrainRequest,
     DrainReply,
+    ExportRequest,
+    Migrated,
 )

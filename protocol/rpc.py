@@ -15,10 +15,13 @@ GENERATE_METHOD = "Generate"
 STATUS_METHOD = "Status"
 # unary DrainRequest -> DrainReply
 DRAIN_METHOD = "Drain"
+# unary ExportRequest -> Migrated (or Error NOT_FOUND): admin; the request's stream ends with Migrated
+EXPORT_METHOD = "Export"
 
 GENERATE = f"/{SERVICE_NAME}/{GENERATE_METHOD}"
 STATUS = f"/{SERVICE_NAME}/{STATUS_METHOD}"
 DRAIN = f"/{SERVICE_NAME}/{DRAIN_METHOD}"
+EXPORT = f"/{SERVICE_NAME}/{EXPORT_METHOD}"
 
 # The standard health service that runs beside ours.
 HEALTH_SERVICE_NAME = "grpc.health.v1.Health"

@@ -13,6 +13,7 @@ from .messages import (
     Continuation,
     GenerateRequest,
     Message,
+    Migrated,
     SamplingOptions,
     Status,
     StatusRequest,
@@ -37,6 +38,10 @@ def check_message(msg: Message) -> None:
         check_ids(msg.token_ids, "token_ids")
     elif isinstance(msg, (Status, StatusRequest)):
         check_version(msg.version)
+    elif isinstance(msg, Migrated):
+        _check_prompt_ids(msg.prompt_ids)
+        _check_sampling(msg.sampling)
+        _check_continuation(msg.continuation)
 
 
 def _check_generate(req: GenerateRequest) -> None:

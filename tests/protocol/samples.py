@@ -13,8 +13,10 @@ from isthmus.protocol import (
     DrainRequest,
     Error,
     ErrorCode,
+    ExportRequest,
     GenerateRequest,
     Message,
+    Migrated,
     Route,
     SamplingOptions,
     Status,
@@ -132,6 +134,7 @@ SAMPLES: list[tuple[Message, dict[str, Any]]] = [
                 "token_ids": b"\x05\x00\x00\x00\x06\x00\x00\x00",
                 "tokenizer_fingerprint": "ab" * 32,
                 "reason": "low confidence",
+                "is_migration": False,
             },
             "user": None,
         },
@@ -257,6 +260,33 @@ SAMPLES: list[tuple[Message, dict[str, Any]]] = [
             "weights_digest": "d" * 64,
         },
     ),
-    (DrainRequest(grace_s=12.5), {"type": "drain_request", "grace_s": 12.5}),
+    (DrainRequest(grace_s=12.5), {"type": "drain_request", "grace_s": 12.5, "migrate": False}),
     (DrainReply(num_in_flight=4), {"type": "drain_reply", "num_in_flight": 4}),
+    (DrainRequest(grace_s=0.0, migrate=True), {"type": "drain_request", "grace_s": 0.0, "migrate": True}),
+    (ExportRequest(id="req-1"), {"type": "export_request", "id": "req-1"}),
+    (
+        Migrated(
+            id="req-1",
+            prompt_ids=PROMPT_IDS,
+            sampling=SamplingOptions(max_tokens=32, temperature=0.0, seed=7, stop=["END"]),
+            continuation=Continuation(
+                text="Hel", token_ids=pack_ids([5, 6]), tokenizer_fingerprint="ab" * 32,
+                reason="migrated", is_migration=True,
+            ),
+        ),
+        {
+            "type": "migrated",
+            "id": "req-1",
+            "prompt_ids": PROMPT_IDS,
+            "sampling": {
+                "max_tokens": 32, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+                "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                "seed": 7, "stop": ["END"], "stop_token_ids": b"", "logprobs": None, "ignore_eos": False,
+            },
+            "continuation": {
+                "text": "Hel", "token_ids": pack_ids([5, 6]), "tokenizer_fingerprint": "ab" * 32,
+                "reason": "migrated", "is_migration": True,
+            },
+        },
+    ),
 ]
