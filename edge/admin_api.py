@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from .reload import ReloadRefused
-from .reload_apply import reload_node
+from .reload_apply import make_pool, reload_node
 
 _ENDPOINT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -99,7 +99,12 @@ class AdminApi:
     async def get_pool(self, request: web.Request) -> web.Response:
         if (refusal := self._authorize(request)) is not None:
             return refusal
-        return web.json_response({"replicas": pool_view(self.node.pool)})
+        ab = getattr(self.node, "ab", None)
+        view: dict[str, Any] = {"replicas": pool_view(self.node.pool)}
+        if ab is not None:
+            view["candidate"] = pool_view(ab.candidate)
+            view["ab"] = {"percent": ab.split.percent, "sticky": ab.split.sticky}
+        return web.json_response(view)
 
     async def post_pool(self, request: web.Request) -> web.Response:
         if (refusal := self._authorize(request)) is not None:
@@ -121,33 +126,51 @@ class AdminApi:
             return _bad_field("endpoint", f'expected "host:port", got {endpoint!r}')
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1000:
             return _bad_field("weight", f"expected a number in [0, 1000], got {weight!r}")
-        pool = self.node.pool
+        which = body.get("pool", "stable")
+        ab = getattr(self.node, "ab", None)
+        if which not in ("stable", "candidate") or (which == "candidate" and ab is None):
+            return _bad_field("pool", f'expected "stable" or (with [ab] on) "candidate", got {which!r}')
+        pool = ab.candidate if which == "candidate" else self.node.pool
         if pool is None and action != "add":
             return _bad_field("endpoint", f"{endpoint} is not in the pool (there is no center pool)")
-        try:
-            pool = pool if pool is not None else self._new_pool()
-            {
-                "add": lambda: pool.add_replica(endpoint, float(weight)),
-                "remove": lambda: pool.remove_replica(endpoint),
-                "weight": lambda: pool.set_weight(endpoint, float(weight)),
-            }[action]()
-        except ValueError as exc:
-            return _bad_field("endpoint" if "endpoint" in str(exc) else "weight", str(exc).split(": ", 1)[-1])
-        details = {"action": action, "endpoint": endpoint, "weight": weight if action != "remove" else None}
+        if pool is None:
+            pool = await self._new_pool(endpoint, float(weight))
+        else:
+            try:
+                _change(pool, action, endpoint, float(weight))
+            except ValueError as exc:
+                field, _, message = str(exc).partition(": ")
+                return _bad_field(field if field in ("endpoint", "weight") else "endpoint", message)
+        details = {
+            "action": action,
+            "pool": which,
+            "endpoint": endpoint,
+            "weight": weight if action != "remove" else None,
+        }
         if self.node.audit is not None:
             self.node.audit.record("pool.change", actor="admin", source=request.remote or "", details=details)
         return web.json_response({"replicas": pool_view(pool)})
 
-    def _new_pool(self) -> Any:
-        from .pool import CenterPool
-
+    async def _new_pool(self, endpoint: str, weight: float) -> Any:
+        """The node had no center pool: one with `endpoint`, started (one health round)."""
         node = self.node
-        node.pool = CenterPool(
-            [], on_health=node.metrics.set_replica_health, **node.config.center.pool_kwargs()
-        )
+        pool = make_pool(node, [endpoint])
+        pool.set_weight(endpoint, weight)
+        await pool.start()
+        node.pool = pool
         if node.orchestrator is not None:
             node.orchestrator.pool = node.pool
         return node.pool
+
+
+def _change(pool: Any, action: str, endpoint: str, weight: float) -> None:
+    """Apply one pool change; ValueError ("endpoint: ..." / "weight: ...") when it cannot."""
+    if action == "add":
+        pool.add_replica(endpoint, weight)
+    elif action == "remove":
+        pool.remove_replica(endpoint)
+    else:
+        pool.set_weight(endpoint, weight)
 
 
 def pool_view(pool: Any) -> list[dict[str, Any]]:

@@ -201,6 +201,34 @@ class CenterConfig:
 
 
 @dataclass(frozen=True)
+class AbConfig:
+    """A/B split of center traffic between the `[center]` pool (stable) and a candidate pool
+    (`ab_split.py`); on when `candidate_endpoints` is set. Same TLS and pool options as `[center]`."""
+
+    candidate_endpoints: list[str] = field(default_factory=list)  # "host:port"
+    candidate_weights: list[float] = field(default_factory=list)  # per endpoint; [] = all 1.0
+    percent: float = 0.0  # share of sticky ids sent to the candidate, 0-100
+    sticky: str = "user"  # "user": the request's user id, else its API key; "key": the API key
+    salt: str = ""  # hashed with the sticky id; change it to reshuffle who is on which variant
+
+    def __post_init__(self) -> None:
+        try:  # the same checks as [center]; errors renamed to these fields
+            CenterConfig(endpoints=self.candidate_endpoints, weights=self.candidate_weights)
+        except ValueError as exc:
+            raise ValueError(f"candidate_{exc}") from None
+        self.split()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.candidate_endpoints)
+
+    def split(self) -> Any:
+        from .ab_split import AbSplit
+
+        return AbSplit(percent=self.percent, salt=self.salt, sticky=self.sticky)
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     """The admin API (`admin_api.py`) on the HTTP port: off unless a token digest is set."""
 
@@ -347,6 +375,7 @@ class EdgeConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    ab: AbConfig = field(default_factory=AbConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str | None = field(default=None, compare=False)  # the file it was read from
 

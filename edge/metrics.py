@@ -90,6 +90,15 @@ class Metrics:
         )
         for when in ESCALATION_WHEN:
             self.escalations.labels(when=when)  # export zeros so dashboards see every series
+        # A/B split between center pools (ab_pools.py): per variant ("stable", "candidate")
+        self.ab_requests = Counter("ab_requests", "Center requests by A/B variant", ["variant"],
+                                   namespace=ns, registry=r)
+        self.ab_errors = Counter("ab_errors", "Center requests that failed, by A/B variant", ["variant"],
+                                 namespace=ns, registry=r)
+        self.ab_ttft = Histogram("ab_ttft_seconds", "Center time to first token by A/B variant", ["variant"],
+                                 namespace=ns, registry=r, buckets=TTFT_BUCKETS)
+        self.ab_tokens = Counter("ab_tokens_out", "Center completion tokens by A/B variant (rate: tokens/s)",
+                                 ["variant"], namespace=ns, registry=r)
 
     # --- latency ---------------------------------------------------------------------------------
     def observe_ttft(self, seconds: float) -> None:
@@ -125,6 +134,20 @@ class Metrics:
 
     def record_slow_reader(self) -> None:
         self.slow_readers.inc()
+
+    def record_variant(
+        self, variant: str, *, is_request: bool = False, is_error: bool = False,
+        ttft_s: float | None = None, num_tokens: int = 0,
+    ) -> None:
+        """One A/B event for `variant`: a request started, an error, a first token, tokens."""
+        if is_request:
+            self.ab_requests.labels(variant=variant).inc()
+        if is_error:
+            self.ab_errors.labels(variant=variant).inc()
+        if ttft_s is not None and _ok(ttft_s):
+            self.ab_ttft.labels(variant=variant).observe(ttft_s)
+        if num_tokens > 0:
+            self.ab_tokens.labels(variant=variant).inc(num_tokens)
 
     # --- gauges ----------------------------------------------------------------------------------
     def set_load(

@@ -48,6 +48,7 @@ class EdgeNode:
         self.auth: Any = None
         self.http_allowlist: Any = None  # `Allowlist` the HTTP middleware checks (http.py)
         self.audit: Any = None
+        self.ab: Any = None  # `AbPools` when [ab] splits center traffic (ab_pools.py)
         self.orchestrator: Orchestrator | None = None
         self.quic: EdgeQuicServer | None = None
         self.http_server: Any = None
@@ -76,9 +77,12 @@ class EdgeNode:
         self.pool = self._make_pool()
         if self.pool is not None:
             await self.pool.start()
+        from .ab_pools import start_ab_pools
+
+        self.ab = await start_ab_pools(self)
         self.orchestrator = Orchestrator(
             self.engine,
-            self.pool,
+            self.ab if self.ab is not None else self.pool,
             self.router,
             self.metrics,
             self.auth,
@@ -125,6 +129,9 @@ class EdgeNode:
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
+        if self.ab is not None:
+            await self.ab.candidate.close()
+            self.ab = None
         if self.engine is not None:
             await self.engine.stop()
 

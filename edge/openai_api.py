@@ -50,11 +50,14 @@ def route_json(route: Route) -> dict[str, Any]:
 
 
 def route_headers(route: Route) -> dict[str, str]:
-    return {
+    headers = {
         "x-isthmus-tier": route.tier,
         "x-isthmus-route-reason": route.reason,
         "x-isthmus-route-score": f"{route.score:.4f}",
     }
+    if route.variant:  # the A/B split's variant (ab_pools.py)
+        headers["x-isthmus-variant"] = route.variant
+    return headers
 
 
 def initial_route(first: TokenChunk | Done) -> Route:

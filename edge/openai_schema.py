@@ -183,7 +183,10 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise invalid("model", "expected a string")
-    return {"tier": tier}
+    user = body.get("user")  # OpenAI's end-user id: keeps the user on one A/B variant
+    if user is not None and (not isinstance(user, str) or len(user) > 256):
+        raise invalid("user", "expected a string of at most 256 characters")
+    return {"tier": tier, "user": user or None}
 
 
 def _content(value: Any, where: str) -> str:

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeAlias
 
+import msgspec
 from isthmus.protocol import (
     Done,
     Error,
@@ -234,6 +235,9 @@ class Orchestrator:
         num_edge_tokens: int,
     ) -> AsyncGenerator[Answer, None]:
         route = decision.route()
+        variant_for = getattr(self.pool, "variant_for", None)  # an A/B split (ab_pools.py)
+        if callable(variant_for):
+            route = msgspec.structs.replace(route, variant=variant_for(req))
         relayed = relay_center(req, clock, center, route, num_prompt_tokens, num_edge_tokens)
         async with contextlib.aclosing(relayed) as items:
             async for msg in items:

@@ -22,16 +22,43 @@ from .reload import Change, ReloadRefused, plan_reload
 log = logging.getLogger(__name__)
 
 
-def pool_weights(center: Any) -> dict[str, float]:
-    """endpoint -> weight from a `CenterConfig` ([] weights: all 1.0)."""
-    weights = center.weights or [1.0] * len(center.endpoints)
-    return dict(zip(center.endpoints, weights, strict=True))
+def pool_weights(endpoints: list[str], weights: list[float]) -> dict[str, float]:
+    """endpoint -> weight ([] weights: all 1.0)."""
+    return dict(zip(endpoints, weights or [1.0] * len(endpoints), strict=True))
+
+
+def apply_weights(pool: Any, endpoints: list[str], weights: list[float]) -> None:
+    """Set configured per-replica weights on a `CenterPool`."""
+    for endpoint, weight in pool_weights(endpoints, weights).items():
+        pool.set_weight(endpoint, weight)
 
 
 def apply_pool_weights(pool: Any, center: Any) -> None:
-    """Set the configured per-replica weights on a started `CenterPool`."""
-    for endpoint, weight in pool_weights(center).items():
-        pool.set_weight(endpoint, weight)
+    """Set a `CenterConfig`'s per-replica weights on its `CenterPool`."""
+    apply_weights(pool, center.endpoints, center.weights)
+
+
+def make_pool(node: Any, endpoints: list[str]) -> Any:
+    """An unstarted `CenterPool` with the node's `[center]` TLS and options."""
+    from .pool import CenterPool
+
+    kwargs = node.config.center.pool_kwargs()
+    return CenterPool(endpoints, on_health=node.metrics.set_replica_health, **kwargs)
+
+
+def new_pool(node: Any, endpoints: list[str]) -> Any:
+    """`make_pool`, started in the background (it takes requests once its first health round
+    passes)."""
+    import asyncio
+
+    pool = make_pool(node, endpoints)
+    task = asyncio.get_running_loop().create_task(pool.start())
+    _starting.add(task)
+    task.add_done_callback(_starting.discard)
+    return pool
+
+
+_starting: set[Any] = set()  # pool start tasks, referenced until done
 
 
 def _load(node: Any, new_config: Any) -> Any:
@@ -53,6 +80,8 @@ def _build(node: Any, new: Any) -> dict[str, Any]:
     from .allowlist import Allowlist
     from .router import Router
 
+    if old_ab_enabled(node) != new.ab.enabled:
+        raise ReloadRefused(["ab.candidate_endpoints: the A/B split cannot be turned on or off live"])
     try:
         return {
             "router": Router(new.router),
@@ -62,6 +91,10 @@ def _build(node: Any, new: Any) -> dict[str, Any]:
         }
     except ValueError as exc:
         raise ReloadRefused([str(exc)]) from None
+
+
+def old_ab_enabled(node: Any) -> bool:
+    return getattr(node, "ab", None) is not None
 
 
 def _swap_auth(node: Any, old_store: Any, store: Any, old: Any, new: Any) -> None:
@@ -74,19 +107,20 @@ def _swap_auth(node: Any, old_store: Any, store: Any, old: Any, new: Any) -> Non
         node.quic.auth = store
 
 
-def _swap_pool(node: Any, old: Any, new: Any) -> None:
+def _swap_pool(node: Any, new: Any) -> None:
     """Add and remove replicas and set weights; create the pool if the node had none."""
-    pool = node.pool
-    if pool is None:
-        if not new.center.endpoints:
-            return
-        from .pool import CenterPool
+    if node.pool is None:
+        if new.center.endpoints:
+            node.pool = new_pool(node, list(new.center.endpoints))
+            apply_pool_weights(node.pool, new.center)
+            if node.orchestrator is not None:
+                node.orchestrator.pool = node.pool
+        return
+    _resize(node.pool, pool_weights(new.center.endpoints, new.center.weights))
 
-        pool = CenterPool([], on_health=node.metrics.set_replica_health, **new.center.pool_kwargs())
-        node.pool = pool
-        if node.orchestrator is not None:
-            node.orchestrator.pool = pool
-    wanted = pool_weights(new.center)
+
+def _resize(pool: Any, wanted: dict[str, float]) -> None:
+    """Make `pool` hold exactly the endpoints of `wanted`, with its weights."""
     for endpoint in [e for e in pool.endpoints if e not in wanted]:
         pool.remove_replica(endpoint)  # in-flight calls on it finish first
     for endpoint, weight in wanted.items():
@@ -106,7 +140,11 @@ def _swap(node: Any, old: Any, new: Any, parts: dict[str, Any]) -> None:
     if node.quic is not None:
         node.quic.allowlist = parts["quic_allowlist"]
     if old.center.endpoints != new.center.endpoints or old.center.weights != new.center.weights:
-        _swap_pool(node, old, new)
+        _swap_pool(node, new)
+    ab = getattr(node, "ab", None)
+    if ab is not None and old.ab != new.ab:
+        ab.split = new.ab.split()  # open answers keep their variant; new ones use the new split
+        _resize(ab.candidate, pool_weights(new.ab.candidate_endpoints, new.ab.candidate_weights))
     if new.log.level and new.log.level != old.log.level:
         logging.getLogger().setLevel(new.log.level)
     node.config = new
