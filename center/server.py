@@ -25,6 +25,7 @@ from isthmus.center.service import CenterService
 from isthmus.protocol import (
     DrainReply,
     DrainRequest,
+    ExportRequest,
     GenerateRequest,
     ProtocolError,
     StatusRequest,
@@ -161,6 +162,9 @@ class CenterServer:
                 rpc.DRAIN_METHOD: grpc.unary_unary_rpc_method_handler(
                     self._drain, request_deserializer=_decoder(DrainRequest), response_serializer=encode
                 ),
+                rpc.EXPORT_METHOD: grpc.unary_unary_rpc_method_handler(
+                    self._export, request_deserializer=_decoder(ExportRequest), response_serializer=encode
+                ),
             },
         )
 
@@ -184,14 +188,23 @@ class CenterServer:
     async def _drain(self, req: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(req, ProtocolError):
             return error_message("", req)
-        return DrainReply(num_in_flight=await self.drain(req.grace_s))
+        return DrainReply(num_in_flight=await self.drain(req.grace_s, migrate=req.migrate))
 
-    async def drain(self, grace_s: float | None = None) -> int:
+    async def _export(self, req: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(req, ProtocolError):
+            return error_message("", req)
+        return self.service.export(req.id)
+
+    async def drain(self, grace_s: float | None = None, migrate: bool = False) -> int:
         """Begin a graceful drain (idempotent): NOT_SERVING now, stop once in-flight work is done.
 
-        Returns the number of requests in flight when it was called.
+        ``migrate``: end every in-flight request now with `Migrated` (its state, for the edge to
+        continue it on another replica) instead of letting it run. Returns the number of requests
+        in flight when it was called.
         """
         num = self.service.begin_drain()
+        if migrate:
+            self.service.export_all()
         if self._drain_task is None:
             await self.health.enter_graceful_shutdown()
             grace = self.default_grace_s if grace_s is None else grace_s

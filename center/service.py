@@ -17,16 +17,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from isthmus.center.meter import RateMeter
+from isthmus.center.migration import StreamedSoFar, is_migration, migrated_message, resume_state
 from isthmus.center.prepare import RequestPreparer
 from isthmus.engine.async_engine import EngineNotRunning, EngineRequest
 from isthmus.engine.scheduler import InvalidRequest, PromptTooLong, QueueFull, SchedulerError
+from isthmus.engine.state import RequestState
 from isthmus.protocol import (
     Done,
     Error,
     ErrorCode,
     GenerateRequest,
+    Migrated,
     ProtocolError,
     Route,
+    SamplingOptions,
     Status,
     TokenChunk,
     Usage,
@@ -49,6 +53,10 @@ class InFlight:
     request_id: str
     aborted_because: ErrorCode | None = None  # why the server aborted it (deadline, drain)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    sent: StreamedSoFar = field(default_factory=StreamedSoFar)  # what the stream has sent
+    exported: RequestState | None = None  # set by `export`: the stream ends with `migrated`
+    migrated: Migrated | None = None
 
 
 class CenterService:
@@ -114,20 +122,14 @@ class CenterService:
         except ProtocolError as exc:
             yield error_message(req.id, exc)
             return
-        flight = InFlight(engine_id=f"{req.id}#{next(self._ids)}", request_id=req.id)
+        flight = InFlight(engine_id=f"{req.id}#{next(self._ids)}", request_id=req.id, sampling=req.sampling)
         t_start = self.clock()
         timeout_s = _earliest(time_remaining, None if req.timeout_ms is None else req.timeout_ms / 1000)
-        engine_req = EngineRequest(
-            request_id=flight.engine_id,
-            prompt_ids=prepared.prompt_ids,
-            params=prepared.params,
-            priority=req.priority,
-            continued=(
-                (prepared.num_continuation_tokens, req.continuation.text)
-                if prepared.is_exact_continuation and req.continuation is not None
-                else None
-            ),
-        )
+        try:
+            engine_req = _engine_request(req, prepared, flight)
+        except ProtocolError as exc:
+            yield error_message(req.id, exc)
+            return
         self.in_flight[flight.engine_id] = flight
         watchdog = None
         if timeout_s is not None:
@@ -140,7 +142,18 @@ class CenterService:
         queue_s = 0.0
         try:
             async for out in self.engine.generate(engine_req):
+                if flight.migrated is not None:  # exported: end with what it had, then its state
+                    if out.finish_reason is None:
+                        continue  # already in the state; the abort `export` began ends the stream
+                    finished = True
+                    assert flight.exported is not None
+                    tail = flight.sent.tail(req.id, flight.exported)
+                    if tail is not None:
+                        yield tail
+                    yield flight.migrated
+                    return
                 if out.new_token_ids or out.text_delta:
+                    flight.sent.add(len(out.new_token_ids), out.text_delta)
                     now = self.clock()
                     if first_token_s is None:
                         first_token_s = now - t_start
@@ -220,6 +233,36 @@ class CenterService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # --- Export (live migration) -----------------------------------------------------------------
+
+    def export(self, request_id: str) -> Migrated | Error:
+        """End in-flight request ``request_id`` here and return its state (NOT_FOUND if none).
+
+        Its stream sends what the state holds that it had not sent yet, then the same `Migrated`;
+        the engine request is aborted (its KV blocks freed).
+        """
+        flight = next(
+            (f for f in self.in_flight.values() if f.request_id == request_id and f.migrated is None), None
+        )
+        if flight is None:
+            return Error(id=request_id, code=ErrorCode.NOT_FOUND, message="no such request in flight here")
+        try:
+            state = self.engine.export_state(flight.engine_id)
+        except KeyError:
+            return Error(id=request_id, code=ErrorCode.NOT_FOUND,
+                         message="request is not running here (finished, or not admitted yet)")
+        flight.exported = state
+        flight.migrated = migrated_message(
+            request_id, state, flight.sampling, self.tokenizer.fingerprint, flight.sent.handover_text
+        )
+        self._spawn(self._abort(flight.engine_id))
+        return flight.migrated
+
+    def export_all(self) -> int:
+        """Export every in-flight request (a migrating drain); returns how many were exported."""
+        ids = {f.request_id for f in self.in_flight.values()}
+        return sum(1 for rid in ids if isinstance(self.export(rid), Migrated))
+
     # --- Status -----------------------------------------------------------------------------------
 
     def status(self) -> Status:
@@ -269,6 +312,22 @@ class CenterService:
             except TimeoutError:
                 pass
         return len(leftovers)
+
+
+def _engine_request(req: GenerateRequest, prepared: Any, flight: InFlight) -> EngineRequest:
+    """The engine request for ``req``; a migrated one resumes (raises `ProtocolError` if it cannot)."""
+    if is_migration(req):
+        state = resume_state(req, prepared.prompt_ids, prepared.num_continuation_tokens,
+                             prepared.is_exact_continuation, prepared.params)
+        flight.sent = StreamedSoFar(base_ids=len(state.output_ids), base_text=state.text)
+        return EngineRequest(request_id=flight.engine_id, prompt_ids=state.prompt_ids, params=prepared.params,
+                             priority=req.priority, resume=state)
+    continued = None
+    if prepared.is_exact_continuation and req.continuation is not None:
+        continued = (prepared.num_continuation_tokens, req.continuation.text)
+        flight.sent = StreamedSoFar(base_text=req.continuation.text, handover_text=req.continuation.text)
+    return EngineRequest(request_id=flight.engine_id, prompt_ids=prepared.prompt_ids, params=prepared.params,
+                         priority=req.priority, continued=continued)
 
 
 def _as_protocol_error(exc: Exception) -> ProtocolError:
