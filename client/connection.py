@@ -23,6 +23,7 @@ from isthmus.protocol import Cancel, ErrorCode, GenerateRequest, encode_frame
 
 from .errors import ConnectionLost, IsthmusError
 from .liveness import watch
+from .quic_compat import close_datagram_transport
 from .response import ResponseEvent, ResponseReader
 
 
@@ -305,5 +306,4 @@ async def close_connection(edge: EdgeProtocol, grace: float = 1.0) -> None:
         await asyncio.wait_for(edge.wait_closed(), grace)
     except TimeoutError:
         pass
-    if edge._transport is not None:
-        edge._transport.close()
+    close_datagram_transport(edge)

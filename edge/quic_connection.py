@@ -18,6 +18,7 @@ from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection, QuicErrorCode
 from isthmus.protocol import Done, Error, ErrorCode, GenerateRequest, ProtocolError
 
+from .quic_compat import connection_receive_buffered, connection_send_buffered, stream_send_buffered
 from .quic_limits import set_stream_limits
 from .session import RequestStream, StreamHooks
 
@@ -65,17 +66,10 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
         self._transmit_soon()
 
     def stream_buffered(self, stream_id: int) -> int:
-        stream = self._quic._streams.get(stream_id)
-        if stream is None:
-            return 0
-        sender = stream.sender
-        return sender._buffer_stop - sender._buffer_start
+        return stream_send_buffered(self._quic, stream_id)
 
     def connection_buffered(self) -> int:
-        total = 0
-        for stream in self._quic._streams.values():
-            total += stream.sender._buffer_stop - stream.sender._buffer_start
-        return total
+        return connection_send_buffered(self._quic)
 
     def now(self) -> float:
         return self._loop.time()
@@ -84,9 +78,7 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
     def received_held(self) -> int:
         """Bytes received and not yet turned into requests: partial frames, out-of-order data."""
         held = sum(s.held_bytes for s in self._streams.values())
-        for stream in self._quic._streams.values():
-            held += len(stream.receiver._buffer)
-        return held
+        return held + connection_receive_buffered(self._quic)
 
     def shed(self, num_bytes: int, why: str) -> None:
         """Free at least `num_bytes` of received bytes: fail the biggest holders, else close."""
@@ -204,6 +196,11 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
         if auth is not None and msg.code == ErrorCode.UNAUTHENTICATED:
             self.has_valid_key = False
             auth.record_failure(self.source, reason=msg.message)
+
+    @property
+    def num_streams(self) -> int:
+        """Request streams this connection is serving now."""
+        return len(self._streams)
 
     @property
     def streams(self) -> list[RequestStream]:

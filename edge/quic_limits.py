@@ -10,6 +10,7 @@ from isthmus.protocol.limits import MAX_FRAME_SIZE
 
 from .admission import AdmissionLimits
 from .buffers import BufferLimits
+from .quic_compat import set_local_stream_limits
 from .receive_budget import ReceiveLimits
 
 
@@ -70,7 +71,4 @@ def set_stream_limits(quic: QuicConnection, max_bidi: int) -> None:
     streams than the peer could open had finished, and the 65th stream stalled for good. The
     transport parameters read `value` after the protocol is built, before the first flight.
     """
-    for limit, num in ((quic._local_max_streams_bidi, max_bidi), (quic._local_max_streams_uni, 0)):
-        if limit.used:
-            raise RuntimeError("stream limits must be set before the peer opens a stream")
-        limit.value = limit.sent = num
+    set_local_stream_limits(quic, max_bidi, max_uni=0)

@@ -24,6 +24,7 @@ from isthmus.protocol.version import ALPN_PROTOCOL
 from .admission import ConnectionTable
 from .allowlist import Allowlist
 from .memory import trim_heap
+from .quic_compat import server_port
 from .quic_connection import MAX_REMEMBERED_STREAMS, EdgeQuicProtocol
 from .quic_limits import QuicLimits, SessionTicketStore, set_stream_limits
 from .receive_budget import ReceiveBudget
@@ -115,9 +116,10 @@ class EdgeQuicServer:
 
     @property
     def port(self) -> int:
-        if self._server is None or self._server._transport is None:
+        port = None if self._server is None else server_port(self._server)
+        if port is None:
             raise RuntimeError("server not started")
-        return int(self._server._transport.get_extra_info("sockname")[1])
+        return port
 
     @property
     def num_connections(self) -> int:
@@ -125,7 +127,7 @@ class EdgeQuicServer:
 
     @property
     def num_active_streams(self) -> int:
-        return sum(len(c._streams) for c in self._connections)
+        return sum(c.num_streams for c in self._connections)
 
     def buffered_bytes(self) -> int:
         """Bytes handed to QUIC on all connections and not yet acknowledged."""
