@@ -1,7 +1,8 @@
 """One request on one QUIC stream: frames in, the orchestrator's answer out, within watermarks.
 
-The client writes one `GenerateRequest` frame and may later write a `Cancel`; the edge writes
-`TokenChunk` frames and ends with exactly one `Done` or `Error`, then ends the stream. The stream
+The client writes one `GenerateRequest` frame and may later write a `Cancel` (decoded and checked
+by the sans-IO `stream_frames.StreamFrames`); the edge writes `TokenChunk` frames and ends with
+exactly one `Done` or `Error`, then ends the stream. The stream
 never touches aioquic directly: it talks to a small `StreamTransport` (the connection protocol in
 `quic_server.py`), which keeps this file testable with a fake transport.
 """
@@ -17,11 +18,9 @@ from typing import Protocol, TypeAlias
 
 from isthmus.protocol import (
     RETRYABLE_CODES,
-    Cancel,
     Done,
     Error,
     ErrorCode,
-    FrameDecoder,
     GenerateRequest,
     ProtocolError,
     TokenChunk,
@@ -29,12 +28,12 @@ from isthmus.protocol import (
 )
 
 from .buffers import BufferLimits, FlowAction, StreamFlow
+from .stream_frames import MAX_AFTER_REQUEST, CancelReceived, RequestReceived, StreamFrames
 
 log = logging.getLogger(__name__)
 
 Answer: TypeAlias = TokenChunk | Done | Error
 Handler = Callable[[GenerateRequest], AsyncGenerator[Answer, None]]
-MAX_AFTER_REQUEST = 64 * 1024  # bytes: a partial frame after the request (only a Cancel is valid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +91,7 @@ class RequestStream:
         self.is_finished = False
         self._transport = transport
         self._handler = handler
-        self._decoder: FrameDecoder | None = FrameDecoder(max_frame_size)
-        self._max_after_request = max_after_request  # bytes
+        self._frames = StreamFrames(max_frame_size, max_after_request)
         self._hooks = hooks or StreamHooks()
         self._flow = StreamFlow(limits)
         self._wake = asyncio.Event()
@@ -104,62 +102,25 @@ class RequestStream:
     # --- events from the connection --------------------------------------------------------------
     def feed(self, data: bytes, end_stream: bool) -> None:
         """Bytes received on the stream. Never raises: bad input becomes an `Error` frame."""
-        if self.is_finished or self._decoder is None:
+        if self.is_finished:
             return
-        decoder = self._decoder
-        try:
-            messages = decoder.feed(data) if data else []
-        except ProtocolError as exc:
-            self.fail(exc)
-            return
-        if self._task is not None and decoder.buffered > self._max_after_request:
-            self.fail(
-                ProtocolError(
-                    ErrorCode.INVALID_FRAME,
-                    f"stream: a frame after the request may hold at most {self._max_after_request} bytes",
-                )
-            )
-            return
-        for msg in messages:
+        for event in self._frames.receive(data, end_stream):
             if self.is_finished:
                 return
-            if self._task is None:
-                if not isinstance(msg, GenerateRequest):
-                    self.fail(
-                        ProtocolError(
-                            ErrorCode.INVALID_MESSAGE,
-                            f"stream: first message must be generate_request, got {type(msg).__name__}",
-                        )
-                    )
+            if isinstance(event, RequestReceived):
+                self.request_id = event.request.id
+                if not self._admit(event.request):
                     return
-                self.request_id = msg.id
-                if not self._admit(msg):
-                    return
-                self._task = asyncio.get_running_loop().create_task(self._serve(msg))
-            elif isinstance(msg, Cancel):
+                self._task = asyncio.get_running_loop().create_task(self._serve(event.request))
+            elif isinstance(event, CancelReceived):
                 self.cancel(ErrorCode.CANCELLED, "cancelled by the client")
-                return
             else:
-                self.fail(
-                    ProtocolError(
-                        ErrorCode.INVALID_MESSAGE,
-                        f"stream: unexpected {type(msg).__name__} after the request",
-                    )
-                )
-                return
-        if end_stream:
-            try:
-                decoder.eof()
-            except ProtocolError as exc:
-                self.fail(exc)
-                return
-            if self._task is None:
-                self.fail(ProtocolError(ErrorCode.INVALID_FRAME, "stream: ended before a request"))
+                self.fail(event.error)
 
     @property
     def held_bytes(self) -> int:
         """Bytes of a partial frame this stream holds (0 once finished)."""
-        return 0 if self._decoder is None else self._decoder.buffered
+        return self._frames.held_bytes
 
     def on_reset(self) -> None:
         """The client reset its side of the stream: abort the request, write nothing more."""
@@ -270,7 +231,7 @@ class RequestStream:
         if self.is_finished:
             return
         self.is_finished = True
-        self._decoder = None  # a partial frame's bytes go now, not when the stream object does
+        self._frames.close()  # a partial frame's bytes go now, not when the stream object does
         self._wake.set()
         if self._on_finished is not None:
             self._on_finished(self)
