@@ -10,7 +10,10 @@ record); both as JSON and before anything is read or changed.
 - ``GET /admin/pool``: the replicas with weight, health and requests in flight.
 - ``POST /admin/pool`` with ``{"action": "add" | "remove" | "weight", "endpoint": "host:port",
   "weight": 1.0}``: change the pool at runtime (removal: no new requests, in-flight ones finish).
-  A bad argument gets 400 naming the field.
+  A bad argument gets 400 naming the field. ``"pool": "candidate"`` changes the A/B candidate pool.
+- ``GET /admin/rollout``: the canary rollout's state; ``POST /admin/rollout`` with ``{"action":
+  "start", "steps": [5, 25, 50, 100], "interval_s": 60, "max_error_rate": 0.01, "max_ttft_p95_s":
+  2.0}`` or ``{"action": "pause" | "resume" | "abort"}`` (rollout_driver.py; needs ``[ab]``).
 
 The mount is looked up per request (`node.config.admin`), so a reload that sets, changes or clears
 the token takes effect on the next call.
@@ -29,6 +32,7 @@ from aiohttp import web
 
 from .reload import ReloadRefused
 from .reload_apply import make_pool, reload_node
+from .rollout import RolloutError, RolloutPlan
 
 _ENDPOINT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -151,6 +155,40 @@ class AdminApi:
             self.node.audit.record("pool.change", actor="admin", source=request.remote or "", details=details)
         return web.json_response({"replicas": pool_view(pool)})
 
+    async def get_rollout(self, request: web.Request) -> web.Response:
+        if (refusal := self._authorize(request)) is not None:
+            return refusal
+        driver = getattr(self.node, "rollout", None)
+        if driver is None:
+            return _bad_field("ab", "the A/B split is off ([ab] candidate_endpoints not set): no rollout")
+        return web.json_response(driver.status())
+
+    async def post_rollout(self, request: web.Request) -> web.Response:
+        """``{"action": "start", "steps": [5, 25, 50, 100], "interval_s": 60, "max_error_rate": 0.01,
+        "max_ttft_p95_s": 2.0, "min_requests": 20}``, or ``{"action": "pause" | "resume" | "abort"}``."""
+        if (refusal := self._authorize(request)) is not None:
+            return refusal
+        driver = getattr(self.node, "rollout", None)
+        if driver is None:
+            return _bad_field("ab", "the A/B split is off ([ab] candidate_endpoints not set): no rollout")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _bad_field("body", "expected a JSON object")
+        if not isinstance(body, dict):
+            return _bad_field("body", "expected a JSON object")
+        action, who = body.get("action"), {"actor": "admin", "source": request.remote or ""}
+        try:
+            if action == "start":
+                return web.json_response(driver.start(_plan(body), **who))
+            if action in ("pause", "resume", "abort"):
+                return web.json_response(getattr(driver, action)(**who))
+        except (RolloutError, TypeError) as exc:
+            field, _, message = str(exc).partition(": ")
+            status = 409 if field == "status" else 400
+            return _error(status, str(exc), "invalid_argument", field=field if message else "body")
+        return _bad_field("action", f'expected "start", "pause", "resume" or "abort", got {action!r}')
+
     async def _new_pool(self, endpoint: str, weight: float) -> Any:
         """The node had no center pool: one with `endpoint`, started (one health round)."""
         node = self.node
@@ -161,6 +199,33 @@ class AdminApi:
         if node.orchestrator is not None:
             node.orchestrator.pool = node.pool
         return node.pool
+
+
+_PLAN_FIELDS = ("steps", "interval_s", "max_error_rate", "max_ttft_p95_s", "min_requests")
+
+
+def _plan(body: dict[str, Any]) -> RolloutPlan:
+    """A `RolloutPlan` from a request body; RolloutError naming the field when one is bad."""
+    kwargs: dict[str, Any] = {}
+    for name in _PLAN_FIELDS:
+        if name not in body:
+            continue
+        value = body[name]
+        if name == "steps":
+            if not isinstance(value, list) or not all(_is_number(v) for v in value):
+                raise RolloutError("steps: expected a list of percentages")
+            value = tuple(value)
+        elif name == "min_requests":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise RolloutError(f"min_requests: expected an integer, got {value!r}")
+        elif not (_is_number(value) or (name == "max_ttft_p95_s" and value is None)):
+            raise RolloutError(f"{name}: expected a number, got {value!r}")
+        kwargs[name] = value
+    return RolloutPlan(**kwargs)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _change(pool: Any, action: str, endpoint: str, weight: float) -> None:
@@ -196,5 +261,7 @@ def admin_setup(node: Any) -> Callable[[web.Application], None]:
         app.router.add_post("/admin/reload", api.reload)
         app.router.add_get("/admin/pool", api.get_pool)
         app.router.add_post("/admin/pool", api.post_pool)
+        app.router.add_get("/admin/rollout", api.get_rollout)
+        app.router.add_post("/admin/rollout", api.post_rollout)
 
     return setup

@@ -210,6 +210,7 @@ class AbConfig:
     percent: float = 0.0  # share of sticky ids sent to the candidate, 0-100
     sticky: str = "user"  # "user": the request's user id, else its API key; "key": the API key
     salt: str = ""  # hashed with the sticky id; change it to reshuffle who is on which variant
+    rollout_state: str = "rollout-state.json"  # canary rollout state (rollout_driver.py); "" = not kept
 
     def __post_init__(self) -> None:
         try:  # the same checks as [center]; errors renamed to these fields
@@ -428,6 +429,7 @@ class EdgeConfig:
             router=dataclasses.replace(self.router, model=_router_model_path(self.router.model, res)),
             auth=dataclasses.replace(self.auth, jwt=self.auth.jwt.resolved(res)),
             audit=dataclasses.replace(self.audit, path=_router_model_path(self.audit.path, res)),
+            ab=dataclasses.replace(self.ab, rollout_state=res(self.ab.rollout_state) or ""),
             source=source,
         )
 

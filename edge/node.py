@@ -49,6 +49,7 @@ class EdgeNode:
         self.http_allowlist: Any = None  # `Allowlist` the HTTP middleware checks (http.py)
         self.audit: Any = None
         self.ab: Any = None  # `AbPools` when [ab] splits center traffic (ab_pools.py)
+        self.rollout: Any = None  # its canary `RolloutDriver` (rollout_driver.py)
         self.orchestrator: Orchestrator | None = None
         self.quic: EdgeQuicServer | None = None
         self.http_server: Any = None
@@ -80,6 +81,11 @@ class EdgeNode:
         from .ab_pools import start_ab_pools
 
         self.ab = await start_ab_pools(self)
+        if self.ab is not None:
+            from .rollout_driver import RolloutDriver
+
+            self.rollout = RolloutDriver(self.ab, cfg.ab.rollout_state, audit=self.audit)
+            self.rollout.start_loop()
         self.orchestrator = Orchestrator(
             self.engine,
             self.ab if self.ab is not None else self.pool,
@@ -129,6 +135,9 @@ class EdgeNode:
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
+        if self.rollout is not None:
+            await self.rollout.close()
+            self.rollout = None
         if self.ab is not None:
             await self.ab.candidate.close()
             self.ab = None

@@ -27,7 +27,11 @@ LIVE_FIELDS = (
     "listen.allow",
     "admin.token_sha256",
     "log",
-    "ab",
+    "ab.candidate_endpoints",
+    "ab.candidate_weights",
+    "ab.percent",
+    "ab.sticky",
+    "ab.salt",
 )
 _SECRET = re.compile(r"(sha256|secret|token|passw|^key$|_key$|credential)", re.IGNORECASE)
 MAX_SUMMARY = 120  # characters of one value in a change summary

@@ -14,6 +14,7 @@ audit record when the node has an audit log.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -143,7 +144,11 @@ def _swap(node: Any, old: Any, new: Any, parts: dict[str, Any]) -> None:
         _swap_pool(node, new)
     ab = getattr(node, "ab", None)
     if ab is not None and old.ab != new.ab:
-        ab.split = new.ab.split()  # open answers keep their variant; new ones use the new split
+        split = new.ab.split()  # open answers keep their variant; new ones use the new split
+        driver = getattr(node, "rollout", None)
+        if driver is not None and driver.rollout.state.status != "idle":  # the rollout owns the share
+            split = dataclasses.replace(split, percent=ab.split.percent)
+        ab.split = split
         _resize(ab.candidate, pool_weights(new.ab.candidate_endpoints, new.ab.candidate_weights))
     if new.log.level and new.log.level != old.log.level:
         logging.getLogger().setLevel(new.log.level)
