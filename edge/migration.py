@@ -1,16 +1,29 @@
 """Edge side of a live migration: continue a center answer that ended with `Migrated` elsewhere.
 
-Sans-IO: `resume_request` builds the request the next replica gets from the original request and
-the state the exporting replica sent; `MigrationStats` counts what happened for metrics. The relay
-(`relay.py`) does the I/O.
+`resume_request` (pure) builds the request the next replica gets from the request sent and the
+state the exporting replica returned. `follow_migrations` wraps the center pool's stream: when a
+replica ends it with `Migrated` (an `Export`, or a `Drain(migrate=true)`), the same request goes on
+through the pool on a replica that admits it, and the app sees one unbroken stream. With no replica
+left to take it, the answer ends with today's retryable DRAINING error. `MigrationStats` counts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import msgspec
-from isthmus.protocol import Error, ErrorCode, GenerateRequest, Migrated
+from isthmus.protocol import Done, Error, ErrorCode, GenerateRequest, Migrated, TokenChunk
+from isthmus.protocol.limits import TOKEN_ID_SIZE
+
+log = logging.getLogger(__name__)
+
+Answer: TypeAlias = TokenChunk | Done | Error
+OpenStream = Callable[[GenerateRequest], AsyncIterator[TokenChunk | Done | Error | Migrated]]
 
 MAX_MIGRATIONS_PER_REQUEST = 4  # hops one answer may take before it ends with a retryable error
 
@@ -67,3 +80,83 @@ class MigrationStats:
 
     def record_failure(self) -> None:
         self.failed += 1
+
+
+STATS = MigrationStats()  # this process's migrations (read by metrics)
+
+
+async def follow_migrations(
+    open_stream: OpenStream,
+    req: GenerateRequest,
+    *,
+    timeout_ms: Callable[[], int | None] = lambda: None,
+    stats: MigrationStats = STATS,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncGenerator[Answer, None]:
+    """``open_stream(req)``'s answer, continued through ``open_stream`` after each `Migrated`.
+
+    What the first stream raises (e.g. no replica at all) propagates; a later stream that cannot
+    start, or refuses before its first token, ends the answer with `no_target_error`. A `Done`
+    counts the tokens of every hop. ``timeout_ms()``: the deadline left, for each resumed request.
+    """
+    current, hops, earlier = req, 0, 0
+    migrated_at: float | None = None  # when the latest Migrated arrived (None: its stall recorded)
+    while True:
+        migrated, num_tokens = None, 0
+        try:
+            async with contextlib.aclosing(_stream(open_stream, current)) as gen:
+                async for msg in gen:
+                    if isinstance(msg, Migrated):
+                        migrated = msg
+                        break
+                    if hops and num_tokens == 0 and isinstance(msg, Error) and msg.retryable:
+                        raise _NoTarget(f"{ErrorCode(msg.code).name}: {msg.message}")
+                    if isinstance(msg, TokenChunk):
+                        num_tokens += len(msg.token_ids) // TOKEN_ID_SIZE
+                    elif isinstance(msg, Done) and earlier:
+                        usage = msgspec.structs.replace(
+                            msg.usage, completion_tokens=msg.usage.completion_tokens + earlier
+                        )
+                        msg = msgspec.structs.replace(msg, usage=usage)
+                    if hops and migrated_at is not None:
+                        stats.record_finish(clock() - migrated_at)
+                        migrated_at = None
+                    yield msg
+        except _NoTarget as exc:
+            stats.record_failure()
+            log.warning("migrated request %s has no replica to go on: %s", req.id, exc)
+            yield no_target_error(req.id, str(exc))
+            return
+        except Exception as exc:  # the pool found no replica (CenterUnavailable) or failed
+            if not hops:
+                raise
+            stats.record_failure()
+            log.warning("migrated request %s could not go on: %s", req.id, exc)
+            yield no_target_error(req.id)
+            return
+        if migrated is None:
+            return
+        hops += 1
+        if hops > MAX_MIGRATIONS_PER_REQUEST:
+            stats.record_failure()
+            yield no_target_error(req.id, f"moved more than {MAX_MIGRATIONS_PER_REQUEST} times")
+            return
+        stats.record_start()
+        migrated_at = clock()
+        earlier += num_tokens
+        current = resume_request(current, migrated, timeout_ms())
+
+
+async def _stream(open_stream: OpenStream, req: GenerateRequest) -> AsyncGenerator[Answer | Migrated, None]:
+    gen = open_stream(req)
+    try:
+        async for msg in gen:
+            yield msg
+    finally:
+        aclose = getattr(gen, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class _NoTarget(Exception):
+    """Every replica refused the migrated request before its first token."""

@@ -22,7 +22,16 @@ from typing import TypeAlias
 
 import grpc
 import msgspec
-from isthmus.protocol import Done, Error, ErrorCode, GenerateRequest, ProtocolError, TokenChunk, limits
+from isthmus.protocol import (
+    Done,
+    Error,
+    ErrorCode,
+    GenerateRequest,
+    Migrated,
+    ProtocolError,
+    TokenChunk,
+    limits,
+)
 
 from .affinity import PrefixAffinity, prompt_bytes
 from .replica import CenterTls, PoolOptions, Replica
@@ -30,7 +39,7 @@ from .router import LoadView
 
 log = logging.getLogger(__name__)
 
-Answer: TypeAlias = TokenChunk | Done | Error
+Answer: TypeAlias = TokenChunk | Done | Error | Migrated  # Migrated: see edge/migration.py
 
 
 class CenterUnavailable(Exception):
@@ -250,14 +259,14 @@ class CenterPool:
             async for msg in call:  # type: ignore[attr-defined]
                 if isinstance(msg, ProtocolError):
                     raise _BadReply(str(msg))
-                if not isinstance(msg, (TokenChunk, Done, Error)):
+                if not isinstance(msg, (TokenChunk, Done, Error, Migrated)):
                     raise _BadReply(f"unexpected {type(msg).__name__}")
                 if not outcome.has_started and isinstance(msg, Error) and msg.retryable:
                     breaker.record_failure(self.clock())
                     outcome.fail(f"refused: {ErrorCode(msg.code).name}", error=msg)
                     return
                 outcome.has_started = True
-                if isinstance(msg, (Done, Error)):
+                if isinstance(msg, (Done, Error, Migrated)):  # Migrated: it goes on elsewhere
                     breaker.record_success(self.clock())  # the replica works, whatever it answered
                     outcome.finish()
                     yield msg

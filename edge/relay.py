@@ -27,6 +27,7 @@ from isthmus.protocol import (
 from isthmus.protocol.limits import TOKEN_ID_SIZE
 
 from .handover import escalated_request, remaining_ms
+from .migration import follow_migrations
 from .pool import CenterUnavailable
 from .request_run import RequestClock
 
@@ -60,7 +61,8 @@ async def open_center(
         max_tokens=max_tokens,
         prompt_text=prompt_text,
     )
-    gen = pool.generate(creq)
+    # a replica may end the stream with Migrated (export, migrating drain): it goes on on another
+    gen = follow_migrations(pool.generate, creq, timeout_ms=lambda: remaining_ms(clock.deadline, clock.now()))
     try:
         first = await clock.wait(anext(gen))
     except (StopAsyncIteration, CenterUnavailable):
