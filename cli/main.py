@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     router.add_argument("args", nargs=argparse.REMAINDER)
     weights = sub.add_parser("weights", help="write a checkpoint's manifest, or sync one", add_help=False)
     weights.add_argument("args", nargs=argparse.REMAINDER)
+    rollout = sub.add_parser("rollout", help="canary rollout of an edge's A/B candidate pool", add_help=False)
+    rollout.add_argument("args", nargs=argparse.REMAINDER)
 
     up = sub.add_parser("up", help="start a whole network (center TP=2 + edge) on this machine")
     _network_args(up)
@@ -139,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .weights import main as weights_main
 
         return weights_main(args[1:])
+    if args and args[0] == "rollout":
+        from .rollout import main as rollout_main
+
+        return rollout_main(args[1:])
     parser = build_parser()
     a = parser.parse_args(args)
     check_args(parser, a)
