@@ -151,3 +151,25 @@ def _continuation(fingerprint: str) -> Any:
 
     return Continuation(text="", token_ids=pack_ids([3, 4]), tokenizer_fingerprint=fingerprint,
                         is_migration=True)
+
+
+async def test_handed_over_request_migrates_too(pair: tuple[Center, Center]) -> None:
+    """An edge's hand-over (its answer as continuation ids) then a migration: same as without."""
+    a, b = pair
+    fingerprint = a.engine.tokenizer_fingerprint
+    edge_ids = [11, 12, 13]
+    edge_text = a.engine.tokenizer.decode(edge_ids)
+    from isthmus.protocol import Continuation
+
+    req = GenerateRequest(
+        id="ho", prompt_ids=PROMPT,
+        sampling=SamplingOptions(max_tokens=30, temperature=0.8, seed=9, ignore_eos=True),
+        continuation=Continuation(
+            text=edge_text, token_ids=pack_ids(edge_ids), tokenizer_fingerprint=fingerprint
+        ),
+    )
+    whole = await b.generate(req)
+    first, second = await _migrated_run(a, b, req, after=4)
+    assert isinstance(second[-1], Done) and second[-1].finish_reason == "length"
+    assert _ids(first) + _ids(second) == _ids(whole)
+    assert _text(first) + _text(second) == _text(whole)
