@@ -21,7 +21,7 @@ from isthmus.protocol import ALPN_PROTOCOL, Done, Error, GenerateRequest, TokenC
 
 from .address import Address, parse_addresses
 from .backoff import Backoff
-from .connection import ConnectionInfo, EdgeProtocol, RequestStream, close_connection, open_connection
+from .connection import ClientStream, ConnectionInfo, EdgeConnection, close_connection, open_connection
 from .errors import (
     ConnectionLost,
     DeadlineExceeded,
@@ -80,7 +80,7 @@ class Client:
         self._verify = verify
         self._server_name = server_name
         self._index = 0  # edge we are (or will next be) connected to
-        self._conn: EdgeProtocol | None = None
+        self._conn: EdgeConnection | None = None
         self._lock = asyncio.Lock()
         self.num_connects = 0  # connections opened (first one and failovers)
 
@@ -100,7 +100,7 @@ class Client:
             config.load_verify_locations(cafile=self._ca)
         return config
 
-    async def _open(self, addr: Address, deadline: float | None) -> EdgeProtocol:
+    async def _open(self, addr: Address, deadline: float | None) -> EdgeConnection:
         key = self._ticket_key(addr)
         ticket = self.tickets.take(key)
 
@@ -122,7 +122,7 @@ class Client:
             raise
         return conn
 
-    async def _connection(self, deadline: float | None) -> EdgeProtocol:
+    async def _connection(self, deadline: float | None) -> EdgeConnection:
         """The live connection, or a new one to the first edge (from `_index`) that answers."""
         async with self._lock:
             if self._conn is not None and self._conn.is_usable:
@@ -142,7 +142,7 @@ class Client:
                 return conn
             raise Unavailable("no edge reachable: " + "; ".join(failures))
 
-    async def _drop(self, conn: EdgeProtocol, *, advance: bool) -> None:
+    async def _drop(self, conn: EdgeConnection, *, advance: bool) -> None:
         """Forget `conn`; with `advance`, the next connection tries the following edge first."""
         if self._conn is conn:
             self._conn = None
@@ -219,7 +219,7 @@ class Client:
         while True:
             attempt += 1
             has_yielded = False
-            conn: EdgeProtocol | None = None
+            conn: EdgeConnection | None = None
             stream = None
             try:
                 conn = await self._connection(deadline)
@@ -275,7 +275,7 @@ def _with_id(error: Error, request_id: str) -> Error:
 
 
 async def _next_event(
-    stream: RequestStream, deadline: float | None, request_id: str
+    stream: ClientStream, deadline: float | None, request_id: str
 ) -> TokenChunk | Done | Error:
     if deadline is None:
         return await stream.next_event()

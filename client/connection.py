@@ -38,10 +38,10 @@ class ConnectionInfo:
     local_port: int
 
 
-class RequestStream:
+class ClientStream:
     """The client's end of one request stream. Iterate with `await next_event()`."""
 
-    def __init__(self, protocol: EdgeProtocol, stream_id: int, request_id: str) -> None:
+    def __init__(self, protocol: EdgeConnection, stream_id: int, request_id: str) -> None:
         self._protocol = protocol
         self.stream_id = stream_id
         self.request_id = request_id
@@ -73,7 +73,7 @@ class RequestStream:
         self._protocol._forget(self.stream_id)
         self._protocol._cancel(self.stream_id, self.request_id)
 
-    # called by EdgeProtocol ------------------------------------------------------------------------
+    # called by EdgeConnection ------------------------------------------------------------------------
     def _on_data(self, data: bytes, end_stream: bool) -> None:
         try:
             for event in self.reader.feed(data, end_stream):
@@ -87,12 +87,12 @@ class RequestStream:
         self.is_closed = True
 
 
-class EdgeProtocol(QuicConnectionProtocol):
-    """aioquic protocol that routes stream events to `RequestStream`s."""
+class EdgeConnection(QuicConnectionProtocol):
+    """aioquic protocol that routes stream events to `ClientStream`s."""
 
     def __init__(self, quic: QuicConnection, stream_handler: Any = None) -> None:
         super().__init__(quic, stream_handler)
-        self._streams: dict[int, RequestStream] = {}
+        self._streams: dict[int, ClientStream] = {}
         self.is_connected = False
         self.is_resumed = False
         self.is_early_data_accepted = False
@@ -110,12 +110,12 @@ class EdgeProtocol(QuicConnectionProtocol):
         """Wait for the TLS handshake; raises `ConnectionLost` if the connection dies first."""
         await asyncio.shield(self._handshake)
 
-    def open_request(self, request: GenerateRequest) -> RequestStream:
+    def open_request(self, request: GenerateRequest) -> ClientStream:
         """Open a stream and write `request` on it (as 0-RTT early data before the handshake)."""
         if self.close_reason is not None:
             raise ConnectionLost(f"connection closed: {self.close_reason}", request_id=request.id)
         stream_id = self._quic.get_next_available_stream_id()
-        stream = RequestStream(self, stream_id, request.id)
+        stream = ClientStream(self, stream_id, request.id)
         self._streams[stream_id] = stream
         self._send(stream_id, encode_frame(request))
         return stream
@@ -254,7 +254,7 @@ class EdgeProtocol(QuicConnectionProtocol):
 class _Forwarder(asyncio.DatagramProtocol):
     """Feeds datagrams of a replacement socket to the connection's protocol."""
 
-    def __init__(self, target: EdgeProtocol) -> None:
+    def __init__(self, target: EdgeConnection) -> None:
         self._target = target
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
@@ -277,7 +277,7 @@ async def open_connection(
     port: int,
     configuration: QuicConfiguration,
     on_ticket: Callable[[SessionTicket], None] | None,
-) -> EdgeProtocol:
+) -> EdgeConnection:
     """Start a QUIC connection to `host:port` and return at once, before the handshake.
 
     With `configuration.session_ticket` set, requests opened before `handshake_done()` travel as
@@ -289,16 +289,16 @@ async def open_connection(
     quic = QuicConnection(configuration=configuration, session_ticket_handler=on_ticket)
     sock = _bound_socket(family)
     try:
-        _, protocol = await loop.create_datagram_endpoint(lambda: EdgeProtocol(quic), sock=sock)
+        _, protocol = await loop.create_datagram_endpoint(lambda: EdgeConnection(quic), sock=sock)
     except BaseException:
         sock.close()
         raise
-    edge = cast(EdgeProtocol, protocol)
+    edge = cast(EdgeConnection, protocol)
     edge.connect(addr, transmit=True)
     return edge
 
 
-async def close_connection(edge: EdgeProtocol, grace: float = 1.0) -> None:
+async def close_connection(edge: EdgeConnection, grace: float = 1.0) -> None:
     """Close `edge` politely, waiting up to `grace` seconds for the edge to acknowledge."""
     edge.stop_watchdog()
     edge.close()

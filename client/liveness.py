@@ -16,7 +16,7 @@ from typing import Protocol
 
 
 class Watched(Protocol):
-    """What the watchdog needs from a connection (`EdgeProtocol` has it)."""
+    """What the watchdog needs from a connection (`EdgeConnection` has it)."""
 
     close_reason: str | None
 

@@ -1,4 +1,4 @@
-"""One client connection of the edge's QUIC listener: aioquic events in, `RequestStream`s served.
+"""One client connection of the edge's QUIC listener: aioquic events in, `StreamSession`s served.
 
 It reports to its `EdgeQuicServer` what the server's sans-IO tables need: the peer's address
 (admission), when streams open and close (idle eviction), the bytes it holds before requests are
@@ -20,7 +20,7 @@ from isthmus.protocol import Done, Error, ErrorCode, GenerateRequest, ProtocolEr
 
 from .quic_compat import connection_receive_buffered, connection_send_buffered, stream_send_buffered
 from .quic_limits import set_stream_limits
-from .session import RequestStream, StreamHooks
+from .session import StreamHooks, StreamSession
 
 if TYPE_CHECKING:
     from .quic_server import EdgeQuicServer
@@ -28,14 +28,14 @@ if TYPE_CHECKING:
 MAX_REMEMBERED_STREAMS = 4096  # finished stream ids kept per connection to ignore late frames
 
 
-class EdgeQuicProtocol(QuicConnectionProtocol):
-    """One client connection: routes stream events to `RequestStream`s."""
+class ServerConnection(QuicConnectionProtocol):
+    """One client connection: routes stream events to `StreamSession`s."""
 
     def __init__(self, quic: QuicConnection, stream_handler: object = None, *, server: EdgeQuicServer):
         super().__init__(quic)
         self._server = server
         set_stream_limits(quic, server.limits.max_streams_per_connection)
-        self._streams: dict[int, RequestStream] = {}
+        self._streams: dict[int, StreamSession] = {}
         # streams already answered: a late FIN or Cancel on one must not open a new request
         self._finished_ids: set[int] = set()
         self.source = ""  # the peer's address, from its first datagram
@@ -149,9 +149,9 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
                 return
         stream.feed(event.data, event.end_stream)
 
-    def _open_stream(self, stream_id: int) -> RequestStream | None:
+    def _open_stream(self, stream_id: int) -> StreamSession | None:
         server = self._server
-        stream = RequestStream(
+        stream = StreamSession(
             stream_id,
             self,
             server.handler,
@@ -173,7 +173,7 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
         server.table.stream_opened(self)
         return stream
 
-    def _on_stream_finished(self, stream: RequestStream) -> None:
+    def _on_stream_finished(self, stream: StreamSession) -> None:
         self._streams.pop(stream.stream_id, None)
         self._finished_ids.add(stream.stream_id)
         if len(self._finished_ids) > MAX_REMEMBERED_STREAMS:
@@ -203,7 +203,7 @@ class EdgeQuicProtocol(QuicConnectionProtocol):
         return len(self._streams)
 
     @property
-    def streams(self) -> list[RequestStream]:
+    def streams(self) -> list[StreamSession]:
         return list(self._streams.values())
 
     def cancel_all(self, code: ErrorCode, message: str) -> None:

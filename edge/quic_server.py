@@ -5,7 +5,7 @@
 authentication: which connections are admitted (a total and a per-source cap, idle eviction under
 pressure: `admission.py`), how many bytes they may make the edge hold before their requests are
 read (`receive_budget.py`), and the throttling of wrong API keys per source address (the
-`ApiKeyStore` given as `auth`). Each connection is an `EdgeQuicProtocol` (`quic_connection.py`).
+`ApiKeyStore` given as `auth`). Each connection is an `ServerConnection` (`quic_connection.py`).
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ from .admission import ConnectionTable
 from .allowlist import Allowlist
 from .memory import trim_heap
 from .quic_compat import server_port
-from .quic_connection import MAX_REMEMBERED_STREAMS, EdgeQuicProtocol
+from .quic_connection import MAX_REMEMBERED_STREAMS, ServerConnection
 from .quic_limits import QuicLimits, SessionTicketStore, set_stream_limits
 from .receive_budget import ReceiveBudget
-from .session import Handler, RequestStream
+from .session import Handler, StreamSession
 
 __all__ = [
     "MAX_REMEMBERED_STREAMS",
-    "EdgeQuicProtocol",
     "EdgeQuicServer",
     "QuicLimits",
+    "ServerConnection",
     "SessionTicketStore",
     "set_stream_limits",
 ]
@@ -83,8 +83,8 @@ class EdgeQuicServer:
         self._certfile = certfile
         self._keyfile = keyfile
         self._server: QuicServer | None = None
-        self._connections: set[EdgeQuicProtocol] = set()  # admitted and still in their handshake
-        self._pending: set[EdgeQuicProtocol] = set()  # still in their handshake
+        self._connections: set[ServerConnection] = set()  # admitted and still in their handshake
+        self._pending: set[ServerConnection] = set()  # still in their handshake
         self.table = ConnectionTable(self.limits.admission())
         self.budget = ReceiveBudget(self.limits.receive)
         self.num_heap_trims = 0
@@ -111,8 +111,8 @@ class EdgeQuicServer:
             session_ticket_handler=self.tickets.add,
         )
 
-    def _create_protocol(self, quic: QuicConnection, stream_handler: object = None) -> EdgeQuicProtocol:
-        return EdgeQuicProtocol(quic, stream_handler, server=self)
+    def _create_protocol(self, quic: QuicConnection, stream_handler: object = None) -> ServerConnection:
+        return ServerConnection(quic, stream_handler, server=self)
 
     @property
     def port(self) -> int:
@@ -168,7 +168,7 @@ class EdgeQuicServer:
         await asyncio.sleep(0)
 
     # --- bookkeeping from connections -----------------------------------------------------------
-    def _register(self, conn: EdgeQuicProtocol) -> bool:
+    def _register(self, conn: ServerConnection) -> bool:
         """A connection's first packet: room for one more handshake? (admission comes after it)"""
         if len(self._pending) >= self.limits.max_connections:
             return False
@@ -176,7 +176,7 @@ class EdgeQuicServer:
         self._connections.add(conn)
         return True
 
-    def _admit(self, conn: EdgeQuicProtocol) -> str | None:
+    def _admit(self, conn: ServerConnection) -> str | None:
         """The handshake completed: admit `conn` (evicting an idle one if need be), or say why not."""
         self._pending.discard(conn)
         if self.allowlist is not None and not self.allowlist.allows(conn.source):
@@ -192,12 +192,12 @@ class EdgeQuicServer:
             log.info("refused a connection from %s: %s", conn.source, verdict.reason)
             return verdict.reason
         conn.is_admitted = True
-        if isinstance(verdict.evict, EdgeQuicProtocol):
+        if isinstance(verdict.evict, ServerConnection):
             log.info("evicted an idle connection from %s to admit one", verdict.evict.source)
             verdict.evict.evict()
         return None
 
-    def _unregister(self, conn: EdgeQuicProtocol) -> None:
+    def _unregister(self, conn: ServerConnection) -> None:
         self._connections.discard(conn)
         self._pending.discard(conn)
         self.table.remove(conn)
@@ -205,11 +205,11 @@ class EdgeQuicServer:
         self._check_idle()
         self._maybe_trim()
 
-    def _stream_finished(self, conn: EdgeQuicProtocol, stream: RequestStream) -> None:
+    def _stream_finished(self, conn: ServerConnection, stream: StreamSession) -> None:
         self.table.stream_closed(conn, asyncio.get_running_loop().time())
         self._check_idle()
 
-    def _account_received(self, conn: EdgeQuicProtocol) -> None:
+    def _account_received(self, conn: ServerConnection) -> None:
         """After each datagram: keep `conn` and all connections within the receive budgets."""
         budget, lim = self.budget, self.limits.receive
         budget.update(conn, conn.received_held())
@@ -219,7 +219,7 @@ class EdgeQuicServer:
             conn.shed(over, f"over the connection's budget of {lim.max_per_connection} bytes")
             budget.update(conn, conn.received_held())
         for victim, amount in budget.victims():
-            if isinstance(victim, EdgeQuicProtocol):
+            if isinstance(victim, ServerConnection):
                 budget.num_shed += 1
                 victim.shed(amount, f"over the edge's budget of {lim.max_total} bytes")
                 budget.update(victim, victim.received_held())

@@ -70,7 +70,7 @@ class SlowReaderError(Exception):
     """The peer stopped reading: the stream stayed above its watermark too long."""
 
 
-class RequestStream:
+class StreamSession:
     """Serves one bidirectional stream. Create it on the stream's first data, then `feed` it."""
 
     def __init__(
@@ -80,7 +80,7 @@ class RequestStream:
         handler: Handler,
         limits: BufferLimits,
         max_frame_size: int,
-        on_finished: Callable[[RequestStream], None] | None = None,
+        on_finished: Callable[[StreamSession], None] | None = None,
         on_error: Callable[[ErrorCode], None] | None = None,
         hooks: StreamHooks | None = None,
         max_after_request: int = MAX_AFTER_REQUEST,

@@ -5,7 +5,7 @@ stream and returns what it meant, and does no I/O: the client writes one `Genera
 frame, then at most a `Cancel`; anything else, a malformed frame, too many bytes after the
 request, or an end of stream before the request, is a `StreamFailed` event carrying the
 `ProtocolError` to answer with. After `StreamFailed` or `CancelReceived` the machine is closed
-and ignores further bytes. `session.RequestStream` is the asyncio shell around it.
+and ignores further bytes. `session.StreamSession` is the asyncio shell around it.
 """
 
 from __future__ import annotations

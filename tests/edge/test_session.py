@@ -1,4 +1,4 @@
-"""RequestStream and the watermarks with a fake transport (no sockets)."""
+"""StreamSession and the watermarks with a fake transport (no sockets)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from isthmus.edge.buffers import BufferLimits, FlowAction, StreamFlow
-from isthmus.edge.session import RequestStream, StreamHooks
+from isthmus.edge.session import StreamHooks, StreamSession
 from isthmus.protocol import (
     Cancel,
     Done,
@@ -56,7 +56,7 @@ def test_bad_limits_are_refused() -> None:
         BufferLimits(stream_high=10, stream_low=20)
 
 
-# --- RequestStream -------------------------------------------------------------------------------
+# --- StreamSession -------------------------------------------------------------------------------
 class FakeTransport:
     """Buffers everything written until `ack()`; records the frames and resets."""
 
@@ -99,10 +99,10 @@ def handler_of(n: int, closed: list[int]):  # type: ignore[no-untyped-def]
     return handler
 
 
-def make_stream(n: int, limits: BufferLimits | None = None) -> tuple[RequestStream, FakeTransport, list[int]]:
+def make_stream(n: int, limits: BufferLimits | None = None) -> tuple[StreamSession, FakeTransport, list[int]]:
     transport = FakeTransport()
     closed: list[int] = []
-    stream = RequestStream(0, transport, handler_of(n, closed), limits or BufferLimits(), 4096)
+    stream = StreamSession(0, transport, handler_of(n, closed), limits or BufferLimits(), 4096)
     return stream, transport, closed
 
 
@@ -174,7 +174,7 @@ async def test_partial_frame_bytes_are_counted_and_released_when_the_stream_fail
 
 async def test_a_big_partial_frame_after_the_request_is_refused() -> None:
     transport = FakeTransport()
-    stream = RequestStream(0, transport, handler_of(10**6, []), BufferLimits(), 4096, max_after_request=100)
+    stream = StreamSession(0, transport, handler_of(10**6, []), BufferLimits(), 4096, max_after_request=100)
     stream.feed(encode_frame(GenerateRequest(id="a", prompt="hi")) + struct.pack(">I", 1000), False)
     stream.feed(b"\0" * 101, end_stream=False)
     await stream.wait()
@@ -193,7 +193,7 @@ async def test_hooks_can_refuse_a_request_and_see_the_last_message() -> None:
     closed: list[int] = []
     for key in ("throttled", "fine"):
         transport = FakeTransport()
-        stream = RequestStream(0, transport, handler_of(1, closed), BufferLimits(), 4096, hooks=hooks)
+        stream = StreamSession(0, transport, handler_of(1, closed), BufferLimits(), 4096, hooks=hooks)
         stream.feed(encode_frame(GenerateRequest(id=key, prompt="hi", api_key=key)), end_stream=True)
         await stream.wait()
     assert [type(m) for m in finals] == [Error, Done] and closed == [1]  # the refused one never ran

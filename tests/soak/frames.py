@@ -4,7 +4,7 @@
 random bytes behind a plausible header, valid requests with bytes flipped, cut or spliced,
 structure-aware msgpack maps with wrong types, out-of-range values and unknown keys, deep
 nesting, and headers at the limits (0, just over the limit, 2**32-1). `check_stream` feeds one
-such stream to the decoder the edge's `RequestStream` uses, in random splits, and validates what
+such stream to the decoder the edge's `StreamSession` uses, in random splits, and validates what
 decodes (as the orchestrator does): the only exception allowed is `ProtocolError`, never one
 carrying INTERNAL.
 """
@@ -146,7 +146,7 @@ class FrameFuzzer:
 
 
 def check_stream(data: bytes, rng: random.Random, counts: Counter[str]) -> None:
-    """Feed one stream's bytes, split at random points, as the edge's `RequestStream` does.
+    """Feed one stream's bytes, split at random points, as the edge's `StreamSession` does.
 
     Counts the outcome (``valid``, ``incomplete``, ``error:<CODE>``). Anything but a
     `ProtocolError`, or a `ProtocolError` carrying INTERNAL, propagates: that is a crash.
