@@ -32,7 +32,9 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class EdgeModelConfig:
+    """The edge's `[model]` section (the checkpoint's own config is `isthmus.engine.config.ModelConfig`)."""
+
     path: str = ""  # Hugging Face checkpoint folder (required)
     name: str = ""  # reported in Done.model; default: the folder name
     quantization: str = "none"  # "none", "nf4", "int8"
@@ -365,7 +367,7 @@ class EngineConfig:
 class EdgeConfig:
     """The whole edge node configuration. `load(path)` reads and checks a TOML file."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: EdgeModelConfig = field(default_factory=EdgeModelConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)

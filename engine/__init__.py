@@ -19,7 +19,8 @@ _EXPORTS = {
     "EngineOutput": "isthmus.engine.outputs",
     "EngineLoad": "isthmus.engine.outputs",
     "RequestOutput": "isthmus.engine.outputs",
-    "Usage": "isthmus.engine.outputs",
+    "TokenUsage": "isthmus.engine.outputs",
+    "Usage": "isthmus.engine.outputs",  # deprecated alias of TokenUsage
     "RequestState": "isthmus.engine.state",
     "InvalidState": "isthmus.engine.state",
     "Scheduler": "isthmus.engine.scheduler",

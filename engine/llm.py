@@ -7,7 +7,7 @@ from typing import Any
 
 from isthmus.engine.core import EngineCore, Runner
 from isthmus.engine.options import EngineOptions
-from isthmus.engine.outputs import RequestOutput, Usage
+from isthmus.engine.outputs import RequestOutput, TokenUsage
 from isthmus.engine.params import SamplingParams
 
 Prompt = str | list[int] | list[dict[str, Any]]
@@ -80,7 +80,7 @@ class LLM:
             ids = self.encode(prompt)
             pending.append((rid, ids, p))
             order.append(rid)
-            results[rid] = RequestOutput(rid, ids, [], "", None, Usage(len(ids), 0))
+            results[rid] = RequestOutput(rid, ids, [], "", None, TokenUsage(len(ids), 0))
         sched = self.core.scheduler
         while pending or self.core.has_unfinished:
             # Feed the queue as it drains, so any number of prompts fits under max_waiting.

@@ -6,9 +6,14 @@ from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
-class Usage:
+class TokenUsage:
+    """Tokens a request read and wrote (the engine's own; the wire's is `isthmus.protocol.Usage`)."""
+
     prompt_tokens: int
     completion_tokens: int
+
+
+Usage = TokenUsage  # deprecated alias: the old name, kept for importers of isthmus.engine
 
 
 @dataclass(slots=True)
@@ -20,7 +25,7 @@ class RequestOutput:
     token_ids: list[int]
     text: str
     finish_reason: str | None  # "stop" | "length" | "cancelled" | "deadline"
-    usage: Usage
+    usage: TokenUsage
     logprobs: list[float] = field(default_factory=list)  # one per generated token
     entropies: list[float] = field(default_factory=list)  # nats, one per generated token
 
