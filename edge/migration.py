@@ -12,18 +12,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import TypeAlias
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 from isthmus.protocol import Done, Error, ErrorCode, GenerateRequest, Migrated, TokenChunk
 from isthmus.protocol.limits import TOKEN_ID_SIZE
 
+from .answers import Answer, CenterAnswer
+
 log = logging.getLogger(__name__)
 
-Answer: TypeAlias = TokenChunk | Done | Error
-OpenStream = Callable[[GenerateRequest], AsyncIterator[TokenChunk | Done | Error | Migrated]]
+OpenStream = Callable[[GenerateRequest], AsyncIterator[CenterAnswer]]
 
 MAX_MIGRATIONS_PER_REQUEST = 4  # hops one answer may take before it ends with a retryable error
 
@@ -59,15 +60,23 @@ def no_target_error(request_id: str, reason: str = "no other center replica can 
     )
 
 
+STALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)  # seconds
+
+
 @dataclass(slots=True)
 class MigrationStats:
-    """Counts of migrations seen by this edge, and the stalls they caused (seconds)."""
+    """Migrations seen by this process's edge, and the stalls they caused.
+
+    The stall of one migration: from its `Migrated` to the next replica's first message.
+    ``stall_counts[i]``: stalls <= ``STALL_BUCKETS[i]`` (cumulative, as Prometheus buckets).
+    """
 
     started: int = 0
     finished: int = 0
     failed: int = 0
-    stall_s_sum: float = 0.0  # seconds between the last token before and the first after
+    stall_s_sum: float = 0.0
     stall_s_max: float = 0.0
+    stall_counts: list[int] = field(default_factory=lambda: [0] * len(STALL_BUCKETS))
 
     def record_start(self) -> None:
         self.started += 1
@@ -77,9 +86,34 @@ class MigrationStats:
         stall_s = max(stall_s, 0.0)
         self.stall_s_sum += stall_s
         self.stall_s_max = max(self.stall_s_max, stall_s)
+        for i, bound in enumerate(STALL_BUCKETS):
+            if stall_s <= bound:
+                self.stall_counts[i] += 1
 
     def record_failure(self) -> None:
         self.failed += 1
+
+
+class MigrationCollector:
+    """Prometheus collector of a `MigrationStats`: counters and the stall histogram."""
+
+    def __init__(self, stats: MigrationStats, namespace: str = "isthmus_edge") -> None:
+        self.stats, self.namespace = stats, namespace
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        st, ns = self.stats, self.namespace
+        counts = CounterMetricFamily(f"{ns}_migrations", "Live migrations of center answers, by outcome",
+                                     labels=["outcome"])
+        for outcome, value in (("started", st.started), ("finished", st.finished), ("failed", st.failed)):
+            counts.add_metric([outcome], value)
+        yield counts
+        buckets = [(str(b), float(c)) for b, c in zip(STALL_BUCKETS, st.stall_counts, strict=True)]
+        buckets.append(("+Inf", float(st.finished)))
+        yield HistogramMetricFamily(f"{ns}_migration_stall_seconds",
+                                    "From a replica's Migrated to the next replica's first message",
+                                    buckets=buckets, sum_value=st.stall_s_sum)
 
 
 STATS = MigrationStats()  # this process's migrations (read by metrics)
@@ -147,7 +181,7 @@ async def follow_migrations(
         current = resume_request(current, migrated, timeout_ms())
 
 
-async def _stream(open_stream: OpenStream, req: GenerateRequest) -> AsyncGenerator[Answer | Migrated, None]:
+async def _stream(open_stream: OpenStream, req: GenerateRequest) -> AsyncGenerator[CenterAnswer, None]:
     gen = open_stream(req)
     try:
         async for msg in gen:

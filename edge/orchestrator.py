@@ -21,7 +21,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Any, TypeAlias
+from typing import Any
 
 import msgspec
 from isthmus.protocol import (
@@ -35,6 +35,7 @@ from isthmus.protocol import (
     validate,
 )
 
+from .answers import Answer
 from .features import extract_features
 from .handover import make_continuation
 from .prompt_tokens import PromptTokenizer
@@ -44,7 +45,6 @@ from .router import CENTER_UNAVAILABLE, Decision, LoadView, Router
 
 log = logging.getLogger(__name__)
 
-Answer: TypeAlias = TokenChunk | Done | Error
 _engine_ids = itertools.count(1)
 
 

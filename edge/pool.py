@@ -18,7 +18,6 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from typing import TypeAlias
 
 import grpc
 import msgspec
@@ -34,12 +33,11 @@ from isthmus.protocol import (
 )
 
 from .affinity import PrefixAffinity, prompt_bytes
+from .answers import CenterAnswer
 from .replica import CenterTls, PoolOptions, Replica
 from .router import LoadView
 
 log = logging.getLogger(__name__)
-
-Answer: TypeAlias = TokenChunk | Done | Error | Migrated  # Migrated: see edge/migration.py
 
 
 class CenterUnavailable(Exception):
@@ -202,7 +200,7 @@ class CenterPool:
         return best
 
     # --- generate --------------------------------------------------------------------------------
-    async def generate(self, req: GenerateRequest) -> AsyncIterator[Answer]:
+    async def generate(self, req: GenerateRequest) -> AsyncIterator[CenterAnswer]:
         """Stream the center's answer to `req`: `TokenChunk`s, then one `Done` or `Error`.
 
         Raises `CenterUnavailable` when no replica starts the answer. Closing the iterator (or
@@ -252,7 +250,7 @@ class CenterPool:
 
     async def _relay(
         self, replica: Replica, call: object, req_id: str, outcome: _Attempt
-    ) -> AsyncIterator[Answer]:
+    ) -> AsyncIterator[CenterAnswer]:
         """Relay one attempt. Sets `outcome`; yields nothing if it failed before the first token."""
         breaker = replica.breaker
         try:

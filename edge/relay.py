@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator
-from typing import Any, TypeAlias
+from typing import Any
 
 from isthmus.protocol import (
     Continuation,
@@ -26,12 +26,12 @@ from isthmus.protocol import (
 )
 from isthmus.protocol.limits import TOKEN_ID_SIZE
 
+from .answers import Answer
 from .handover import escalated_request, remaining_ms
 from .migration import follow_migrations
 from .pool import CenterUnavailable
 from .request_run import RequestClock
 
-Answer: TypeAlias = TokenChunk | Done | Error
 CenterStream = tuple[AsyncGenerator[Answer, None], Answer]  # the open stream and its first message
 
 

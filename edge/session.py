@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import Protocol
 
 from isthmus.protocol import (
     RETRYABLE_CODES,
@@ -23,16 +23,15 @@ from isthmus.protocol import (
     ErrorCode,
     GenerateRequest,
     ProtocolError,
-    TokenChunk,
     encode_frame,
 )
 
+from .answers import Answer
 from .buffers import BufferLimits, FlowAction, StreamFlow
 from .stream_frames import MAX_AFTER_REQUEST, CancelReceived, RequestReceived, StreamFrames
 
 log = logging.getLogger(__name__)
 
-Answer: TypeAlias = TokenChunk | Done | Error
 Handler = Callable[[GenerateRequest], AsyncGenerator[Answer, None]]
 
 
