@@ -19,11 +19,11 @@ from typing import Any
 DEFAULT_CACHE_DIR = Path(os.environ.get("ISTHMUS_CACHE_DIR", "~/.cache/isthmus")).expanduser()
 STATE_FILE = "up.json"  # written by `isthmus up`, read by `isthmus chat`
 
-# Routing knobs measured on the trained default edge model (nf4, greedy, the demo's presence
-# penalty): `python -m isthmus.models.signals` prints the figures for the demo's prompts and
+# Routing knobs measured on the trained default edge model (nf4, greedy, the demo's presence and
+# frequency penalties): `python -m isthmus.models.signals` prints the figures for the demo's prompts and
 # tests/cli/test_demo_margins.py keeps the margins below true.
 # Prompt perplexity: mean NLL of the chat-templated prompt (nats/token). Documentation questions
-# measure 0.7-3.1 (the demo's edge prompts 1.8 and 2.2, its hand-over prompt 3.8); chit-chat and
+# measure 0.7-3.1 (the demo's edge prompts 1.75 and 2.2, its hand-over prompt 3.8); chit-chat and
 # questions far from the docs 3.4-6.7. At or below LOW the after-prefill reconsideration adds
 # nothing, so the demo's edge prompts stay >= 0.7 nats clear of it (tested with 0.5).
 PERPLEXITY_LOW_NATS = 4.5

@@ -35,15 +35,17 @@ HANDOVER_PROMPT = "What is the capital of France?"
 PROMPTS = (
     DemoPrompt("What does the assert statement do?"),
     DemoPrompt("Write a Python function that implements binary search, then explain its complexity."),
-    DemoPrompt("What does the with statement do?"),
+    DemoPrompt("What does the import statement do?"),
     DemoPrompt("Prove that the sum of two even numbers is even, step by step."),
     DemoPrompt("What is a lambda expression?", tier="center"),
     DemoPrompt(HANDOVER_PROMPT),
 )
 MAX_TOKENS = 48  # tokens per answer: a sentence or three, quick on 2 cores
-# Greedy small models loop on a phrase; a presence penalty (generated tokens only, unlike the
-# repetition penalty, which also pushes the answer away from the prompt's words) breaks the loops.
+# Greedy small models loop on a phrase; presence and frequency penalties (generated tokens only,
+# unlike the repetition penalty, which also pushes the answer away from the prompt's words) break
+# the loops.
 PRESENCE_PENALTY = 0.6
+FREQUENCY_PENALTY = 0.5
 
 
 async def run_prompts(net: LocalNetwork, out: TextIO) -> list[tuple[DemoPrompt, Answer]]:
@@ -63,6 +65,7 @@ async def run_prompts(net: LocalNetwork, out: TextIO) -> list[tuple[DemoPrompt, 
                 max_tokens=MAX_TOKENS,
                 temperature=0.0,
                 presence_penalty=PRESENCE_PENALTY,
+                frequency_penalty=FREQUENCY_PENALTY,
             )
             route = answer.completion.route
             out.write(

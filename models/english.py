@@ -2,8 +2,9 @@
 
 A word is a whitespace-separated token with its surrounding punctuation and quotes stripped; it
 counts as English when it is letters only (an inner apostrophe or hyphen allowed) and, lowercased,
-in the word list. Tokens with no letter at all (numbers, symbols) are not words; identifiers such
-as `os.path` or `__init__` are words that do not count. Two word lists:
+in the word list; of single letters only "a" and "I" count. Tokens with no letter at all
+(numbers, symbols) are not words; identifiers such as `os.path` or `__init__` are words that do
+not count. Two word lists:
 
 - a system dictionary such as `/usr/share/dict/words` (Debian's `wamerican`), independent of the
   models: used to measure the demo's output, never needed at run time;
@@ -49,6 +50,14 @@ def candidate_words(text: str) -> list[str]:
     return out
 
 
+def is_english(word: str, vocabulary: set[str]) -> bool:
+    """Letters only, in the vocabulary; of single letters only "a" and "I" (word lists hold every
+    letter, and `x` or `n` in an answer are variable names, not English)."""
+    if not _WORD.fullmatch(word) or (len(word) == 1 and word not in ("a", "A", "I")):
+        return False
+    return word.lower() in vocabulary
+
+
 def count_english(texts: Iterable[str], vocabulary: set[str]) -> Count:
     """Words, English words (in `vocabulary`, lowercase) and replacement characters over `texts`."""
     num_words = num_english = num_bad = 0
@@ -56,7 +65,7 @@ def count_english(texts: Iterable[str], vocabulary: set[str]) -> Count:
         num_bad += text.count(REPLACEMENT)
         for word in candidate_words(text):
             num_words += 1
-            num_english += bool(_WORD.fullmatch(word)) and word.lower() in vocabulary
+            num_english += is_english(word, vocabulary)
     return Count(num_words, num_english, num_bad)
 
 

@@ -41,13 +41,19 @@ def measure(
     quantization: str | None = "nf4",
     max_tokens: int = 16,
     presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
 ) -> list[Signals]:
     """Greedy answers to each prompt (as one user chat message) and their signals."""
     from isthmus.engine.llm import LLM
     from isthmus.engine.params import SamplingParams
 
     llm = LLM(str(model), quantization=quantization)
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, presence_penalty=presence_penalty)
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=0.0,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+    )
     out: list[Signals] = []
     for i, prompt in enumerate(prompts):
         ids = llm.encode([{"role": "user", "content": prompt}])
@@ -69,7 +75,7 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     from isthmus.cli.defaults import CONFIDENCE
-    from isthmus.cli.demo import PRESENCE_PENALTY, PROMPTS
+    from isthmus.cli.demo import FREQUENCY_PENALTY, PRESENCE_PENALTY, PROMPTS
 
     from . import default_model_path
 
@@ -82,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     quant = None if a.quantization == "none" else a.quantization
     prompts = [d.text for d in PROMPTS]
     found = measure(
-        a.model, prompts, quantization=quant, max_tokens=a.max_tokens, presence_penalty=PRESENCE_PENALTY
+        a.model, prompts, quantization=quant, max_tokens=a.max_tokens, presence_penalty=PRESENCE_PENALTY,
+        frequency_penalty=FREQUENCY_PENALTY,
     )
     for s in found:
         entropy = s.window_mean(window, max_checked)

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 from isthmus.cli.defaults import CONFIDENCE, PERPLEXITY_LOW_NATS
-from isthmus.cli.demo import HANDOVER_PROMPT, PRESENCE_PENALTY, PROMPTS
+from isthmus.cli.demo import FREQUENCY_PENALTY, HANDOVER_PROMPT, PRESENCE_PENALTY, PROMPTS
 from isthmus.models import EDGE_DEFAULT
 from isthmus.models.signals import Signals, measure
 
@@ -43,6 +43,7 @@ def signals() -> dict[str, Signals]:
         quantization="nf4",
         max_tokens=max_checked,
         presence_penalty=PRESENCE_PENALTY,
+        frequency_penalty=FREQUENCY_PENALTY,
     )
     return {s.prompt: s for s in found}
 

@@ -68,12 +68,14 @@ def test_default_model_path_names_the_tiers() -> None:
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
 def test_greedy_answers_are_mostly_english_words(folder: Path) -> None:
-    from isthmus.cli.demo import PRESENCE_PENALTY
+    from isthmus.cli.demo import FREQUENCY_PENALTY, PRESENCE_PENALTY
     from isthmus.engine.llm import LLM
     from isthmus.engine.params import SamplingParams
 
     llm = LLM(str(folder), verify_checksums=True)
-    params = SamplingParams(max_tokens=32, temperature=0.0, presence_penalty=PRESENCE_PENALTY)
+    params = SamplingParams(
+        max_tokens=32, temperature=0.0, presence_penalty=PRESENCE_PENALTY, frequency_penalty=FREQUENCY_PENALTY
+    )
     questions = ("What does the assert statement do?", "What is the json module?")
     prompts = [[{"role": "user", "content": q}] for q in questions]
     texts = [out.text for out in llm.generate(prompts, params)]
