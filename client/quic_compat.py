@@ -12,7 +12,8 @@ from __future__ import annotations
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 
 # what the client's QuicConnectionProtocol subclass uses of its base (checked by the compat test)
-PROTOCOL_ATTRIBUTES = ("_quic", "_loop", "_transport")
+# (`_ping_waiters`: the liveness probe's PING is answered through the base's waiter table)
+PROTOCOL_ATTRIBUTES = ("_quic", "_loop", "_transport", "_ping_waiters")
 
 
 def close_datagram_transport(protocol: QuicConnectionProtocol) -> None:
