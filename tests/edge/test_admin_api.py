@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
+from isthmus.cli.network import free_port
 from isthmus.edge.auth import hash_key
 from isthmus.edge.config import EdgeConfig
 from isthmus.edge.node import EdgeNode
@@ -187,3 +195,49 @@ async def test_pool_add_weight_remove_and_bad_arguments(node: EdgeNode, tmp_path
     assert (await admin(node, "GET", "/admin/pool"))[1] == {"replicas": []}
     actions = [json.loads(x)["action"] for x in (tmp_path / "audit.log").read_text().splitlines()]
     assert actions.count("pool.change") == 3
+
+
+async def _read_until(proc: subprocess.Popen[str], text: str, lines: list[str]) -> bool:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = await asyncio.to_thread(proc.stdout.readline)  # type: ignore[union-attr]
+        lines.append(line)
+        if text in line:
+            return True
+        if not line:
+            return False
+    return False
+
+
+async def test_sighup_reloads_the_file_and_refuses_a_bad_one(tmp_path: Path, model: Path) -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    path = write_config(tmp_path, model, threshold=100.0, keys=["alice", "bob"])
+    path.write_text(path.read_text().replace("port = 0\ncert", f"port = {port}\ncert"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isthmus.edge.main", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert await _read_until(proc, "edge ready", lines), "".join(lines)
+        path.write_text(path.read_text().replace("threshold = 100.0", "threshold = 0.25"))
+        proc.send_signal(signal.SIGHUP)
+        assert await _read_until(proc, "config reloaded: router.threshold", lines), "".join(lines)
+        path.write_text(path.read_text() + "\n[limits]\nmax_connections = -1\n")
+        proc.send_signal(signal.SIGHUP)
+        assert await _read_until(proc, "limits.max_connections", lines), "".join(lines)
+        async with raw_client(port) as client:  # still serving, with the keys it had
+            assert isinstance(final(await client.request(request("after", KEYS["bob"]))), Done)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    records = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    reloads = [(r["actor"], r["outcome"]) for r in records if r["action"] == "config.reload"]
+    assert reloads == [("sighup", "ok"), ("sighup", "refused")]
