@@ -8,8 +8,15 @@ reported the same tokenizer fingerprint as the edge (otherwise ids mean differen
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import msgspec
 from isthmus.protocol import Continuation, GenerateRequest, pack_ids
+
+if TYPE_CHECKING:
+    from .relay import CenterStream
+    from .router import Decision
 
 
 def escalated_request(
@@ -64,3 +71,17 @@ def remaining_ms(deadline: float | None, now: float) -> int | None:
     if deadline is None:
         return None
     return max(1, int((deadline - now) * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """An answer leaving the edge for the center: where it goes, why, when, and what was already sent.
+
+    `when` is "after_prefill" (the prompt looked harder than the router thought, nothing streamed
+    yet) or "mid_answer" (the edge's confidence collapsed; `num_edge_tokens` were streamed).
+    """
+
+    center: CenterStream  # the open center stream and its first message
+    decision: Decision  # the route reported from now on
+    when: str
+    num_edge_tokens: int

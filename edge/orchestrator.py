@@ -37,7 +37,7 @@ from isthmus.protocol import (
 
 from .answers import Answer
 from .features import extract_features
-from .handover import make_continuation
+from .handover import HandOver, make_continuation
 from .prompt_tokens import PromptTokenizer
 from .relay import CenterStream, num_chunk_tokens, open_center, relay_center
 from .request_run import LocalRun, RequestClock, engine_error, finish_done
@@ -153,8 +153,7 @@ class Orchestrator:
         monitor = self.monitor_factory() if (may_escalate and self.monitor_factory) else None
         run = LocalRun(self.engine, req, prompt_ids, f"{req.id}#{next(_engine_ids)}", clock,
                        want_entropy=monitor is not None)
-        # (center stream, new decision, when, edge tokens already streamed) once the answer moves
-        moved: tuple[CenterStream, Decision, str, int] | None = None
+        moved: HandOver | None = None  # set once the answer leaves for the center
         async with run, contextlib.aclosing(run.outputs()) as outputs:
             async for out in outputs:
                 if run.is_first_output:
@@ -164,14 +163,14 @@ class Orchestrator:
                     if again is not None and again.tier == "center":
                         center = await self._open(req, clock, prompt_ids)
                         if center is not None:
-                            moved = (center, again, "after_prefill", 0)
+                            moved = HandOver(center, again, "after_prefill", 0)
                             break
                 if monitor is not None and out.entropies and monitor.observe(out.entropies):
                     monitor = None  # one hand-over attempt per request
                     center = await self._open_handover(req, clock, prompt_ids, run)
                     if center is not None:
                         handover = self.router.handover(decision)
-                        moved = (center, handover, "mid_answer", run.num_streamed_tokens)
+                        moved = HandOver(center, handover, "mid_answer", run.num_streamed_tokens)
                         break
                 chunk = run.chunk(out, decision.route() if run.num_streamed_tokens == 0 else None)
                 if chunk is not None:
@@ -187,10 +186,9 @@ class Orchestrator:
         # leaving `async with run` aborted the local request: its KV is free before the relay
         if moved is None:
             raise ProtocolError(ErrorCode.INTERNAL, "engine stream ended without a finish reason")
-        center, again, when, num_edge_tokens = moved
-        self._record_route(again, when)
+        self._record_route(moved.decision, moved.when)
         async with contextlib.aclosing(
-            self._relay(req, clock, center, again, len(prompt_ids), num_edge_tokens)
+            self._relay(req, clock, moved.center, moved.decision, len(prompt_ids), moved.num_edge_tokens)
         ) as items:
             async for msg in items:
                 yield msg
