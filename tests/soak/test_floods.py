@@ -26,6 +26,7 @@ from .procs import Proc
 
 PROBE_S = pick(4.0, 30.0)  # seconds of legitimate load per measurement
 PROBE_CONCURRENCY = 4
+BASELINE_CPU: dict[str, float] = {}  # the unloaded probe's wall time and the edge's CPU seconds
 pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.timeout(pick(300, 1200))]
 
 
@@ -37,8 +38,13 @@ def flood_edge(shared_net: Network) -> Proc:
 
 @pytest.fixture(scope="module")
 def baseline(flood_edge: Proc, refs: References, certs: tuple[str, str]) -> LoadStats:
-    """The legitimate client's figures with no flood."""
-    return asyncio.run(_probe(flood_edge, refs, certs))
+    """The legitimate client's figures with no flood (`BASELINE_CPU` gets the edge's CPU seconds)."""
+    cpu, start = flood_edge.cpu_s(), time.monotonic()
+    stats = asyncio.run(_probe(flood_edge, refs, certs))
+    BASELINE_CPU.update(
+        probe_wall_s=round(time.monotonic() - start, 1), edge_cpu_s=round(flood_edge.cpu_s() - cpu, 1)
+    )
+    return stats
 
 
 async def _probe(edge: Proc, refs: References, certs: tuple[str, str]) -> LoadStats:
@@ -81,6 +87,7 @@ async def _run_flood(
             "ttft_p99_ratio": ratio,
             "flood_built_before_probe": is_ready,
             "during_probe": cpu_share,
+            "unloaded_probe": BASELINE_CPU,
             "attackers": attackers,
             "edge_rss_mb": {
                 "before": round(rss[0] / 2**20, 1),
