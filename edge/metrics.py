@@ -12,6 +12,8 @@ import math
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .migration import STATS, MigrationCollector
+
 # seconds: time to first token spans a queued prefill on a busy node up to a slow escalation
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # seconds: gaps between streamed tokens
@@ -32,6 +34,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, namespace: str = "isthmus_edge") -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r, ns = self.registry, namespace
+        r.register(MigrationCollector(STATS, ns))  # live migrations (process-wide counts)
         self.ttft = Histogram(
             "ttft_seconds", "Time to first token", namespace=ns, registry=r, buckets=TTFT_BUCKETS
         )

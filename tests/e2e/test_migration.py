@@ -64,3 +64,7 @@ async def test_stream_survives_a_migrating_drain(harness: Harness, sampling: dic
     # the drained replica stopped serving: the rest of the answer came from the other one
     await asyncio.wait_for(drained.server.wait_stopped(), timeout=10)
     assert not drained.service.in_flight
+    text = node.metrics.render().decode()
+    name = 'isthmus_edge_migrations_total{outcome="finished"}'
+    finished = [line for line in text.splitlines() if line.startswith(name)]
+    assert finished and float(finished[0].rpartition(" ")[2]) >= 1

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from isthmus.center.auth import AdminPolicy
-from isthmus.edge.migration import MigrationStats, follow_migrations, resume_request
+from isthmus.edge.metrics import Metrics
+from isthmus.edge.migration import MigrationCollector, MigrationStats, follow_migrations, resume_request
 from isthmus.edge.pool import CenterPool, CenterUnavailable
 from isthmus.edge.replica import PoolOptions
 from isthmus.engine.tiny import make_tiny_checkpoint
@@ -99,6 +100,25 @@ async def test_first_stream_failure_propagates_and_endless_moves_stop() -> None:
     stats = MigrationStats()
     msgs = await _all(Script(*([[MIGRATED]] * 6)), stats)
     assert len(msgs) == 1 and isinstance(msgs[0], Error) and msgs[0].code == ErrorCode.DRAINING
+
+
+def test_stats_render_as_prometheus_counters_and_histogram() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    stats = MigrationStats()
+    stats.record_start()
+    stats.record_start()
+    stats.record_finish(0.04)
+    stats.record_failure()
+    registry = CollectorRegistry()
+    registry.register(MigrationCollector(stats, "t"))
+    text = generate_latest(registry).decode()
+    assert 't_migrations_total{outcome="started"} 2.0' in text
+    assert 't_migrations_total{outcome="failed"} 1.0' in text
+    assert 't_migration_stall_seconds_bucket{le="0.025"} 0.0' in text
+    assert 't_migration_stall_seconds_bucket{le="0.05"} 1.0' in text
+    assert "t_migration_stall_seconds_sum 0.04" in text
+    assert b"isthmus_edge_migrations_total" in Metrics().render()  # every edge node exports them
 
 
 # --- real replicas ---------------------------------------------------------------------------------
