@@ -6,6 +6,7 @@ replica B continues from it: the joined answer is token- and text-identical to a
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,23 @@ async def test_handed_over_request_migrates_too(pair: tuple[Center, Center]) -> 
     assert isinstance(second[-1], Done) and second[-1].finish_reason == "length"
     assert _ids(first) + _ids(second) == _ids(whole)
     assert _text(first) + _text(second) == _text(whole)
+
+
+async def test_drain_rpc_with_migrate_ends_streams_with_their_state(pair: tuple[Center, Center]) -> None:
+    from isthmus.protocol import DrainReply, DrainRequest
+
+    a, b = pair
+    req = GenerateRequest(id="dr", prompt_ids=PROMPT,
+                          sampling=SamplingOptions(max_tokens=40, temperature=0.0, ignore_eos=True))
+    whole = await b.generate(req)
+    first: list[Any] = []
+    async for msg in a.generate_call(req):
+        first.append(msg)
+        if len(first) == 3:
+            reply = await a.unary(rpc.DRAIN, DrainRequest(grace_s=5.0, migrate=True), metadata=ADMIN)
+            assert reply == DrainReply(num_in_flight=1)
+    assert isinstance(first[-1], Migrated)
+    second = await b.generate(resume_request(req, first[-1]))
+    assert _ids(first[:-1]) + _ids(second) == _ids(whole)
+    await asyncio.wait_for(a.server.wait_stopped(), timeout=10)  # nothing left in flight: A stops
+    assert not a.service.in_flight
