@@ -101,6 +101,10 @@ def old_ab_enabled(node: Any) -> bool:
 def _swap_auth(node: Any, old_store: Any, store: Any, old: Any, new: Any) -> None:
     if old_store is not None and old.auth.throttle_limits() == new.auth.throttle_limits():
         store.throttle = old_store.throttle  # an address throttled for wrong keys stays throttled
+    if old_store is not None and hasattr(old_store, "_in_use"):
+        # one count of requests in flight per key across the swap: leases taken before it release
+        # on the old store into the same dict, so a reload never lets a key exceed its limit
+        store._in_use = old_store._in_use
     node.auth = store
     if node.orchestrator is not None:
         node.orchestrator.auth = store

@@ -34,10 +34,13 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("admin_model"), "llama", seed=5)
 
 
-def write_config(folder: Path, model: Path, *, threshold: float, keys: list[str], extra: str = "") -> Path:
+def write_config(
+    folder: Path, model: Path, *, threshold: float, keys: list[str], extra: str = "", limit: int = 32
+) -> Path:
     cert, key = write_self_signed(folder)
     key_tables = "".join(
-        f'[[auth.keys]]\nname = "{n}"\nsha256 = "{hash_key(KEYS[n])}"\nmax_concurrent = 32\n\n' for n in keys
+        f'[[auth.keys]]\nname = "{n}"\nsha256 = "{hash_key(KEYS[n])}"\nmax_concurrent = {limit}\n\n'
+        for n in keys
     )
     path = folder / "edge.toml"
     path.write_text(
@@ -241,3 +244,25 @@ async def test_sighup_reloads_the_file_and_refuses_a_bad_one(tmp_path: Path, mod
     records = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
     reloads = [(r["actor"], r["outcome"]) for r in records if r["action"] == "config.reload"]
     assert reloads == [("sighup", "ok"), ("sighup", "refused")]
+
+
+async def test_a_key_limit_holds_across_a_reload(tmp_path: Path, model: Path) -> None:
+    node = EdgeNode(EdgeConfig.load(write_config(tmp_path, model, threshold=100.0, keys=["alice"], limit=1)))
+    await node.start()
+    try:
+        async with raw_client(node.quic_port) as client:
+            held = client.send_message(request("held", KEYS["alice"], max_tokens=400, tier="edge"))
+            assert isinstance(await client.first_message(held), TokenChunk)
+            write_config(tmp_path, model, threshold=0.5, keys=["alice"], limit=1)
+            assert (await admin(node, "POST", "/admin/reload"))[0] == 200
+            second = final(await client.request(request("second", KEYS["alice"])))
+            assert isinstance(second, Error) and second.code == ErrorCode.RATE_LIMITED
+            client.reset(held)
+        for _ in range(100):  # the held request's lease is released once its stream is gone
+            if node.auth.num_in_use("alice") == 0:
+                break
+            await asyncio.sleep(0.05)
+        async with raw_client(node.quic_port) as client:
+            assert isinstance(final(await client.request(request("third", KEYS["alice"]))), Done)
+    finally:
+        await node.stop(grace_s=0.0)
