@@ -45,6 +45,8 @@ def _line(name: str, r: dict[str, Any]) -> str:
     if "during" in r:  # a fault drill
         d, a = r["during"], r["after"]
         return f"{name}: during {d['requests']} {d['outcomes']}; after {a['requests']} {a['outcomes']}"
+    if "legit_during" in r and "error" in r["attackers"]:
+        return f"{name}: the flood itself failed: {r['attackers']['error']}"
     if "legit_during" in r:  # a flood
         return (
             f"{name}: legit ttft p99 {r['legit_unloaded']['ttft_p99_ms']} -> "

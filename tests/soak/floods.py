@@ -12,12 +12,14 @@ import contextlib
 import hashlib
 import multiprocessing
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psutil
 from isthmus.protocol import GenerateRequest, SamplingOptions
 from isthmus.protocol.limits import MAX_FRAME_SIZE
+
+from tests.edge.quic_helpers import RawClient
 
 from .attack import AttackStats, attacker, source
 from .mode import API_KEY, pick
@@ -90,44 +92,61 @@ async def huge_prompts(port: int, stop: asyncio.Event, stats: AttackStats, ready
         id="huge", prompt=HUGE_PROMPT, api_key=API_KEY, tier="edge", sampling=SamplingOptions(max_tokens=1)
     )
 
-    async def one(i: int) -> None:
-        async with attacker(port, source(100 + i)) as c:
-            while not stop.is_set():
-                stats.num_sent += 1
-                ready()  # the attackers are connected and sending
-                try:
-                    sid = c.send_message(req)
-                    stats.note_end(await c.wait_end(sid, 60.0), sid in c.resets)
-                except TimeoutError:
-                    stats.num_no_answer += 1
+    async def one(c: RawClient, i: int) -> None:
+        while not stop.is_set() and not c._closed.is_set():
+            stats.num_sent += 1
+            ready()  # the attackers are connected and sending
+            try:
+                sid = c.send_message(req)
+                stats.note_end(await c.wait_end(sid, 60.0), sid in c.resets)
+            except TimeoutError:
+                stats.num_no_answer += 1
 
-    await asyncio.gather(*(one(i) for i in range(NUM_PROMPT_ATTACKERS)))
+    await asyncio.gather(*(_connected(port, 100 + i, stop, stats, one) for i in range(NUM_PROMPT_ATTACKERS)))
 
 
 async def wrong_keys(port: int, stop: asyncio.Event, stats: AttackStats, ready: Ready) -> None:
     """Clients guessing API keys as fast as the edge answers."""
 
-    async def one(i: int) -> None:
-        async with attacker(port, source(200 + i)) as c:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                stats.num_sent += 1
-                ready()
-                req = GenerateRequest(
-                    id=f"k{i}-{n}",
-                    prompt="hi",
-                    api_key=f"sk-guess-{i}-{n}",
-                    tier="edge",
-                    sampling=SamplingOptions(max_tokens=1),
-                )
-                try:
-                    sid = c.send_message(req)
-                    stats.note_end(await c.wait_end(sid, 30.0), sid in c.resets)
-                except TimeoutError:
-                    stats.num_no_answer += 1
+    async def one(c: RawClient, i: int) -> None:
+        n = 0
+        while not stop.is_set() and not c._closed.is_set():
+            n += 1
+            stats.num_sent += 1
+            ready()
+            req = GenerateRequest(
+                id=f"k{i}-{n}",
+                prompt="hi",
+                api_key=f"sk-guess-{i}-{n}",
+                tier="edge",
+                sampling=SamplingOptions(max_tokens=1),
+            )
+            try:
+                sid = c.send_message(req)
+                stats.note_end(await c.wait_end(sid, 30.0), sid in c.resets)
+            except TimeoutError:
+                stats.num_no_answer += 1
 
-    await asyncio.gather(*(one(i) for i in range(NUM_KEY_ATTACKERS)))
+    await asyncio.gather(*(_connected(port, 200 + i, stop, stats, one) for i in range(NUM_KEY_ATTACKERS)))
+
+
+async def _connected(
+    port: int,
+    i: int,
+    stop: asyncio.Event,
+    stats: AttackStats,
+    body: Callable[[RawClient, int], Awaitable[None]],
+) -> None:
+    """Run `body` on a connection from attacker address `i`, reconnecting until `stop`; a refused or
+    timed-out handshake is counted (`connect_failures`), not raised."""
+    while not stop.is_set():
+        try:
+            async with attacker(port, source(i)) as c:
+                await body(c, i)
+        except (OSError, TimeoutError, ConnectionError):
+            stats.num_connect_failures += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
 
 
 async def cpu_burn(port: int, stop: asyncio.Event, stats: AttackStats, ready: Ready) -> None:
