@@ -21,10 +21,10 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Any
 
 import msgspec
 from isthmus.protocol import (
+    Continuation,
     Done,
     Error,
     ErrorCode,
@@ -36,12 +36,14 @@ from isthmus.protocol import (
 )
 
 from .answers import Answer
+from .confidence import ConfidenceMonitor
 from .features import extract_features
 from .handover import HandOver, make_continuation
 from .prompt_tokens import PromptTokenizer
 from .relay import CenterStream, num_chunk_tokens, open_center, relay_center
 from .request_run import LocalRun, RequestClock, engine_error, finish_done
 from .router import CENTER_UNAVAILABLE, Decision, LoadView, Router
+from .seams import Authenticator, CenterPoolLike, EdgeEngine, EdgeTokenizer, RequestMetrics
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +61,14 @@ class Orchestrator:
 
     def __init__(
         self,
-        engine: Any,
-        pool: Any,
+        engine: EdgeEngine,
+        pool: CenterPoolLike | None,
         router: Router,
-        metrics: Any = None,
-        auth: Any = None,
+        metrics: RequestMetrics | None = None,
+        auth: Authenticator | None = None,
         *,
-        tokenizer: Any = None,
-        monitor_factory: Callable[[], Any] | None = None,
+        tokenizer: EdgeTokenizer | None = None,
+        monitor_factory: Callable[[], ConfidenceMonitor] | None = None,
         model_name: str = "",
         max_prompt_tokens: int | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -76,7 +78,7 @@ class Orchestrator:
         self.router = router
         self.metrics = metrics
         self.auth = auth
-        self.tokenizer = tokenizer if tokenizer is not None else engine.tokenizer
+        self.tokenizer: EdgeTokenizer = tokenizer if tokenizer is not None else engine.tokenizer
         self.monitor_factory = monitor_factory
         self.model_name = model_name
         self.max_prompt_tokens = max_prompt_tokens
@@ -198,13 +200,15 @@ class Orchestrator:
         req: GenerateRequest,
         clock: RequestClock,
         prompt_ids: list[int],
-        **kw: Any,
+        *,
+        continuation: Continuation | None = None,
+        max_tokens: int | None = None,
     ) -> CenterStream | None:
         if self.pool is None:
             return None
         return await open_center(
             self.pool, req, clock, prompt_ids, self.tokenizer, self._edge_fingerprint(),
-            self._center_fingerprint(), **kw,
+            self._center_fingerprint(), continuation=continuation, max_tokens=max_tokens,
         )
 
     async def _open_handover(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from isthmus.protocol import (
     Done,
@@ -17,6 +17,11 @@ from isthmus.protocol import (
     Usage,
     pack_ids,
 )
+
+from .seams import EdgeEngine
+
+if TYPE_CHECKING:  # the engine's output type only: importing it at run time would load the engine
+    from isthmus.engine.outputs import EngineOutput
 
 T = TypeVar("T")
 
@@ -69,8 +74,14 @@ class LocalRun:
     """One request on the edge's own engine. Leaving the `async with` aborts it if unfinished."""
 
     def __init__(
-        self, engine: Any, req: GenerateRequest, prompt_ids: list[int], engine_id: str, clock: RequestClock,
-        *, want_entropy: bool = True,
+        self,
+        engine: EdgeEngine,
+        req: GenerateRequest,
+        prompt_ids: list[int],
+        engine_id: str,
+        clock: RequestClock,
+        *,
+        want_entropy: bool = True,
     ) -> None:
         self.want_entropy = want_entropy  # a hand-over monitor watches this answer's entropies
         self.engine = engine
@@ -84,7 +95,7 @@ class LocalRun:
         self.queue_s: float | None = None
         self.is_finished = False
         self.is_first_output = False  # True while the first output is being handled
-        self._gen: AsyncIterator[Any] | None = None
+        self._gen: AsyncIterator[EngineOutput] | None = None
         self._num_outputs = 0
 
     async def __aenter__(self) -> LocalRun:
@@ -109,7 +120,7 @@ class LocalRun:
     async def __aexit__(self, *exc: object) -> None:
         await self.abort()
 
-    async def outputs(self) -> AsyncGenerator[Any, None]:
+    async def outputs(self) -> AsyncGenerator[EngineOutput, None]:
         """The engine's outputs, each within the request's deadline."""
         assert self._gen is not None
         while not self.is_finished:
@@ -132,7 +143,7 @@ class LocalRun:
                 self.is_finished = True
             yield out
 
-    def chunk(self, out: Any, route: Route | None = None) -> TokenChunk | None:
+    def chunk(self, out: EngineOutput, route: Route | None = None) -> TokenChunk | None:
         """The wire chunk for one engine output (None when it holds nothing to send).
 
         `route` goes on the answer's first chunk (the caller passes it until a chunk is sent).
