@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator
-from typing import Any
 
 from isthmus.protocol import (
     Continuation,
@@ -31,16 +30,17 @@ from .handover import escalated_request, remaining_ms
 from .migration import follow_migrations
 from .pool import CenterUnavailable
 from .request_run import RequestClock
+from .seams import CenterPoolLike, EdgeTokenizer
 
 CenterStream = tuple[AsyncGenerator[Answer, None], Answer]  # the open stream and its first message
 
 
 async def open_center(
-    pool: Any,
+    pool: CenterPoolLike,
     req: GenerateRequest,
     clock: RequestClock,
     prompt_ids: list[int],
-    tokenizer: Any,
+    tokenizer: EdgeTokenizer,
     edge_fingerprint: str,
     center_fingerprint: str | None,
     *,
