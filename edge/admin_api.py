@@ -11,6 +11,8 @@ record); both as JSON and before anything is read or changed.
 - ``POST /admin/pool`` with ``{"action": "add" | "remove" | "weight", "endpoint": "host:port",
   "weight": 1.0}``: change the pool at runtime (removal: no new requests, in-flight ones finish).
   A bad argument gets 400 naming the field. ``"pool": "candidate"`` changes the A/B candidate pool.
+  An add of a replica whose ``Status.weights_digest`` differs from the pool's gets 409
+  ``weights_mismatch`` naming both digests (pool_digest.py; off with ``[center] allow_mixed_weights``).
 - ``GET /admin/rollout``: the canary rollout's state; ``POST /admin/rollout`` with ``{"action":
   "start", "steps": [5, 25, 50, 100], "interval_s": 60, "max_error_rate": 0.01, "max_ttft_p95_s":
   2.0}`` or ``{"action": "pause" | "resume" | "abort"}`` (rollout_driver.py; needs ``[ab]``).
@@ -30,6 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .pool_digest import WeightsMismatch
 from .reload import ReloadRefused
 from .reload_apply import make_pool, reload_node
 from .rollout import RolloutError, RolloutPlan
@@ -141,7 +144,14 @@ class AdminApi:
             pool = await self._new_pool(endpoint, float(weight))
         else:
             try:
+                if action == "add":
+                    await pool.check_joining(endpoint)
                 _change(pool, action, endpoint, float(weight))
+            except WeightsMismatch as exc:
+                return _error(
+                    409, str(exc), "weights_mismatch", field="endpoint",
+                    digest=exc.digest, pool_digest=exc.pool_digest,
+                )
             except ValueError as exc:
                 field, _, message = str(exc).partition(": ")
                 return _bad_field(field if field in ("endpoint", "weight") else "endpoint", message)
@@ -242,12 +252,15 @@ def pool_view(pool: Any) -> list[dict[str, Any]]:
     """The replicas as JSON-ready dicts."""
     if pool is None:
         return []
+    guard = getattr(pool, "digests", None)
     return [
         {
             "endpoint": r.endpoint,
             "weight": pool.weight(r.endpoint),
             "healthy": bool(r.is_healthy),
             "in_flight": r.num_outstanding,
+            "weights_digest": r.status.weights_digest if r.status is not None else "",
+            "weights_mismatch": guard.is_mismatched(r.endpoint) if guard is not None else False,
         }
         for r in pool.replicas
     ]

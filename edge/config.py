@@ -162,6 +162,8 @@ class CenterConfig:
     breaker_cooldown_s: float = 5.0
     # per endpoint, same order; [] = all 1.0; 0 = no new requests (admin API: POST /admin/pool)
     weights: list[float] = field(default_factory=list)
+    # False: a replica whose Status.weights_digest differs from the pool's is kept out (pool_digest.py)
+    allow_mixed_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.weights and len(self.weights) != len(self.endpoints):
@@ -198,6 +200,7 @@ class CenterConfig:
             breaker_failures=self.breaker_failures,
             breaker_cooldown_s=self.breaker_cooldown_s,
             breaker_max_cooldown_s=max(60.0, self.breaker_cooldown_s),
+            allow_mixed_weights=self.allow_mixed_weights,
         )
         return {"tls": tls, "options": options}
 

@@ -34,6 +34,7 @@ from isthmus.protocol import (
 
 from .affinity import PrefixAffinity, prompt_bytes
 from .answers import CenterAnswer
+from .pool_digest import DigestGuard
 from .replica import CenterTls, PoolOptions, Replica
 from .router import LoadView
 
@@ -70,6 +71,8 @@ class CenterPool:
         self.weights: dict[str, float] = {}  # endpoint -> weight (default 1.0; 0: no new requests)
         self._retiring: dict[Replica, asyncio.Task[None]] = {}  # removed, finishing in-flight calls
         self._checks: set[asyncio.Task[None]] = set()
+        # one set of weights per pool (pool_digest.py); off with [center] allow_mixed_weights
+        self.digests = DigestGuard(enabled=not self.options.allow_mixed_weights)
 
     async def start(self) -> None:
         """Open the channels and run one health round, so `has_healthy()` is meaningful at once."""
@@ -97,10 +100,46 @@ class CenterPool:
             healthy = await replica.check()
         except Exception as exc:  # a broken channel must not kill the health loop
             replica.is_healthy, replica.last_error, healthy = False, f"{type(exc).__name__}: {exc}", False
+        if healthy:
+            healthy = self._judge_digest(replica)
         if not healthy:
             self.affinity.forget(replica.endpoint)  # it may come back restarted, with an empty cache
         if self.on_health is not None:
             self.on_health(replica.endpoint, healthy)
+
+    def _judge_digest(self, replica: Replica) -> bool:
+        """False (and the replica marked unhealthy) when it serves other weights than the pool."""
+        st = replica.status
+        verdict = self.digests.observe(replica.endpoint, st.weights_digest if st is not None else None)
+        if verdict.is_mismatch:
+            replica.is_healthy = False
+            replica.last_error = (
+                f"weights digest {verdict.digest} differs from the pool's {verdict.pool_digest}"
+            )
+            if verdict.changed:
+                log.warning(
+                    "center replica %s kept out of rotation: weights digest %s, the pool serves %s "
+                    "([center] allow_mixed_weights = true to allow)",
+                    replica.endpoint, verdict.digest, verdict.pool_digest,
+                )
+        elif verdict.changed:
+            log.info("center replica %s: weights digest %s agrees again", replica.endpoint, verdict.digest)
+        return not verdict.is_mismatch
+
+    async def check_joining(self, endpoint: str) -> None:
+        """Ask `endpoint` (not yet in the pool) for its Status and raise `WeightsMismatch` when it
+        serves other weights than the pool. A replica that cannot be reached is let through: its
+        health checks keep it out until it answers, and judge its digest then."""
+        if not self.digests.enabled or any(r.endpoint == endpoint for r in self.replicas):
+            return
+        probe = Replica(endpoint, self.options, self.tls)
+        try:
+            with contextlib.suppress(Exception):  # unreachable or broken: judged by health checks
+                await probe.check()
+        finally:
+            await probe.close()
+        if probe.status is not None:
+            self.digests.check_new(endpoint, probe.status.weights_digest)
 
     async def _health_loop(self) -> None:
         while True:
@@ -131,6 +170,7 @@ class CenterPool:
         self.replicas.remove(replica)
         self.endpoints.remove(endpoint)
         self.weights.pop(endpoint, None)
+        self.digests.forget(endpoint)
         task = asyncio.get_running_loop().create_task(self._retire(replica, grace_s))
         self._retiring[replica] = task
         task.add_done_callback(lambda _t: self._retiring.pop(replica, None))

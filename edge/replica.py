@@ -67,6 +67,7 @@ class PoolOptions:
     keepalive_timeout_ms: int = 10_000  # ms to wait for a ping ack
     max_message_bytes: int = MAX_MESSAGE_BYTES  # bytes
     health_service: str = ""  # "" = the whole server
+    allow_mixed_weights: bool = False  # False: replicas with another weights digest are kept out
 
     def channel_options(self, tls: CenterTls | None) -> list[tuple[str, Any]]:
         opts: list[tuple[str, Any]] = [
