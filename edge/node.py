@@ -13,13 +13,29 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from isthmus.protocol import ErrorCode
 
 from .buffers import BufferLimits
 from .orchestrator import Orchestrator
 from .quic_server import EdgeQuicServer, QuicLimits
+from .seams import ManagedEngine
+
+if TYPE_CHECKING:  # the parts are imported where they are built: a node without them loads less
+    from aiohttp import web
+
+    from .ab_pools import AbPools
+    from .allowlist import Allowlist
+    from .audit import AuditLog
+    from .auth import ApiKeyStore
+    from .config import EdgeConfig
+    from .http import HttpServer
+    from .metrics import Metrics
+    from .pool import CenterPool
+    from .reload import Change
+    from .rollout_driver import RolloutDriver
+    from .router import Router
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +49,30 @@ class EdgeNode:
 
     def __init__(
         self,
-        config: Any,
+        config: EdgeConfig,
         *,
-        engine: Any = None,
+        engine: ManagedEngine | None = None,
         buffer_limits: BufferLimits | None = None,
-        http_setup: Iterable[Callable[[Any], None]] = (),
+        http_setup: Iterable[Callable[[web.Application], None]] = (),
     ) -> None:
         self.config = config
         self.engine = engine
         self.buffer_limits = buffer_limits
-        self.metrics: Any = None
-        self.pool: Any = None
-        self.router: Any = None
-        self.auth: Any = None
-        self.http_allowlist: Any = None  # `Allowlist` the HTTP middleware checks (http.py)
-        self.audit: Any = None
-        self.ab: Any = None  # `AbPools` when [ab] splits center traffic (ab_pools.py)
-        self.rollout: Any = None  # its canary `RolloutDriver` (rollout_driver.py)
+        self.metrics: Metrics | None = None
+        self.pool: CenterPool | None = None
+        self.router: Router | None = None
+        self.auth: ApiKeyStore | None = None
+        self.http_allowlist: Allowlist | None = None  # what the HTTP middleware checks (http.py)
+        self.audit: AuditLog | None = None
+        self.ab: AbPools | None = None  # when [ab] splits center traffic (ab_pools.py)
+        self.rollout: RolloutDriver | None = None  # its canary driver (rollout_driver.py)
         self.orchestrator: Orchestrator | None = None
         self.quic: EdgeQuicServer | None = None
-        self.http_server: Any = None
+        self.http_server: HttpServer | None = None
         self.http_port: int | None = None
         # hooks given the aiohttp app before it starts (the OpenAI `/v1` routes mount here; they
         # reach the request path through `node.orchestrator`)
-        self.http_setup: list[Callable[[Any], None]] = list(http_setup)
+        self.http_setup: list[Callable[[web.Application], None]] = list(http_setup)
         self.is_ready = False
         self.is_draining = False
         self._gauge_task: asyncio.Task[None] | None = None
@@ -74,7 +90,7 @@ class EdgeNode:
         from .allowlist import Allowlist
 
         self.http_allowlist = Allowlist(cfg.http.allow)
-        await self._start_engine()
+        engine = await self._start_engine()
         self.pool = self._make_pool()
         if self.pool is not None:
             await self.pool.start()
@@ -87,7 +103,7 @@ class EdgeNode:
             self.rollout = RolloutDriver(self.ab, cfg.ab.rollout_state, audit=self.audit)
             self.rollout.start_loop()
         self.orchestrator = Orchestrator(
-            self.engine,
+            engine,
             self.ab if self.ab is not None else self.pool,
             self.router,
             self.metrics,
@@ -160,22 +176,30 @@ class EdgeNode:
         return f"{self.config.http.host}:{self.http_port}"
 
     # --- parts -----------------------------------------------------------------------------------
-    async def _start_engine(self) -> None:
+    async def _start_engine(self) -> ManagedEngine:
         if self.engine is None:
             from isthmus.engine.async_engine import AsyncEngine
 
             self.engine = AsyncEngine(self.config.engine_options())
         if not getattr(self.engine, "is_running", False):
             await self.engine.start()
+        return self.engine
 
-    def _make_pool(self) -> Any:
+    def _started(self) -> tuple[ManagedEngine, Metrics]:
+        """The engine and metrics of a started node (RuntimeError before `start`)."""
+        if self.engine is None or self.metrics is None:
+            raise RuntimeError("edge node not started")
+        return self.engine, self.metrics
+
+    def _make_pool(self) -> CenterPool | None:
         center = self.config.center
         if not center.endpoints:
             return None
         from .pool import CenterPool
         from .reload_apply import apply_pool_weights
 
-        pool = CenterPool(center.endpoints, on_health=self.metrics.set_replica_health, **center.pool_kwargs())
+        _, metrics = self._started()
+        pool = CenterPool(center.endpoints, on_health=metrics.set_replica_health, **center.pool_kwargs())
         apply_pool_weights(pool, center)  # per-replica [center] weights
         return pool
 
@@ -198,7 +222,9 @@ class EdgeNode:
         self.http_server = server
         self.http_port = server.port
 
-    def reload(self, new_config: Any = None, *, actor: str = "sighup", source: str = "") -> list[Any]:
+    def reload(
+        self, new_config: EdgeConfig | None = None, *, actor: str = "sighup", source: str = ""
+    ) -> list[Change]:
         """Validate and apply a new config (default: re-read the file) atomically; the changes.
         Raises `ReloadRefused` naming the fields and keeps the running config (reload_apply.py)."""
         from .reload_apply import reload_node
@@ -218,21 +244,23 @@ class EdgeNode:
 
     def _record_stream_error(self, code: ErrorCode) -> None:
         """Errors the QUIC layer writes itself (bad frames, cancels, slow readers, draining)."""
-        self.metrics.record_error(code.name)
+        _, metrics = self._started()
+        metrics.record_error(code.name)
         if code == ErrorCode.SLOW_READER:
-            self.metrics.record_slow_reader()
+            metrics.record_slow_reader()
 
     def update_gauges(self) -> None:
         """Queue depth, running requests, KV usage and connections, sampled now."""
-        load = self.engine.load()
-        self.metrics.set_load(
+        engine, metrics = self._started()
+        load = engine.load()
+        metrics.set_load(
             load.num_waiting, load.num_running, load.num_free_kv_blocks, load.num_total_kv_blocks
         )
-        self.metrics.set_prefix_cache(
+        metrics.set_prefix_cache(
             load.prefix_cache_hit_rate, load.num_cached_kv_blocks, load.num_prefix_evictions
         )
         if self.quic is not None:
-            self.metrics.set_connections(self.quic.num_connections)
+            metrics.set_connections(self.quic.num_connections)
 
     async def _update_gauges(self) -> None:
         while True:

@@ -43,6 +43,17 @@ class EdgeEngine(Protocol):
     def load(self) -> EngineLoad: ...
 
 
+class ManagedEngine(EdgeEngine, Protocol):
+    """An engine the edge node owns: it starts it, stops it and reads its gauges."""
+
+    @property
+    def is_running(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class CenterPoolLike(Protocol):
     """The center tier as the orchestrator uses it: a `CenterPool` or an `AbPools` split.
 
@@ -88,4 +99,5 @@ class Authenticator(Protocol):
     def acquire(self, key: str | None) -> Lease: ...
 
 
-__all__ = ["Authenticator", "CenterPoolLike", "EdgeEngine", "EdgeTokenizer", "Lease", "RequestMetrics"]
+__all__ = ["Authenticator", "CenterPoolLike", "EdgeEngine", "EdgeTokenizer", "Lease",
+           "ManagedEngine", "RequestMetrics"]
