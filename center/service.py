@@ -12,13 +12,15 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from isthmus.center.meter import RateMeter
 from isthmus.center.migration import StreamedSoFar, is_migration, migrated_message, resume_state
 from isthmus.center.prepare import RequestPreparer
+from isthmus.center.request import PreparedRequest
+from isthmus.center.seams import CenterEngine, CenterTokenizer
 from isthmus.engine.async_engine import EngineNotRunning, EngineRequest
 from isthmus.engine.scheduler import InvalidRequest, PromptTooLong, QueueFull, SchedulerError
 from isthmus.engine.state import RequestState
@@ -68,8 +70,8 @@ class CenterService:
 
     def __init__(
         self,
-        engine: Any,
-        tokenizer: Any,
+        engine: CenterEngine,
+        tokenizer: CenterTokenizer,
         model_name: str,
         max_model_len: int | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -228,7 +230,7 @@ class CenterService:
         except Exception:
             log.exception("abort %s failed", engine_id)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -314,7 +316,7 @@ class CenterService:
         return len(leftovers)
 
 
-def _engine_request(req: GenerateRequest, prepared: Any, flight: InFlight) -> EngineRequest:
+def _engine_request(req: GenerateRequest, prepared: PreparedRequest, flight: InFlight) -> EngineRequest:
     """The engine request for ``req``; a migrated one resumes (raises `ProtocolError` if it cannot)."""
     if is_migration(req):
         state = resume_state(req, prepared.prompt_ids, prepared.num_continuation_tokens,

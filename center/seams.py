@@ -1,0 +1,41 @@
+"""What the center's request handling needs of its engine and tokenizer, as `typing.Protocol`s.
+
+`CenterService` is written against these seams: `isthmus.engine.async_engine.AsyncEngine` (TP or
+not) is the `CenterEngine` in production, `isthmus.tokenizer.Tokenizer` the `CenterTokenizer`;
+tests pass small fakes. The edge has its own seams (`isthmus.edge.seams`): the tiers never import
+each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # the engine's types only: importing them here would load the engine
+    from isthmus.engine.async_engine import EngineRequest
+    from isthmus.engine.outputs import EngineLoad, EngineOutput
+    from isthmus.engine.state import RequestState
+
+
+class CenterEngine(Protocol):
+    """A started engine: streams requests, aborts them, reports load and exports state."""
+
+    def generate(self, req: EngineRequest) -> AsyncIterator[EngineOutput]: ...
+
+    async def abort(self, request_id: str) -> bool: ...
+
+    def load(self) -> EngineLoad: ...
+
+    def export_state(self, request_id: str) -> RequestState:
+        """The request's state for live migration; `KeyError` when it is not running here."""
+        ...
+
+
+class CenterTokenizer(Protocol):
+    """What the service reads of its tokenizer itself (`RequestPreparer` reads more, by name)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+
+__all__ = ["CenterEngine", "CenterTokenizer"]
