@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from isthmus.center.auth import AdminGuard, AdminPolicy, check_exposure
 from isthmus.center.service import CenterService
+from isthmus.center.weights_service import WeightsServer
 from isthmus.protocol import (
     DrainReply,
     DrainRequest,
@@ -98,9 +99,12 @@ class CenterServer:
         on_drained: Callable[[], Any] | None = None,
         admin: AdminPolicy | None = None,
         allow_insecure: bool = False,
+        weights_dir: str | Path | None = None,
     ) -> None:
         """``admin``: who may make admin calls (default: verified client certificates when ``tls``
-        has a client CA, else nobody). ``allow_insecure``: serve beyond loopback without mutual TLS."""
+        has a client CA, else nobody). ``allow_insecure``: serve beyond loopback without mutual TLS.
+        ``weights_dir``: the checkpoint folder `FetchWeights` serves (weights_service.py; default:
+        the engine's model folder)."""
         self.service = service
         self.host = host
         self.port = port
@@ -110,6 +114,10 @@ class CenterServer:
         self.is_mutual_tls = tls is not None and tls.client_ca is not None
         self.admin = admin if admin is not None else AdminPolicy(mutual_tls=self.is_mutual_tls)
         self.allow_insecure = allow_insecure
+        if weights_dir is None:
+            model = getattr(getattr(getattr(service, "engine", None), "options", None), "model", None)
+            weights_dir = model if isinstance(model, str | Path) else None
+        self.weights = WeightsServer(weights_dir)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._drain_task: asyncio.Task[None] | None = None
@@ -123,7 +131,7 @@ class CenterServer:
         check_exposure(self.host, mutual_tls=self.is_mutual_tls, insecure=self.allow_insecure)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AdminGuard(self.admin)])
-        server.add_generic_rpc_handlers((self._handlers(),))
+        server.add_generic_rpc_handlers((self._handlers(), self.weights.handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         address = f"{self.host}:{self.port}"
         if self.tls is not None:

@@ -3,6 +3,10 @@
 Exit status: 0 done, 1 refused or failed (the message says why; the visible version is unchanged),
 2 bad arguments. With ``--audit PATH`` (or ``-`` for stdout) each sync writes one audit record
 (action ``weights.sync``: source without credentials, destination, digest, outcome).
+
+``SRC`` may be ``grpc://HOST:PORT``: a center replica serving its checkpoint through the admin
+``FetchWeights`` RPC (cli/weights_grpc.py), authenticated with ``--admin-token-file`` and/or a
+client certificate from ``--tls-dir``; the same verify, resume and atomic switch as the others.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import getpass
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,9 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     manifest = sub.add_parser("manifest", help="write DIR/sha256sums.txt for every file of DIR")
     manifest.add_argument("dir", type=Path)
     sync = sub.add_parser("sync", help="copy SRC (folder or http(s) URL) to DST, verified and atomic")
-    sync.add_argument("src", help="checkpoint folder or http(s):// URL serving it (with sha256sums.txt)")
+    sync.add_argument("src", help="checkpoint folder, http(s):// URL serving it (with sha256sums.txt), "
+                      "or grpc://HOST:PORT of a center replica")
     sync.add_argument("dst", type=Path, help="path that will point at the new version (a symlink)")
     sync.add_argument("--audit", help="audit log file to append a record to ('-': stdout)")
+    sync.add_argument("--admin-token-file", help="grpc://: the center's admin token file (mode 0600)")
+    sync.add_argument("--tls-dir", help="grpc://: mutual TLS folder (ca.crt, CLIENT.crt, CLIENT.key)")
+    sync.add_argument("--tls-client", default="edge", help="grpc://: client certificate name in --tls-dir")
+    sync.add_argument("--tls-server-name", help="grpc://: name to check in the center's certificate")
     sync.add_argument("--actor", default="", help="who runs the sync, for the audit log (default: user)")
     return p
 
@@ -49,17 +59,22 @@ def _sync(a: argparse.Namespace, sync_error: type[Exception]) -> int:
     from isthmus.engine.weights_sync import ChecksumMismatch, open_source, sync_checkpoint
 
     details: dict[str, object] = {"src": "", "dst": str(a.dst)}
+    source: Any = None
     try:
-        details["src"] = open_source(a.src).description  # without credentials or query
-        result = sync_checkpoint(a.src, a.dst)
+        source = _grpc_source(a) if a.src.startswith("grpc://") else open_source(a.src)
+        details["src"] = source.description  # without credentials or query
+        result = sync_checkpoint(source, a.dst)
     except ChecksumMismatch as exc:
         print(f"isthmus weights sync: refused: {exc}; {a.dst} is unchanged", file=sys.stderr)
         _audit(a, "refused", {**details, "error": str(exc)})
         return 1
-    except (sync_error, OSError) as exc:
+    except (sync_error, OSError, ValueError) as exc:  # ValueError: a bad admin token file
         print(f"isthmus weights sync: error: {exc}; {a.dst} is unchanged", file=sys.stderr)
         _audit(a, "failed", {**details, "error": str(exc)})
         return 1
+    finally:
+        if source is not None and hasattr(source, "close"):
+            source.close()
     details.update(digest=result.digest, files=result.num_files, bytes_copied=result.num_bytes_copied)
     if result.is_up_to_date:
         print(f"isthmus: {a.dst} already shows version {result.digest[:16]}")
@@ -71,6 +86,14 @@ def _sync(a: argparse.Namespace, sync_error: type[Exception]) -> int:
         )
     _audit(a, "ok", details)
     return 0
+
+
+def _grpc_source(a: argparse.Namespace) -> Any:
+    from isthmus.cli.weights_grpc import GrpcAuth, GrpcSource
+
+    auth = GrpcAuth(token_file=a.admin_token_file, tls_dir=a.tls_dir, tls_client=a.tls_client,
+                    server_name=a.tls_server_name)
+    return GrpcSource(a.src, auth)
 
 
 def _audit(a: argparse.Namespace, outcome: str, details: dict[str, object]) -> None:

@@ -5,7 +5,9 @@ The manifest is the loader's own `sha256sums.txt` (`checkpoint.py`: ``<sha256>  
 *digest* (the sha256 of the manifest's bytes) names the model version: a center reports it in
 ``Status.weights_digest``.
 
-`sync_checkpoint(src, dst)` copies from a local folder or a plain HTTP(S) URL serving the folder:
+`sync_checkpoint(src, dst)` copies from a local folder or a plain HTTP(S) URL serving the folder, or
+from any `Source` (the CLI's ``grpc://`` source reads a center's ``FetchWeights`` RPC, with an
+offset to resume: cli/weights_grpc.py):
 
 1. the source's manifest is read first; file names that would leave the folder are refused;
 2. each file is copied into a staging folder beside `dst` (``.<dst>.versions/<digest>.partial``)
@@ -100,6 +102,8 @@ def safe_name(name: str) -> str:
 
 
 class Source(Protocol):
+    description: str  # for messages and the audit log: never credentials
+
     def read_manifest(self) -> bytes: ...
 
     def fetch(self, name: str, offset: int) -> tuple[int, Iterator[bytes]]:
@@ -191,7 +195,8 @@ def open_source(src: str) -> LocalSource | HttpSource:
     if src.startswith(("http://", "https://")):
         return HttpSource(src)
     if "://" in src:
-        raise SyncError(f"{src.split('://', 1)[0]}: unsupported source (a folder or an http(s):// URL)")
+        scheme = src.split("://", 1)[0]
+        raise SyncError(f"{scheme}: unsupported source here (a folder or http(s):// URL; grpc:// via CLI)")
     return LocalSource(Path(src).expanduser())
 
 
@@ -205,9 +210,10 @@ class SyncResult:
     is_up_to_date: bool = False  # dst already showed this version: nothing was copied
 
 
-def sync_checkpoint(src: str, dst: str | Path) -> SyncResult:
-    """Copy `src` (folder or URL) to `dst`, verified, resumable, switched atomically (see module doc)."""
-    source = open_source(src)
+def sync_checkpoint(src: str | Source, dst: str | Path) -> SyncResult:
+    """Copy `src` (folder, URL or `Source`) to `dst`, verified, resumable, switched atomically
+    (see module doc)."""
+    source = open_source(src) if isinstance(src, str) else src
     raw = source.read_manifest()
     if len(raw) > MAX_MANIFEST_SIZE:
         raise SyncError(f"{MANIFEST_FILE}: larger than {MAX_MANIFEST_SIZE} bytes")
