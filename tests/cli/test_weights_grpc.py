@@ -157,3 +157,29 @@ def test_only_the_manifest_and_its_files_are_served(tmp_path: Path) -> None:
             server.resolve(name)
     with pytest.raises(LookupError, match="no checkpoint folder"):
         WeightsServer(None).resolve("config.json")
+
+
+async def test_grpc_sync_with_a_client_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from isthmus.center.server import TLSFiles
+    from isthmus.edge.tls import ensure_mutual_tls
+
+    src = checkpoint(tmp_path / "src", seed=4)
+    tls_dir = tmp_path / "tls"
+    ensure_mutual_tls(tls_dir)
+    tls = TLSFiles(tls_dir / "center.crt", tls_dir / "center.key", client_ca=tls_dir / "ca.crt")
+    service = CenterService(FakeEngine(src), SimpleNamespace(fingerprint="f"), "m")
+    server = CenterServer(service, host="127.0.0.1", port=0, tls=tls)  # admin: verified certificates
+    port = await server.start()
+    try:
+        dst = tmp_path / "model"
+        argv = ["weights", "sync", f"grpc://127.0.0.1:{port}", str(dst), "--tls-dir", str(tls_dir)]
+        assert await asyncio.to_thread(main, argv) == 0, capsys.readouterr().err
+        assert tree(dst) == tree(src)
+        argv[-1] = str(tmp_path / "nowhere")
+        assert await asyncio.to_thread(main, argv) == 1
+        assert "--tls-dir" in capsys.readouterr().err
+    finally:
+        await server.stop()
+        service.close()
