@@ -92,15 +92,26 @@ class CenterPool:
         await asyncio.gather(*(r.close() for r in [*self.replicas, *retiring]), return_exceptions=True)
 
     async def check_all(self) -> None:
-        """One health + Status round over every replica, concurrently."""
-        await asyncio.gather(*(self._check(r) for r in self.replicas))
+        """One health + Status round over every replica, concurrently; judged in pool order (so the
+        pool's weights digest is the first replica's that reports one, not the fastest's)."""
+        replicas = list(self.replicas)
+        results = await asyncio.gather(*(self._poll(r) for r in replicas))
+        for replica, healthy in zip(replicas, results, strict=True):
+            self._settle(replica, healthy)
 
     async def _check(self, replica: Replica) -> None:
+        self._settle(replica, await self._poll(replica))
+
+    @staticmethod
+    async def _poll(replica: Replica) -> bool:
         try:
-            healthy = await replica.check()
+            return await replica.check()
         except Exception as exc:  # a broken channel must not kill the health loop
-            replica.is_healthy, replica.last_error, healthy = False, f"{type(exc).__name__}: {exc}", False
-        if healthy:
+            replica.is_healthy, replica.last_error = False, f"{type(exc).__name__}: {exc}"
+            return False
+
+    def _settle(self, replica: Replica, healthy: bool) -> None:
+        if healthy and replica in self.replicas:  # one removed during the round no longer counts
             healthy = self._judge_digest(replica)
         if not healthy:
             self.affinity.forget(replica.endpoint)  # it may come back restarted, with an empty cache

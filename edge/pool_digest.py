@@ -6,7 +6,8 @@ different non-empty digests serve different weights: the same prompt would get a
 models at random. The guard keeps the disagreeing ones out of rotation.
 
 Rule (first seen, sticky): the pool's *established* digest is the first non-empty digest a replica
-of the pool reports. A replica reporting another non-empty digest is a *mismatch* and is not routed
+of the pool reports (`CenterPool` judges each health round in pool order, so at start that is the
+first endpoint of ``[center] endpoints`` that reports one). A replica reporting another non-empty digest is a *mismatch* and is not routed
 to. A replica reporting "" (no manifest) or nothing yet is never judged. The established digest is
 kept while any replica of the pool still reports it; once none does (they were all removed, or all
 restarted on new weights), it moves to the digest most replicas report now (ties: the smallest

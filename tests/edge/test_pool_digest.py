@@ -3,12 +3,16 @@ replicas on loopback gRPC reporting different `Status.weights_digest` values."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import pytest
-from isthmus.edge.admin_api import pool_view
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from isthmus.edge.admin_api import admin_setup, pool_view
 from isthmus.edge.pool import CenterPool
 from isthmus.edge.pool_digest import DigestGuard, WeightsMismatch
 from isthmus.edge.replica import PoolOptions
@@ -137,6 +141,22 @@ async def test_mixed_digests_on_loopback_keep_the_stranger_out(caplog: pytest.Lo
             await c.stop()
 
 
+async def test_at_start_the_first_replica_in_pool_order_sets_the_digest() -> None:
+    b1, a1, a2 = DigestCenter("b1", B), DigestCenter("a1", A), DigestCenter("a2", A)
+    pool = await start_pool(b1, a1, a2)  # polled concurrently, judged in this order
+    try:
+        assert pool.digests.pool_digest == B
+        assert pool.digests.mismatched == sorted([a1.endpoint, a2.endpoint])
+        assert [r.endpoint for r in pool.replicas if r.is_healthy] == [b1.endpoint]
+        pool.remove_replica(b1.endpoint)  # nobody serves B any more: A takes over at the next round
+        await pool.check_all()
+        assert pool.digests.pool_digest == A and all(r.is_healthy for r in pool.replicas)
+    finally:
+        await pool.close()
+        for c in (b1, a1, a2):
+            await c.stop()
+
+
 async def test_allow_mixed_weights_routes_to_every_replica() -> None:
     a1, b1 = DigestCenter("a1", A), DigestCenter("b1", B)
     pool = await start_pool(a1, b1, allow_mixed_weights=True)
@@ -150,13 +170,6 @@ async def test_allow_mixed_weights_routes_to_every_replica() -> None:
 
 
 async def test_admin_add_of_a_stranger_is_refused_with_409_naming_the_digest() -> None:
-    import hashlib
-    from types import SimpleNamespace
-
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
-    from isthmus.edge.admin_api import admin_setup
-
     a1, a2, b1 = DigestCenter("a1", A), DigestCenter("a2", A), DigestCenter("b1", B)
     pool = await start_pool(a1)
     await a2.start()
