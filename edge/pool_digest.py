@@ -7,12 +7,13 @@ models at random. The guard keeps the disagreeing ones out of rotation.
 
 Rule (first seen, sticky): the pool's *established* digest is the first non-empty digest a replica
 of the pool reports (`CenterPool` judges each health round in pool order, so at start that is the
-first endpoint of ``[center] endpoints`` that reports one). A replica reporting another non-empty digest is a *mismatch* and is not routed
-to. A replica reporting "" (no manifest) or nothing yet is never judged. The established digest is
-kept while any replica of the pool still reports it; once none does (they were all removed, or all
-restarted on new weights), it moves to the digest most replicas report now (ties: the smallest
-digest, so the choice does not depend on dict order). First seen rather than majority so that one
-replica brought up with new weights in a pool of one or two cannot take the pool over.
+first endpoint of ``[center] endpoints`` that reports one). A replica reporting another non-empty
+digest is a *mismatch* and is not routed to. A replica reporting "" (no manifest) or nothing yet is
+never judged. The established digest is kept while any replica of the pool still reports it; once
+none does (they were all removed, or all restarted on new weights), it moves to the digest most
+replicas report now (ties: the smallest digest, so the choice does not depend on dict order). First
+seen rather than majority so that one replica brought up with new weights in a pool of one or two
+cannot take the pool over.
 
 An A/B split keeps its two variants in two pools (`ab_pools.py`), each with its own guard, so
 stable and candidate may differ. ``[center] allow_mixed_weights = true`` turns the guard off.
