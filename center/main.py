@@ -155,7 +155,7 @@ async def serve(a: argparse.Namespace, opts: EngineOptions, runner: Any = None) 
         print(f"isthmus-center: ready on {a.host}:{port}", flush=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda s=sig: loop.create_task(_drain_on(server, s)))
+            loop.add_signal_handler(sig, lambda s: loop.create_task(_drain_on(server, s)), sig)
         stopped = loop.create_task(server.wait_stopped())
         while not stopped.done():
             await asyncio.wait([stopped], timeout=WATCH_INTERVAL_S)

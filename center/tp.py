@@ -27,7 +27,7 @@ memory never holds more than the shard plus one block.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -192,7 +192,7 @@ class TensorParallelRewrite:
         self.group = group
 
     def __call__(self, model: nn.Module) -> list[str]:
-        config: ModelConfig = model.config  # type: ignore[assignment]
+        config = cast(ModelConfig, model.config)  # nn.Module attributes: typed by torch version, or Any
         check_tp_size(config, self.group.world_size)
         rank, world = self.group.rank, self.group.world_size
         heads = shard_heads(config.num_heads, config.num_kv_heads, rank, world)

@@ -137,7 +137,7 @@ class AdminApi:
         ab = getattr(self.node, "ab", None)
         if which not in ("stable", "candidate") or (which == "candidate" and ab is None):
             return _bad_field("pool", f'expected "stable" or (with [ab] on) "candidate", got {which!r}')
-        pool = ab.candidate if which == "candidate" else self.node.pool
+        pool = ab.candidate if which == "candidate" and ab is not None else self.node.pool
         if pool is None and action != "add":
             return _bad_field("endpoint", f"{endpoint} is not in the pool (there is no center pool)")
         if pool is None:
