@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 
 from isthmus.protocol import ErrorCode, GenerateRequest, ProtocolError, unpack_ids
 
+from .seams import EdgeTokenizer
+
 T = TypeVar("T")
 
 INLINE_MAX_BYTES = 2048  # bytes: texts up to this are tokenized on the event loop
@@ -54,7 +56,7 @@ class PromptTokenizer:
 
     def __init__(
         self,
-        tokenizer: Any,
+        tokenizer: EdgeTokenizer,
         *,
         inline_max_bytes: int = INLINE_MAX_BYTES,
         max_workers: int = MAX_WORKERS,
@@ -116,10 +118,11 @@ class PromptTokenizer:
         text = "\n".join(m.content for m in messages)
         turns = max(1, sum(1 for m in messages if m.role == "user"))
         tok = self.tokenizer
-        if not callable(getattr(tok, "apply_chat_template", None)):  # a tokenizer without templates
+        template = getattr(tok, "apply_chat_template", None)
+        if not callable(template):  # a tokenizer without templates
             ids = await self._run(self._is_small(text), "messages", tok.encode_chat, plain)
             return PromptTokens(ids, text, turns)
-        rendered = await self._run(self._is_small(text), "messages", tok.apply_chat_template, plain)
+        rendered = await self._run(self._is_small(text), "messages", template, plain)
         self._check_text(rendered, limit, "messages")
         return PromptTokens(await self._encode(rendered, False, "messages"), text, turns)
 

@@ -23,11 +23,14 @@ if TYPE_CHECKING:  # the engine's types only: importing them at run time would l
 
 
 class EdgeTokenizer(Protocol):
-    """The tokenizer calls the request path makes itself (`PromptTokenizer` reads more, by name)."""
+    """The tokenizer calls the request path makes (extras such as `apply_chat_template`,
+    `vocab_size` and `min_num_tokens` are read by name where a tokenizer may lack them)."""
 
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
     def decode(self, ids: list[int], skip_special_tokens: bool = ...) -> str: ...
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
 
 
 class EdgeEngine(Protocol):
