@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from isthmus.protocol.limits import MAX_FRAME_SIZE
 
@@ -23,6 +23,15 @@ from .confidence import ConfidenceMonitor
 from .jwt_auth import JwtConfig, JwtVerifier
 from .router import RouterConfig
 from .toml_dataclass import ConfigError, from_table, to_toml
+
+if TYPE_CHECKING:  # built on demand by the methods below: a config alone loads none of them
+    from isthmus.engine.options import EngineOptions
+
+    from .ab_split import AbSplit
+    from .audit import AuditLog
+    from .auth_throttle import ThrottleLimits
+    from .buffers import BufferLimits
+    from .quic_limits import QuicLimits
 
 __all__ = ["ConfigError", "EdgeConfig"]
 
@@ -101,7 +110,7 @@ class AuthConfig:
             raise ValueError("anonymous_max_concurrent: expected an integer >= 0")
         self.throttle_limits()  # its errors name the field
 
-    def throttle_limits(self) -> Any:
+    def throttle_limits(self) -> ThrottleLimits:
         from .auth_throttle import ThrottleLimits
 
         return ThrottleLimits(
@@ -110,7 +119,7 @@ class AuthConfig:
             max_sources=self.max_throttled_sources,
         )
 
-    def store(self, audit: Any = None) -> ApiKeyStore:
+    def store(self, audit: AuditLog | None = None) -> ApiKeyStore:
         """The key store; `audit` (an `AuditLog` or None) records its refused authentications."""
         return ApiKeyStore(
             self.keys,
@@ -136,7 +145,7 @@ class AuditConfig:
         if self.backups < 0:
             raise ValueError("backups: expected an integer >= 0")
 
-    def open(self) -> Any:
+    def open(self) -> AuditLog | None:
         """An `AuditLog`, or None when off."""
         if not self.path:
             return None
@@ -228,7 +237,7 @@ class AbConfig:
     def enabled(self) -> bool:
         return bool(self.candidate_endpoints)
 
-    def split(self) -> Any:
+    def split(self) -> AbSplit:
         from .ab_split import AbSplit
 
         return AbSplit(percent=self.percent, salt=self.salt, sticky=self.sticky)
@@ -304,7 +313,7 @@ class LimitsConfig:
         if not self.connection_low_watermark <= self.connection_high_watermark:
             raise ValueError("connection_high_watermark: need connection_low <= connection_high")
 
-    def buffer_limits(self) -> Any:
+    def buffer_limits(self) -> BufferLimits:
         from .buffers import BufferLimits
 
         return BufferLimits(
@@ -316,7 +325,7 @@ class LimitsConfig:
             stall_timeout_s=self.stall_timeout_s,
         )
 
-    def quic_limits(self) -> Any:
+    def quic_limits(self) -> QuicLimits:
         from .quic_limits import QuicLimits
         from .receive_budget import ReceiveLimits
 
@@ -442,7 +451,7 @@ class EdgeConfig:
     def model_name(self) -> str:
         return self.model.name or Path(self.model.path).name
 
-    def engine_options(self) -> Any:
+    def engine_options(self) -> EngineOptions:
         """`EngineOptions` for the edge engine."""
         from isthmus.engine.options import EngineOptions
 
