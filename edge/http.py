@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from isthmus.protocol import ErrorCode, ProtocolError
@@ -29,10 +29,12 @@ from isthmus.protocol.limits import MAX_FRAME_SIZE
 from .metrics import CONTENT_TYPE, Metrics
 from .openai_schema import error_from_protocol
 
+if TYPE_CHECKING:  # the node imports this module
+    from .node import EdgeNode
+
 log = logging.getLogger(__name__)
 
 MAX_BODY_SIZE = MAX_FRAME_SIZE  # bytes: one request body, as one QUIC request frame
-
 
 def bearer_key(request: web.Request) -> str | None:
     """The key in `Authorization: Bearer <key>`, or None."""
@@ -63,7 +65,7 @@ def retry_after(auth: Any, request: web.Request) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))} if seconds > 0 else {}
 
 
-def allowlist_middleware(node: Any) -> Any:
+def allowlist_middleware(node: EdgeNode) -> Any:
     """Refuse (403) a request whose source address is outside `node.http_allowlist` (looked up per
     request, so a reload may swap it), before any handler runs: nothing is read or computed."""
 

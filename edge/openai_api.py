@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from isthmus.protocol import Done, Error, ErrorCode, GenerateRequest, ProtocolError, Route, TokenChunk
@@ -41,13 +41,15 @@ from .openai_schema import (
     parse_completion,
 )
 
+if TYPE_CHECKING:  # the node imports this module
+    from .node import EdgeNode
+
 log = logging.getLogger(__name__)
 
 def route_json(route: Route) -> dict[str, Any]:
     return {
         "tier": route.tier, "reason": route.reason, "score": route.score, "is_degraded": route.is_degraded,
     }
-
 
 def route_headers(route: Route) -> dict[str, str]:
     headers = {
@@ -303,7 +305,7 @@ class _Shape:
         return out
 
 
-def openai_setup(node: Any) -> Callable[[web.Application], None]:
+def openai_setup(node: EdgeNode) -> Callable[[web.Application], None]:
     """An `edge/http.py` setup hook mounting the OpenAI routes on `node` (an `EdgeNode`)."""
 
     def model_name() -> str:
