@@ -28,7 +28,7 @@ import hmac
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -36,6 +36,9 @@ from .pool_digest import WeightsMismatch
 from .reload import ReloadRefused
 from .reload_apply import make_pool, reload_node
 from .rollout import RolloutError, RolloutPlan
+
+if TYPE_CHECKING:  # the node imports this module
+    from .node import EdgeNode
 
 _ENDPOINT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -59,7 +62,7 @@ def check_admin_token(expected_sha256: str, presented: str | None) -> bool:
 class AdminApi:
     """The handlers, bound to an `EdgeNode` (read per request: a reload may replace its parts)."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: EdgeNode) -> None:
         self.node = node
 
     def _authorize(self, request: web.Request) -> web.Response | None:
@@ -266,7 +269,7 @@ def pool_view(pool: Any) -> list[dict[str, Any]]:
     ]
 
 
-def admin_setup(node: Any) -> Callable[[web.Application], None]:
+def admin_setup(node: EdgeNode) -> Callable[[web.Application], None]:
     """An `http_setup` hook mounting the admin routes (they answer 404 while no token is set)."""
 
     def setup(app: web.Application) -> None:
