@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from isthmus.protocol import Error, GenerateRequest, TokenChunk
 from isthmus.protocol.limits import TOKEN_ID_SIZE
 
 from .ab_split import CANDIDATE, STABLE, AbSplit
+from .answers import CenterAnswer
 from .router import LoadView
+
+if TYPE_CHECKING:  # the node imports this module; pools and metrics are built elsewhere
+    from .metrics import Metrics
+    from .node import EdgeNode
+    from .pool import CenterPool
 
 Observer = Callable[[str, bool, "float | None"], None]
 
@@ -29,11 +35,11 @@ class AbPools:
 
     def __init__(
         self,
-        stable: Any,
-        candidate: Any,
+        stable: CenterPool,
+        candidate: CenterPool,
         split: AbSplit,
         *,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pools = {STABLE: stable, CANDIDATE: candidate}
@@ -44,11 +50,11 @@ class AbPools:
         self._chosen: dict[str, str] = {}  # request id -> variant, while its answer is open
 
     @property
-    def stable(self) -> Any:
+    def stable(self) -> CenterPool:
         return self.pools[STABLE]
 
     @property
-    def candidate(self) -> Any:
+    def candidate(self) -> CenterPool:
         return self.pools[CANDIDATE]
 
     def has_healthy(self) -> bool:
@@ -66,7 +72,7 @@ class AbPools:
         """The variant `req` went to (while its answer is open), else the one it would go to."""
         return self._chosen.get(req.id) or self.split.choose(req)
 
-    async def generate(self, req: GenerateRequest) -> AsyncIterator[Any]:
+    async def generate(self, req: GenerateRequest) -> AsyncIterator[CenterAnswer]:
         """The chosen variant's `CenterPool.generate(req)`, counted per variant."""
         variant = self.split.choose(req)
         self._chosen[req.id] = variant
@@ -101,7 +107,7 @@ class AbPools:
             self.metrics.record_variant(variant, **kw)
 
 
-async def start_ab_pools(node: Any) -> AbPools | None:
+async def start_ab_pools(node: EdgeNode) -> AbPools | None:
     """The node's A/B pools when ``[ab]`` is on: its `[center]` pool as stable (an empty one if it
     has none) and a started candidate pool with the same TLS and options; None when off."""
     cfg = node.config
@@ -110,8 +116,10 @@ async def start_ab_pools(node: Any) -> AbPools | None:
     from .pool import CenterPool
     from .reload_apply import apply_weights
 
+    on_health = node.metrics.set_replica_health if node.metrics is not None else None
+
     def make(endpoints: list[str]) -> CenterPool:
-        return CenterPool(endpoints, on_health=node.metrics.set_replica_health, **cfg.center.pool_kwargs())
+        return CenterPool(endpoints, on_health=on_health, **cfg.center.pool_kwargs())
 
     if node.pool is None:
         node.pool = make([])
