@@ -14,11 +14,21 @@ audit record when the node has an audit log.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .reload import Change, ReloadRefused, plan_reload
+
+if TYPE_CHECKING:  # the node imports this module; the parts are built on demand below
+    from .allowlist import Allowlist
+    from .auth import ApiKeyStore
+    from .config import CenterConfig, EdgeConfig
+    from .node import EdgeNode
+    from .pool import CenterPool
+    from .router import Router
 
 log = logging.getLogger(__name__)
 
@@ -28,30 +38,29 @@ def pool_weights(endpoints: list[str], weights: list[float]) -> dict[str, float]
     return dict(zip(endpoints, weights or [1.0] * len(endpoints), strict=True))
 
 
-def apply_weights(pool: Any, endpoints: list[str], weights: list[float]) -> None:
+def apply_weights(pool: CenterPool, endpoints: list[str], weights: list[float]) -> None:
     """Set configured per-replica weights on a `CenterPool`."""
     for endpoint, weight in pool_weights(endpoints, weights).items():
         pool.set_weight(endpoint, weight)
 
 
-def apply_pool_weights(pool: Any, center: Any) -> None:
+def apply_pool_weights(pool: CenterPool, center: CenterConfig) -> None:
     """Set a `CenterConfig`'s per-replica weights on its `CenterPool`."""
     apply_weights(pool, center.endpoints, center.weights)
 
 
-def make_pool(node: Any, endpoints: list[str]) -> Any:
+def make_pool(node: EdgeNode, endpoints: list[str]) -> CenterPool:
     """An unstarted `CenterPool` with the node's `[center]` TLS and options."""
     from .pool import CenterPool
 
     kwargs = node.config.center.pool_kwargs()
-    return CenterPool(endpoints, on_health=node.metrics.set_replica_health, **kwargs)
+    on_health = node.metrics.set_replica_health if node.metrics is not None else None
+    return CenterPool(endpoints, on_health=on_health, **kwargs)
 
 
-def new_pool(node: Any, endpoints: list[str]) -> Any:
+def new_pool(node: EdgeNode, endpoints: list[str]) -> CenterPool:
     """`make_pool`, started in the background (it takes requests once its first health round
     passes)."""
-    import asyncio
-
     pool = make_pool(node, endpoints)
     task = asyncio.get_running_loop().create_task(pool.start())
     _starting.add(task)
@@ -59,10 +68,10 @@ def new_pool(node: Any, endpoints: list[str]) -> Any:
     return pool
 
 
-_starting: set[Any] = set()  # pool start tasks, referenced until done
+_starting: set[asyncio.Task[None]] = set()  # pool start tasks, referenced until done
 
 
-def _load(node: Any, new_config: Any) -> Any:
+def _load(node: EdgeNode, new_config: EdgeConfig | None) -> EdgeConfig:
     from .config import ConfigError, EdgeConfig
 
     if new_config is not None:
@@ -76,7 +85,17 @@ def _load(node: Any, new_config: Any) -> Any:
         raise ReloadRefused([str(exc)]) from None
 
 
-def _build(node: Any, new: Any) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class NewParts:
+    """The parts a reload rebuilds from the new config, before any is swapped in."""
+
+    router: Router
+    auth: ApiKeyStore
+    http_allowlist: Allowlist
+    quic_allowlist: Allowlist
+
+
+def _build(node: EdgeNode, new: EdgeConfig) -> NewParts:
     """Every new part, built before any is swapped in (a bad router file refuses here)."""
     from .allowlist import Allowlist
     from .router import Router
@@ -84,21 +103,23 @@ def _build(node: Any, new: Any) -> dict[str, Any]:
     if old_ab_enabled(node) != new.ab.enabled:
         raise ReloadRefused(["ab.candidate_endpoints: the A/B split cannot be turned on or off live"])
     try:
-        return {
-            "router": Router(new.router),
-            "auth": new.auth.store(audit=node.audit),
-            "http_allowlist": Allowlist(new.http.allow),
-            "quic_allowlist": Allowlist(new.listen.allow),
-        }
+        return NewParts(
+            router=Router(new.router),
+            auth=new.auth.store(audit=node.audit),
+            http_allowlist=Allowlist(new.http.allow),
+            quic_allowlist=Allowlist(new.listen.allow),
+        )
     except ValueError as exc:
         raise ReloadRefused([str(exc)]) from None
 
 
-def old_ab_enabled(node: Any) -> bool:
+def old_ab_enabled(node: EdgeNode) -> bool:
     return getattr(node, "ab", None) is not None
 
 
-def _swap_auth(node: Any, old_store: Any, store: Any, old: Any, new: Any) -> None:
+def _swap_auth(
+    node: EdgeNode, old_store: ApiKeyStore | None, store: ApiKeyStore, old: EdgeConfig, new: EdgeConfig
+) -> None:
     if old_store is not None and old.auth.throttle_limits() == new.auth.throttle_limits():
         store.throttle = old_store.throttle  # an address throttled for wrong keys stays throttled
     if old_store is not None and hasattr(old_store, "_in_use"):
@@ -112,7 +133,7 @@ def _swap_auth(node: Any, old_store: Any, store: Any, old: Any, new: Any) -> Non
         node.quic.auth = store
 
 
-def _swap_pool(node: Any, new: Any) -> None:
+def _swap_pool(node: EdgeNode, new: EdgeConfig) -> None:
     """Add and remove replicas and set weights; create the pool if the node had none."""
     if node.pool is None:
         if new.center.endpoints:
@@ -124,7 +145,7 @@ def _swap_pool(node: Any, new: Any) -> None:
     _resize(node.pool, pool_weights(new.center.endpoints, new.center.weights))
 
 
-def _resize(pool: Any, wanted: dict[str, float]) -> None:
+def _resize(pool: CenterPool, wanted: dict[str, float]) -> None:
     """Make `pool` hold exactly the endpoints of `wanted`, with its weights."""
     for endpoint in [e for e in pool.endpoints if e not in wanted]:
         pool.remove_replica(endpoint)  # in-flight calls on it finish first
@@ -135,15 +156,15 @@ def _resize(pool: Any, wanted: dict[str, float]) -> None:
             pool.add_replica(endpoint, weight)
 
 
-def _swap(node: Any, old: Any, new: Any, parts: dict[str, Any]) -> None:
+def _swap(node: EdgeNode, old: EdgeConfig, new: EdgeConfig, parts: NewParts) -> None:
     """All swaps, synchronously: the event loop runs no request in between."""
-    node.router = parts["router"]
+    node.router = parts.router
     if node.orchestrator is not None:
-        node.orchestrator.router = parts["router"]
-    _swap_auth(node, node.auth, parts["auth"], old, new)
-    node.http_allowlist = parts["http_allowlist"]
+        node.orchestrator.router = parts.router
+    _swap_auth(node, node.auth, parts.auth, old, new)
+    node.http_allowlist = parts.http_allowlist
     if node.quic is not None:
-        node.quic.allowlist = parts["quic_allowlist"]
+        node.quic.allowlist = parts.quic_allowlist
     if old.center.endpoints != new.center.endpoints or old.center.weights != new.center.weights:
         _swap_pool(node, new)
     ab = getattr(node, "ab", None)
@@ -160,7 +181,7 @@ def _swap(node: Any, old: Any, new: Any, parts: dict[str, Any]) -> None:
 
 
 def reload_node(
-    node: Any, new_config: Any = None, *, actor: str = "sighup", source: str = ""
+    node: EdgeNode, new_config: EdgeConfig | None = None, *, actor: str = "sighup", source: str = ""
 ) -> list[Change]:
     """Validate and apply a new config to a started `EdgeNode`; the list of what changed.
 
@@ -182,6 +203,6 @@ def reload_node(
     return changes
 
 
-def _audit(node: Any, actor: str, source: str, outcome: str, details: dict[str, Any]) -> None:
+def _audit(node: EdgeNode, actor: str, source: str, outcome: str, details: dict[str, Any]) -> None:
     if node.audit is not None:
         node.audit.record("config.reload", actor=actor, source=source, outcome=outcome, details=details)
