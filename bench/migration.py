@@ -46,7 +46,7 @@ async def _replica(model: Path) -> tuple[AsyncEngine, CenterService, CenterServe
 
 
 def _request(i: int, args: argparse.Namespace) -> GenerateRequest:
-    prompt = [(7 * i + 13 * k) % 4000 + 5 for k in range(args.prompt)]
+    prompt = [(7 * i + 13 * k) % 400 + 5 for k in range(args.prompt)]  # ids every tiny vocab has
     return GenerateRequest(id=f"s{i}", prompt_ids=pack_ids(prompt),
                            sampling=SamplingOptions(max_tokens=args.tokens, temperature=0.0, ignore_eos=True))
 
@@ -70,11 +70,12 @@ async def run(args: argparse.Namespace) -> None:
     stats = MigrationStats()
     reqs = [_request(i, args) for i in range(args.streams)]
     try:
-        reference = await asyncio.gather(*(_stream(pool, r, MigrationStats()) for r in reqs))
+        # the migrated run first: B's prefix cache holds nothing of A's requests when they move
         tasks = [asyncio.create_task(_stream(pool, r, stats)) for r in reqs]
         await asyncio.sleep(0)
-        moved_ids = await _drain_when_ready(a[1], a[2], args.after)
+        moved_ids = await asyncio.wait_for(_drain_when_ready(a[1], a[2], args.after, tasks), timeout=300)
         runs = await asyncio.gather(*tasks)
+        reference = await asyncio.gather(*(_stream(pool, r, MigrationStats()) for r in reqs))  # all on B
     finally:
         await pool.close()
         for engine, service, server in (a, b):
@@ -84,8 +85,12 @@ async def run(args: argparse.Namespace) -> None:
     _report(args, reqs, reference, runs, moved_ids, stats)
 
 
-async def _drain_when_ready(service: CenterService, server: CenterServer, after: int) -> set[str]:
+async def _drain_when_ready(
+    service: CenterService, server: CenterServer, after: int, tasks: list[asyncio.Task[Run]]
+) -> set[str]:
     while True:  # every request on A has streamed `after` tokens
+        if all(t.done() for t in tasks):
+            raise SystemExit("every stream ended before A was drained (refused? too few --tokens?)")
         flights = list(service.in_flight.values())
         if flights and all(f.sent.num_ids >= after for f in flights):
             break
