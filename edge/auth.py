@@ -18,12 +18,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from isthmus.protocol import ErrorCode, ProtocolError
 
 from .auth_throttle import FailureThrottle, ThrottleLimits
 from .jwt_auth import JwtVerifier, looks_like_jwt
+
+if TYPE_CHECKING:
+    from .audit import AuditLog
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 ANONYMOUS = "anonymous"
@@ -86,7 +89,7 @@ class ApiKeyStore:
         allow_anonymous: bool = True,
         anonymous_max_concurrent: int = 0,
         throttle: ThrottleLimits | None = None,
-        audit: Any = None,
+        audit: AuditLog | None = None,
         jwt: JwtVerifier | None = None,
     ) -> None:
         self._keys = list(keys)

@@ -43,6 +43,7 @@ from .openai_schema import (
 
 if TYPE_CHECKING:  # the node imports this module
     from .node import EdgeNode
+    from .orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _parse_json(raw: bytes) -> Any:
         raise invalid(None, f"request body: {exc}") from None
 
 
-def _authenticate(orch: Any, request: web.Request) -> None:
+def _authenticate(orch: Orchestrator, request: web.Request) -> None:
     """Check the API key before anything else is read; raise `OpenAIError` (401, or 429 throttled)."""
     try:
         check_key(orch.auth, request)
@@ -144,7 +145,9 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Any
 class OpenAIApi:
     """The handlers; `orchestrator` is looked up per request (the node builds it at start)."""
 
-    def __init__(self, get_orchestrator: Callable[[], Any], model_name: Callable[[], str]) -> None:
+    def __init__(
+        self, get_orchestrator: Callable[[], Orchestrator | None], model_name: Callable[[], str]
+    ) -> None:
         self._get_orchestrator = get_orchestrator
         self._model_name = model_name
         self._large_body_lane = asyncio.Semaphore(1)
@@ -155,7 +158,7 @@ class OpenAIApi:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
 
-    def _orchestrator(self) -> Any:
+    def _orchestrator(self) -> Orchestrator:
         orch = self._get_orchestrator()
         if orch is None:
             raise OpenAIError(503, "edge node is not started", type="service_unavailable", code="unavailable")

@@ -19,9 +19,13 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .rollout import Rollout, RolloutError, RolloutPlan
+
+if TYPE_CHECKING:
+    from .ab_pools import AbPools
+    from .audit import AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +37,10 @@ class RolloutDriver:
 
     def __init__(
         self,
-        ab: Any,
+        ab: AbPools,
         state_path: str | Path | None,
         *,
-        audit: Any = None,
+        audit: AuditLog | None = None,
         clock: Callable[[], float] = time.time,
         tick_s: float = TICK_S,
     ) -> None:
