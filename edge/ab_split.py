@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
+
+from isthmus.protocol import GenerateRequest
 
 Variant = Literal["stable", "candidate"]
 STABLE: Variant = "stable"
@@ -48,7 +50,7 @@ class AbSplit:
         """"candidate" when the id's bucket is inside the candidate's share, else "stable"."""
         return CANDIDATE if self.bucket(sticky_id) < round(self.percent * NUM_BUCKETS / 100) else STABLE
 
-    def sticky_id(self, req: Any) -> str:
+    def sticky_id(self, req: GenerateRequest) -> str:
         """What a request is pinned by: its user id (when `sticky` is "user" and it carries one),
         else its API key, else its request id (no stickiness for anonymous requests)."""
         user = getattr(req, "user", None)
@@ -59,6 +61,6 @@ class AbSplit:
             return "k:" + key
         return "r:" + str(getattr(req, "id", ""))
 
-    def choose(self, req: Any) -> Variant:
+    def choose(self, req: GenerateRequest) -> Variant:
         """The variant for request `req`."""
         return self.variant(self.sticky_id(req))

@@ -39,6 +39,7 @@ from .rollout import RolloutError, RolloutPlan
 
 if TYPE_CHECKING:  # the node imports this module
     from .node import EdgeNode
+    from .pool import CenterPool
 
 _ENDPOINT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -202,7 +203,7 @@ class AdminApi:
             return _error(status, str(exc), "invalid_argument", field=field if message else "body")
         return _bad_field("action", f'expected "start", "pause", "resume" or "abort", got {action!r}')
 
-    async def _new_pool(self, endpoint: str, weight: float) -> Any:
+    async def _new_pool(self, endpoint: str, weight: float) -> CenterPool:
         """The node had no center pool: one with `endpoint`, started (one health round)."""
         node = self.node
         pool = make_pool(node, [endpoint])
@@ -241,7 +242,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _change(pool: Any, action: str, endpoint: str, weight: float) -> None:
+def _change(pool: CenterPool, action: str, endpoint: str, weight: float) -> None:
     """Apply one pool change; ValueError ("endpoint: ..." / "weight: ...") when it cannot."""
     if action == "add":
         pool.add_replica(endpoint, weight)
