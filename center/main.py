@@ -39,6 +39,7 @@ from isthmus.center.distributed import (
     destroy_tp_group,
     init_tp_group,
 )
+from isthmus.center.seams import CenterEngine
 from isthmus.center.server import DEFAULT_GRACE_S, CenterServer, TLSFiles
 from isthmus.center.service import CenterService
 from isthmus.engine.options import EngineOptions
@@ -127,7 +128,7 @@ def engine_options(a: argparse.Namespace, local_rank: int = 0) -> EngineOptions:
                          enable_prefix_caching=not a.no_prefix_caching)
 
 
-async def warm_up(engine: Any) -> None:
+async def warm_up(engine: CenterEngine) -> None:
     """One short greedy request end to end (every rank's forward, sampling, detokenizing)."""
     from isthmus.engine.async_engine import EngineRequest
     from isthmus.engine.params import SamplingParams

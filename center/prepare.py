@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from isthmus.center.request import PreparedRequest, prepare_request
+from isthmus.center.request import PreparedRequest, PromptTokenizer, prepare_request
 from isthmus.protocol import ErrorCode, GenerateRequest, ProtocolError
 
 INLINE_MAX_BYTES = 4096  # bytes of prompt text prepared on the event loop
@@ -56,7 +55,7 @@ class RequestPreparer:
 
     def __init__(
         self,
-        tokenizer: Any,
+        tokenizer: PromptTokenizer,
         max_model_len: int | None,
         *,
         inline_max_bytes: int = INLINE_MAX_BYTES,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
 
+from isthmus.center.request import PromptTokenizer
+
 if TYPE_CHECKING:  # the engine's types only: importing them here would load the engine
     from isthmus.engine.async_engine import EngineRequest
     from isthmus.engine.outputs import EngineLoad, EngineOutput
@@ -31,11 +33,9 @@ class CenterEngine(Protocol):
         ...
 
 
-class CenterTokenizer(Protocol):
-    """What the service reads of its tokenizer itself (`RequestPreparer` reads more, by name)."""
-
-    @property
-    def fingerprint(self) -> str: ...
+class CenterTokenizer(PromptTokenizer, Protocol):
+    """The service's tokenizer: what request preparation needs (`center/request.py`), whose
+    `fingerprint` also goes into `Status` and exported states."""
 
 
 __all__ = ["CenterEngine", "CenterTokenizer"]
