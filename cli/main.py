@@ -1,4 +1,4 @@
-"""The `isthmus` command: `model make-tiny`, `center`, `edge`, `up`, `chat`, `demo`, `weights`.
+"""The `isthmus` command: `model make-tiny`, `center`, `center swap`, `edge`, `up`, `chat`, `demo`, `weights`.
 
 Every bad argument is refused before anything starts, naming the flag and what to give instead
 (exit status 2). Long steps (writing models, waiting for the center's health) print progress.
@@ -125,6 +125,10 @@ def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     # the tiers parse their own arguments (argparse's REMAINDER drops leading flags)
+    if args[:2] == ["center", "swap"]:
+        from .swap import main as swap_main
+
+        return swap_main(args[2:])
     if args and args[0] == "center":
         from isthmus.center.main import main as center_main
 

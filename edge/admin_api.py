@@ -13,6 +13,7 @@ record); both as JSON and before anything is read or changed.
   A bad argument gets 400 naming the field. ``"pool": "candidate"`` changes the A/B candidate pool.
   An add of a replica whose ``Status.weights_digest`` differs from the pool's gets 409
   ``weights_mismatch`` naming both digests (pool_digest.py; off with ``[center] allow_mixed_weights``).
+- ``GET /admin/migrations``: live migrations seen by this edge process (counts, longest stall).
 - ``GET /admin/rollout``: the canary rollout's state; ``POST /admin/rollout`` with ``{"action":
   "start", "steps": [5, 25, 50, 100], "interval_s": 60, "max_error_rate": 0.01, "max_ttft_p95_s":
   2.0}`` or ``{"action": "pause" | "resume" | "abort"}`` (rollout_driver.py; needs ``[ab]``).
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .migration import STALL_BUCKETS, STATS
 from .pool_digest import WeightsMismatch
 from .reload import ReloadRefused
 from .reload_apply import make_pool, reload_node
@@ -116,6 +118,16 @@ class AdminApi:
             view["candidate"] = pool_view(ab.candidate)
             view["ab"] = {"percent": ab.split.percent, "sticky": ab.split.sticky}
         return web.json_response(view)
+
+    async def get_migrations(self, request: web.Request) -> web.Response:
+        """This process's live-migration counts and stalls (`edge/migration.STATS`), for `center swap`."""
+        if (refusal := self._authorize(request)) is not None:
+            return refusal
+        return web.json_response({
+            "started": STATS.started, "finished": STATS.finished, "failed": STATS.failed,
+            "stall_s_max": STATS.stall_s_max, "stall_s_sum": STATS.stall_s_sum,
+            "stall_buckets": list(STALL_BUCKETS), "stall_counts": list(STATS.stall_counts),
+        })
 
     async def post_pool(self, request: web.Request) -> web.Response:
         if (refusal := self._authorize(request)) is not None:
@@ -278,6 +290,7 @@ def admin_setup(node: EdgeNode) -> Callable[[web.Application], None]:
         app.router.add_post("/admin/reload", api.reload)
         app.router.add_get("/admin/pool", api.get_pool)
         app.router.add_post("/admin/pool", api.post_pool)
+        app.router.add_get("/admin/migrations", api.get_migrations)
         app.router.add_get("/admin/rollout", api.get_rollout)
         app.router.add_post("/admin/rollout", api.post_rollout)
 
