@@ -8,8 +8,9 @@ least `evict_idle_after_s`, is evicted to make room, so a crowd of idle connecti
 legitimate clients out. Only when every connection is busy (or freshly used) is the newcomer
 refused. The per-source cap works the same way within one source: a source at its cap gets room
 by evicting its own longest-idle connection (clients behind one NAT are not locked out by idle
-neighbours), and is refused only when all of its connections are busy. `now` is passed in;
-connections are any hashable handle.
+neighbours), and is refused only when all of its connections are busy. A source throttled for
+wrong API keys (`auth_throttle.py`) is refused outright (`throttled_s` > 0), before any of its
+streams cost the edge work. `now` is passed in; connections are any hashable handle.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class ConnectionTable:
         self._per_source: dict[str, int] = {}
         self.num_evicted = 0
         self.num_refused = 0
+        self.num_refused_throttled = 0  # of which: the source was throttled for wrong API keys
 
     def __len__(self) -> int:
         return len(self._held)
@@ -66,13 +68,22 @@ class ConnectionTable:
     def num_from(self, source: str) -> int:
         return self._per_source.get(source, 0)
 
-    def admit(self, conn: Hashable, source: str, now: float, num_streams: int = 0) -> Admission:
+    def admit(
+        self, conn: Hashable, source: str, now: float, num_streams: int = 0, throttled_s: float = 0.0
+    ) -> Admission:
         """Decide on `conn` from `source`; when admitted it is recorded (and `evict` forgotten).
 
-        `num_streams` counts requests it already opened (0-RTT data comes before the handshake).
+        `num_streams` counts requests it already opened (0-RTT data comes before the handshake);
+        `throttled_s` is how long `source` is still throttled for wrong API keys (0: it is not).
         """
         lim = self.limits
         evict = None
+        if throttled_s > 0.0:
+            self.num_refused += 1
+            self.num_refused_throttled += 1
+            return Admission(
+                False, reason=f"too many failed API keys from this address; retry in {throttled_s:.1f} s"
+            )
         if self.num_from(source) >= lim.max_connections_per_source:
             evict = self._longest_idle(now, source)
             if evict is None:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from .quic_server import EdgeQuicServer
 
 MAX_REMEMBERED_STREAMS = 4096  # finished stream ids kept per connection to ignore late frames
+# the QUIC application error code of the CONNECTION_CLOSE that ends a connection whose source is
+# throttled for wrong API keys, after its first RATE_LIMITED answer: the protocol's RATE_LIMITED
+THROTTLED_CLOSE_CODE = int(ErrorCode.RATE_LIMITED)
 
 
 class ServerConnection(QuicConnectionProtocol):
@@ -43,6 +46,7 @@ class ServerConnection(QuicConnectionProtocol):
         # a request on this connection was answered (so its key was good): the connection is
         # exempt from its address's wrong-key throttle until it presents a wrong key itself
         self.has_valid_key = False
+        self.is_closing_throttled = False  # answered RATE_LIMITED for wrong keys: closing
         self._is_refused = not server._register(self)
         self._hooks = StreamHooks(admit=self._admit_request, on_final=self._on_final)
         self.num_streams_served = 0
@@ -147,7 +151,30 @@ class ServerConnection(QuicConnectionProtocol):
             stream = self._open_stream(event.stream_id)
             if stream is None:
                 return
-        stream.feed(event.data, event.end_stream)
+            stream.feed(event.data, event.end_stream)
+            self._cap_pending(stream)
+        else:
+            stream.feed(event.data, event.end_stream)
+        if stream.is_finished and not stream.has_request and not event.end_stream:
+            # refused before its request was read (an oversized header, a malformed frame):
+            # stop the rest of its bytes now rather than receive and drop them
+            self._stop_reading(event.stream_id)
+
+    def _cap_pending(self, stream: StreamSession) -> None:
+        """A new stream whose first bytes left its request frame incomplete, beyond the cap of
+        such streams: stop its bytes now (STOP_SENDING makes the peer reset it) instead of
+        receiving and holding them (the caller stops it). A request that arrives whole is never
+        refused here."""
+        max_pending = self._server.limits.receive.max_pending_streams
+        if stream.is_finished or stream.has_request or self.num_pending_streams <= max_pending:
+            return
+        stream.fail(
+            ProtocolError(
+                ErrorCode.OVERLOADED,
+                f"too many streams ({max_pending}) waiting for their request frame",
+                retryable=True,
+            )
+        )
 
     def _open_stream(self, stream_id: int) -> StreamSession | None:
         server = self._server
@@ -161,6 +188,7 @@ class ServerConnection(QuicConnectionProtocol):
             on_error=server.on_error,
             hooks=self._hooks,
             max_after_request=server.limits.receive.max_after_request,
+            max_request_size=server.limits.receive.max_request_size,
         )
         if server.is_draining:
             stream.fail(ProtocolError(ErrorCode.DRAINING, "edge is draining", retryable=True))
@@ -185,8 +213,28 @@ class ServerConnection(QuicConnectionProtocol):
     # --- throttling of wrong keys ----------------------------------------------------------------
     def _admit_request(self, req: GenerateRequest) -> None:
         auth = self._server.auth
-        if auth is not None and not self.has_valid_key:
+        if auth is None or self.has_valid_key:
+            return
+        try:
             auth.check_throttle(self.source)
+        except ProtocolError:
+            # a throttled source's connection gets this one RATE_LIMITED answer, then is closed:
+            # kept open, every further guess would still cost the edge a stream (the answer is
+            # written before the close, which goes out after it)
+            if not self.is_closing_throttled:
+                self.is_closing_throttled = True
+                self._loop.call_soon(self._close_throttled)
+            raise
+
+    def _close_throttled(self) -> None:
+        if any(s.has_request for s in self._streams.values()):
+            # requests admitted before the throttle are still being served: keep the connection
+            # (the next RATE_LIMITED answer with none in flight closes it)
+            self.is_closing_throttled = False
+            return
+        self.transmit()  # the RATE_LIMITED answers leave before the CONNECTION_CLOSE
+        reason = "too many failed API keys from this address"
+        self.close(error_code=THROTTLED_CLOSE_CODE, reason_phrase=reason)
 
     def _on_final(self, msg: Done | Error) -> None:
         if isinstance(msg, Done):
@@ -201,6 +249,11 @@ class ServerConnection(QuicConnectionProtocol):
     def num_streams(self) -> int:
         """Request streams this connection is serving now."""
         return len(self._streams)
+
+    @property
+    def num_pending_streams(self) -> int:
+        """Request streams still waiting for their complete request frame."""
+        return sum(not s.has_request for s in self._streams.values())
 
     @property
     def streams(self) -> list[StreamSession]:

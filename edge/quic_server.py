@@ -54,6 +54,8 @@ class KeyThrottle(Protocol):
 
     def record_failure(self, source: str, now: float | None = None, reason: str = "") -> None: ...
 
+    def throttle_retry_after(self, source: str, now: float | None = None) -> float: ...
+
 
 class EdgeQuicServer:
     """Accepts QUIC connections and serves each request stream with `handler`."""
@@ -185,7 +187,12 @@ class EdgeQuicServer:
             log.info("refused a connection from %s: address not in the allowlist", conn.source)
             return "address not allowed"
         now = asyncio.get_running_loop().time()
-        verdict = self.table.admit(conn, conn.source, now, num_streams=len(conn.streams))
+        # a source throttled for wrong keys gets no new connection (ones it holds that proved a
+        # valid key stay: `ServerConnection.has_valid_key`)
+        throttled_s = self.auth.throttle_retry_after(conn.source) if self.auth is not None else 0.0
+        verdict = self.table.admit(
+            conn, conn.source, now, num_streams=len(conn.streams), throttled_s=throttled_s
+        )
         if not verdict.is_admitted:
             self._connections.discard(conn)
             self.budget.remove(conn)

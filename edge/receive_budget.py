@@ -23,10 +23,23 @@ class ReceiveLimits:
     max_per_connection: int = 8 * MiB  # bytes of partial frames and unread data per connection
     max_total: int = 256 * MiB  # bytes of the same over all connections
     max_after_request: int = 64 * 1024  # bytes of a partial frame after the request (only Cancel fits)
+    # streams per connection still waiting for their complete request frame; newer ones are
+    # stopped (STOP_SENDING) and answered OVERLOADED, so a peer cannot keep many partial frames
+    # flowing (a request frame usually arrives whole in one datagram)
+    max_pending_streams: int = 16
+    # bytes: the largest request frame body this edge accepts; a longer one is refused
+    # (PROMPT_TOO_LONG) at its header, before its body is received. None: max_frame_size only.
+    # Not derived from the prompt limit by default: a chat template may leave text out, so a
+    # conversation's size does not bound its tokens
+    max_request_size: int | None = None
 
     def __post_init__(self) -> None:
         if min(self.max_per_connection, self.max_total, self.max_after_request) < 1:
             raise ValueError("max_receive_buffer_per_connection: receive budgets must be >= 1 byte")
+        if self.max_pending_streams < 1:
+            raise ValueError("max_pending_streams: expected an integer >= 1")
+        if self.max_request_size is not None and self.max_request_size < 1:
+            raise ValueError("max_request_size: expected an integer >= 1 or None")
 
 
 class ReceiveBudget:

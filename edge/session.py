@@ -83,6 +83,7 @@ class StreamSession:
         on_error: Callable[[ErrorCode], None] | None = None,
         hooks: StreamHooks | None = None,
         max_after_request: int = MAX_AFTER_REQUEST,
+        max_request_size: int | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.request_id = ""
@@ -90,7 +91,7 @@ class StreamSession:
         self.is_finished = False
         self._transport = transport
         self._handler = handler
-        self._frames = StreamFrames(max_frame_size, max_after_request)
+        self._frames = StreamFrames(max_frame_size, max_after_request, max_request_size)
         self._hooks = hooks or StreamHooks()
         self._flow = StreamFlow(limits)
         self._wake = asyncio.Event()
@@ -115,6 +116,11 @@ class StreamSession:
                 self.cancel(ErrorCode.CANCELLED, "cancelled by the client")
             else:
                 self.fail(event.error)
+
+    @property
+    def has_request(self) -> bool:
+        """True once the stream's request frame was complete (and decoded)."""
+        return self._frames.has_request
 
     @property
     def held_bytes(self) -> int:

@@ -85,3 +85,12 @@ def test_total_over_budget_sheds_the_biggest_holders_first() -> None:
     b.update("flood3", 95)
     assert [v for v, _ in b.victims()] == ["flood3", "flood1"]
     assert b.reset_peak() == 305 and b.peak_total == 305
+
+
+def test_a_source_throttled_for_wrong_keys_is_refused_before_any_other_check() -> None:
+    t = table(max_connections=10, max_connections_per_source=5)
+    refused = t.admit("a1", "10.0.0.1", now=0.0, throttled_s=12.5)
+    assert not refused.is_admitted and "failed API keys" in refused.reason and "12.5" in refused.reason
+    assert "a1" not in t and t.num_from("10.0.0.1") == 0
+    assert t.num_refused == t.num_refused_throttled == 1
+    assert t.admit("a1", "10.0.0.1", now=1.0, throttled_s=0.0).is_admitted  # credit back: admitted

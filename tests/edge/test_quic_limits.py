@@ -209,3 +209,52 @@ async def test_handshakes_beyond_the_cap_are_refused_cleanly(serve) -> None:  # 
         (kept,) = [c for c in clients if c._quic._close_event is None]
         assert isinstance(final(await kept.request(req())), Done)
     await wait_until(lambda: server.num_connections == 0)
+
+
+async def test_a_throttled_connection_is_closed_and_its_source_refused_new_ones(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(QuicLimits(), ThrottleLimits(max_failures=2, window_s=600.0))
+    async with raw_client(server.port) as proven, raw_client(server.port) as guesser:
+        assert isinstance(final(await proven.request(req())), Done)
+        for i in range(2):
+            assert final(await guesser.request(req(api_key=f"guess-{i}"))).code == ErrorCode.UNAUTHENTICATED
+        msg = final(await guesser.request(req(api_key="guess-2")))
+        assert isinstance(msg, Error) and msg.code == ErrorCode.RATE_LIMITED and msg.retryable
+        # after its first RATE_LIMITED answer the connection is closed with RATE_LIMITED as the
+        # application error code, so further guesses cost the edge no stream work
+        await asyncio.wait_for(guesser.wait_closed(), 10)
+        assert guesser._quic._close_event is not None
+        assert guesser._quic._close_event.error_code == int(ErrorCode.RATE_LIMITED)
+        # a new connection from the throttled source is refused at admission
+        async with raw_client(server.port) as newcomer:
+            await asyncio.wait_for(newcomer.wait_closed(), 10)
+        assert server.table.num_refused_throttled == 1
+        # the connection that proved a valid key before the throttle keeps being served
+        assert isinstance(final(await proven.request(req())), Done)
+
+
+async def test_streams_waiting_for_their_request_frame_are_capped_per_connection(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(QuicLimits(receive=ReceiveLimits(max_pending_streams=4)))
+    async with raw_client(server.port) as attacker:
+        await flood(attacker, num_streams=10, num_bytes=1 * KiB)
+        await wait_until(lambda: len(errors_with(attacker, ErrorCode.OVERLOADED)) >= 6)
+        refused = errors_with(attacker, ErrorCode.OVERLOADED)
+        assert all(e.retryable and "waiting for their request frame" in e.message for e in refused)
+        (conn,) = list(server._connections)
+        assert conn.num_pending_streams == 4
+        # a request that arrives whole is still served on the same connection
+        assert isinstance(final(await attacker.request(req())), Done)
+
+
+async def test_an_oversized_request_header_is_refused_and_its_body_stopped(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(QuicLimits(receive=ReceiveLimits(max_request_size=64 * KiB)))
+    async with raw_client(server.port) as attacker:
+        frame = encode_frame(req("x" * (2 * MiB)))
+        sid = attacker.send(frame, end_stream=True)
+        msg = final(await attacker.wait_end(sid))
+        assert isinstance(msg, Error) and msg.code == ErrorCode.PROMPT_TOO_LONG
+        # STOP_SENDING came with the answer: the client reset its side of the stream, so the
+        # rest of the 2 MiB never left it
+        streams = attacker._quic._streams
+        await wait_until(lambda: sid not in streams or streams[sid].sender._reset_error_code is not None)
+        assert server.budget.total == 0
+        assert isinstance(final(await attacker.request(req())), Done)

@@ -116,3 +116,18 @@ def test_close_drops_a_partial_frame() -> None:
     assert frames.held_bytes == 5
     frames.close()
     assert frames.held_bytes == 0 and frames.receive(b"x", end_stream=True) == []
+
+
+def test_a_request_header_announcing_more_than_a_request_can_be_fails_at_once() -> None:
+    frames = StreamFrames(MAX_FRAME, max_request_size=1000)
+    # 2 + 2 header bytes: the failure comes with the header, before any of the body
+    assert frames.receive(struct.pack(">I", 5000)[:2], end_stream=False) == []
+    err = failure(frames.receive(struct.pack(">I", 5000)[2:], end_stream=False)).error
+    assert err.code == ErrorCode.PROMPT_TOO_LONG and "5000" in err.message and "1000" in err.message
+    assert frames.is_closed and frames.held_bytes == 0
+
+
+def test_a_request_within_the_request_size_is_served() -> None:
+    data = encode_frame(request())
+    frames = StreamFrames(MAX_FRAME, max_request_size=len(data) - 4)
+    assert frames.receive(data, end_stream=True) == [RequestReceived(request())]
