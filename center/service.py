@@ -12,9 +12,9 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from isthmus.center.meter import RateMeter
 from isthmus.center.migration import StreamedSoFar, is_migration, migrated_message, resume_state
@@ -40,7 +40,7 @@ from isthmus.protocol import (
     limits,
     pack_ids,
 )
-from isthmus.protocol.messages import Timings
+from isthmus.protocol.messages import FinishReason, Timings
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class CenterService:
 
     async def generate(
         self, req: GenerateRequest | ProtocolError, time_remaining: float | None = None
-    ) -> AsyncIterator[TokenChunk | Done | Error]:
+    ) -> AsyncGenerator[TokenChunk | Done | Error | Migrated, None]:
         """Stream the answer: TokenChunk ... then Done, or one Error.
 
         ``req`` may be the `ProtocolError` its decoding raised (answered with that error).
@@ -180,7 +180,7 @@ class CenterService:
                     total_s = self.clock() - t_start
                     yield Done(
                         id=req.id,
-                        finish_reason=out.finish_reason,
+                        finish_reason=cast(FinishReason, out.finish_reason),  # "deadline" ended above
                         usage=Usage(prompt_tokens=len(prepared.prompt_ids), completion_tokens=num_generated),
                         route=ROUTE,
                         timings=Timings(

@@ -65,7 +65,9 @@ def route_headers(route: Route) -> dict[str, str]:
 
 def initial_route(first: TokenChunk | Done) -> Route:
     """The route as known when the first message arrived (an answer's first chunk carries it)."""
-    if isinstance(first, Done) or first.route is not None:
+    if isinstance(first, Done):
+        return first.route
+    if first.route is not None:
         return first.route
     return Route(tier=first.tier, reason="", score=0.0)  # a sender that leaves it out
 

@@ -22,6 +22,7 @@ from isthmus.protocol import (
     SamplingOptions,
     validate,
 )
+from isthmus.protocol.messages import Role
 
 from .openai_fields import unsupported_field
 
@@ -47,7 +48,9 @@ _STATUS: dict[ErrorCode, tuple[int, str]] = {
 _PARAM_NAMES = {"prompt": "prompt", "messages": "messages", "tier": "tier", "api_key": "authorization"}
 
 _MIN_INT, _MAX_INT = -(2**63), 2**63 - 1  # what the wire format carries; fields have tighter bounds
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES: dict[str, Role] = {
+    "system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+}
 _FLOAT_FIELDS = (
     "temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from isthmus.protocol import (
     Done,
@@ -17,6 +17,7 @@ from isthmus.protocol import (
     Usage,
     pack_ids,
 )
+from isthmus.protocol.messages import FinishReason
 
 from .seams import EdgeEngine
 
@@ -195,7 +196,7 @@ def finish_done(
     """The `Done` of an answer the edge finished itself."""
     return Done(
         id=request_id,
-        finish_reason=finish_reason,
+        finish_reason=cast(FinishReason, finish_reason),  # the caller ended "deadline" as a timeout
         usage=Usage(prompt_tokens=run.num_prompt_tokens, completion_tokens=run.num_streamed_tokens),
         route=route,
         timings=clock.timings(),
