@@ -9,7 +9,8 @@ Steps, on every ``--edge`` (each edge's admin API, ``[admin] token_sha256``):
 2. shift new traffic from A to B in ``--steps`` weight steps spread over ``--ramp``;
 3. call A's ``Drain(migrate=true)`` over gRPC (the center's admin token or client certificate):
    each request in flight on A ends with its state there and the edge resumes it on B;
-4. wait until no edge has a request in flight on A, then remove A from every pool;
+4. wait until no edge has a request in flight on A, then remove A from every pool, and wait until
+   every migration the edges started has finished or failed;
 5. print what happened: requests moved, the longest stall the edges measured, failures.
 
 A that cannot be reached (a failed GPU) is not an error: its drain is skipped (the edges'
@@ -295,9 +296,25 @@ def run_swap(edges: Sequence[EdgeAdmin], plan: SwapPlan, access: CenterAccess, *
                 int((find_replica(e.pool(), src) or {}).get("in_flight", 0)) for e in edges)
     for edge in edges:
         edge.change("remove", src)
-    after = [e.migrations() for e in edges]
-    report.migrations = _total([a.since(b) for a, b in zip(after, before, strict=True)])
+    report.migrations = _settled_migrations(edges, before, plan, sleep, clock)
     return report
+
+
+def _settled_migrations(edges: Sequence[EdgeAdmin], before: list[MigrationCounts], plan: SwapPlan,
+                        sleep: Callable[[float], None], clock: Callable[[], float]) -> MigrationCounts:
+    """The swap's migrations once each one started has finished or failed (a migration finishes
+    at the next replica's first message), or what they are when the settle wait runs out."""
+    deltas: list[MigrationCounts] = []
+
+    def settled() -> bool:
+        deltas[:] = [e.migrations().since(b) for e, b in zip(edges, before, strict=True)]
+        return all(d.finished + d.failed >= d.started for d in deltas)
+
+    try:
+        _wait(settled, plan.settle_timeout_s, sleep, clock, "the migrations to finish")
+    except SwapError:
+        pass  # reported as started but not finished
+    return _total(deltas)
 
 
 def _total(parts: list[MigrationCounts]) -> MigrationCounts:
