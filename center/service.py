@@ -93,7 +93,7 @@ class CenterService:
         self.meter = RateMeter()
         self.in_flight: dict[str, InFlight] = {}
         self._ids = itertools.count()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         # large prompts are tokenized in worker threads: Status and other calls keep being answered
         self.preparer = RequestPreparer(tokenizer, max_model_len)
 
