@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, help="context length cap (default: the model's)")
     p.add_argument("--grace-s", type=float, default=DEFAULT_GRACE_S,
                    help=f"drain grace period in seconds (default {DEFAULT_GRACE_S:g})")
+    p.add_argument("--drain-migrate", action="store_true",
+                   help="on SIGTERM/SIGINT, drain with migrate: each in-flight request ends at once with "
+                        "its state, and the edge continues it on another replica (instead of --grace-s)")
     p.add_argument("--collective-timeout-s", type=float, default=DEFAULT_COLLECTIVE_TIMEOUT_S,
                    help=f"timeout of every collective (default {DEFAULT_COLLECTIVE_TIMEOUT_S:g})")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -156,7 +159,9 @@ async def serve(a: argparse.Namespace, opts: EngineOptions, runner: Any = None) 
         print(f"isthmus-center: ready on {a.host}:{port}", flush=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda s: loop.create_task(_drain_on(server, s)), sig)
+            loop.add_signal_handler(
+                sig, lambda s: loop.create_task(_drain_on(server, s, migrate=a.drain_migrate)), sig
+            )
         stopped = loop.create_task(server.wait_stopped())
         while not stopped.done():
             await asyncio.wait([stopped], timeout=WATCH_INTERVAL_S)
@@ -173,9 +178,9 @@ async def serve(a: argparse.Namespace, opts: EngineOptions, runner: Any = None) 
     return 1 if failure else 0
 
 
-async def _drain_on(server: CenterServer, sig: signal.Signals) -> None:
-    log.info("received %s: draining", sig.name)
-    await server.drain()
+async def _drain_on(server: CenterServer, sig: signal.Signals, migrate: bool = False) -> None:
+    log.info("received %s: draining%s", sig.name, " with migrate" if migrate else "")
+    await server.drain(migrate=migrate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,9 @@ Serving (node rank 0):
                           make admin calls (repeatable). Default: any verified certificate.
   --grace-s S             Drain grace period on SIGTERM: in-flight requests get this long to
                           finish. Default 30.
+  --drain-migrate         On SIGTERM, drain with migrate instead: every in-flight request ends
+                          at once with its state and the edge continues it on another replica
+                          (the edge answers DRAINING only when no other replica can take it).
 
 Restarts:
   --restart N             Start the replica again, up to N times, when it fails (exit status
@@ -91,7 +94,7 @@ die() {
 MODEL="" TP_SIZE="" NPROC="" NNODES=1 NODE_RANK=0 RDZV="127.0.0.1:29500" DEVICE=cuda DTYPE=auto
 NUM_KV_BLOCKS="" MAX_NUM_SEQS="" COLL_TIMEOUT=60 HOST=127.0.0.1 PORT=50051 TLS_CERT="" TLS_KEY=""
 TLS_CLIENT_CA="" GRACE_S=30 PYTHON="" DRY_RUN=0 TLS_DIR="" INSECURE=0 ADMIN_TOKEN_FILE="" RESTARTS=0
-RESTART_DELAY=5
+RESTART_DELAY=5 DRAIN_MIGRATE=0
 TLS_HOSTS=() ADMIN_CNS=()
 
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value"; }
@@ -123,6 +126,7 @@ while [[ $# -gt 0 ]]; do
         --restart) need_value "$@"; RESTARTS="$2"; shift 2 ;;
         --restart-delay) need_value "$@"; RESTART_DELAY="$2"; shift 2 ;;
         --grace-s) need_value "$@"; GRACE_S="$2"; shift 2 ;;
+        --drain-migrate) DRAIN_MIGRATE=1; shift ;;
         --python) need_value "$@"; PYTHON="$2"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
         *) die "unknown option '$1' (see --help)" ;;
@@ -274,6 +278,7 @@ if (( NODE_RANK == 0 )); then  # serving options; the other nodes' ranks never s
     [[ -n "$TLS_CERT" ]] && CMD+=(--tls-cert "$TLS_CERT" --tls-key "$TLS_KEY")
     [[ -n "$TLS_CLIENT_CA" ]] && CMD+=(--tls-client-ca "$TLS_CLIENT_CA")
     (( INSECURE )) && CMD+=(--insecure)
+    (( DRAIN_MIGRATE )) && CMD+=(--drain-migrate)
     [[ -n "$ADMIN_TOKEN_FILE" ]] && CMD+=(--admin-token-file "$ADMIN_TOKEN_FILE")
     for cn in "${ADMIN_CNS[@]}"; do CMD+=(--admin-cn "$cn"); done
 fi

@@ -33,7 +33,7 @@ def test_help_documents_every_option() -> None:
     for flag in ("--model", "--tp-size", "--nproc-per-node", "--nnodes", "--node-rank", "--rdzv", "--port",
                  "--tls-cert", "--tls-key", "--tls-client-ca", "--device", "--grace-s", "--dry-run",
                  "--tls-dir", "--tls-host", "--insecure", "--admin-token-file", "--admin-cn", "--restart",
-                 "--restart-delay"):
+                 "--restart-delay", "--drain-migrate"):
         assert flag in out.stdout, flag
 
 
@@ -135,3 +135,52 @@ def test_other_nodes_get_no_serving_options(tmp_path: Path) -> None:
                "0.0.0.0", "--rdzv", f"127.0.0.1:{free_port()}", "--dry-run")
     assert out.returncode == 0, out.stderr
     assert "--host" not in out.stdout.split("isthmus.center.main", 1)[1]
+
+
+def test_drain_migrate_reaches_the_serving_rank(tmp_path: Path) -> None:
+    model = _model(tmp_path)
+    out = _run("--model", str(model), "--device", "cpu", "--port", str(free_port()), "--rdzv",
+               f"127.0.0.1:{free_port()}", "--drain-migrate", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "--drain-migrate" in out.stdout.split("isthmus.center.main", 1)[1]
+    assert "--drain-migrate" not in _run("--model", str(model), "--device", "cpu", "--port", str(free_port()),
+                                         "--rdzv", f"127.0.0.1:{free_port()}", "--dry-run").stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_sigterm_with_drain_migrate_ends_streams_with_their_state(tmp_path: Path) -> None:
+    """A real center (`isthmus.center.main --drain-migrate`): SIGTERM mid-answer ends the stream with
+    `Migrated` (the answer so far), not with a grace period or DRAINING, and the center exits 0."""
+    import signal
+    import sys
+
+    import grpc
+    from isthmus.engine.tiny import make_tiny_checkpoint
+    from isthmus.protocol import GenerateRequest, Migrated, SamplingOptions, TokenChunk, decode, encode, rpc
+    from isthmus.protocol.limits import TOKEN_ID_SIZE
+
+    from tests.soak.procs import CENTER_READY, _spawn, wait_ready
+
+    model = make_tiny_checkpoint(tmp_path / "tiny", "llama", seed=3)
+    proc = _spawn("center", [sys.executable, "-m", "isthmus.center.main", "--model", str(model), "--host",
+                             "127.0.0.1", "--port", "0", "--dtype", "float32", "--num-kv-blocks", "64",
+                             "--grace-s", "60", "--drain-migrate"], tmp_path)
+    try:
+        wait_ready([proc], {"center": CENTER_READY})
+        req = GenerateRequest(id="sigterm", prompt="Count to one hundred.",
+                              sampling=SamplingOptions(max_tokens=400, temperature=0.0, ignore_eos=True))
+        with grpc.insecure_channel(proc.address) as channel:
+            stub = channel.unary_stream(rpc.GENERATE, request_serializer=encode, response_deserializer=decode)
+            messages = []
+            for msg in stub(req, timeout=60):
+                messages.append(msg)
+                if len(messages) == 3:
+                    proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(timeout=60) == 0, proc.tail()
+    finally:
+        proc.kill()
+    assert isinstance(messages[-1], Migrated), messages[-1]
+    assert all(isinstance(m, TokenChunk) for m in messages[:-1])
+    num_ids = len(messages[-1].continuation.token_ids) // TOKEN_ID_SIZE
+    assert 3 <= num_ids < 400  # cut short at once, not run out over --grace-s
