@@ -164,8 +164,12 @@ class ServerConnection(QuicConnectionProtocol):
         """A new stream whose first bytes left its request frame incomplete, beyond the cap of
         such streams: stop its bytes now (STOP_SENDING makes the peer reset it) instead of
         receiving and holding them (the caller stops it). A request that arrives whole is never
-        refused here."""
-        max_pending = self._server.limits.receive.max_pending_streams
+        refused here. The cap is lower until a request on the connection has succeeded."""
+        receive = self._server.limits.receive
+        # before a request succeeded here (`has_valid_key`) the connection has proved nothing
+        max_pending = (
+            receive.max_pending_streams if self.has_valid_key else receive.max_pending_streams_unproven
+        )
         if stream.is_finished or stream.has_request or self.num_pending_streams <= max_pending:
             return
         stream.fail(

@@ -27,6 +27,9 @@ class ReceiveLimits:
     # stopped (STOP_SENDING) and answered OVERLOADED, so a peer cannot keep many partial frames
     # flowing (a request frame usually arrives whole in one datagram)
     max_pending_streams: int = 16
+    # the same before the connection's first successful request: a peer that has proved nothing
+    # gets few partial frames flowing at once (the flood that cost legitimate clients most)
+    max_pending_streams_unproven: int = 2
     # bytes: the largest request frame body this edge accepts; a longer one is refused
     # (PROMPT_TOO_LONG) at its header, before its body is received. None: max_frame_size only.
     # Not derived from the prompt limit by default: a chat template may leave text out, so a
@@ -36,7 +39,7 @@ class ReceiveLimits:
     def __post_init__(self) -> None:
         if min(self.max_per_connection, self.max_total, self.max_after_request) < 1:
             raise ValueError("max_receive_buffer_per_connection: receive budgets must be >= 1 byte")
-        if self.max_pending_streams < 1:
+        if min(self.max_pending_streams, self.max_pending_streams_unproven) < 1:
             raise ValueError("max_pending_streams: expected an integer >= 1")
         if self.max_request_size is not None and self.max_request_size < 1:
             raise ValueError("max_request_size: expected an integer >= 1 or None")

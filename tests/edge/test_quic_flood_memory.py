@@ -39,7 +39,9 @@ from tests.edge.test_quic_limits import Handler, KEY
 
 async def main():
     store = ApiKeyStore([ApiKey(hash_key(KEY), name="k")])
-    limits = QuicLimits(receive=ReceiveLimits(max_per_connection=int(sys.argv[3])))
+    # all 64 partial streams per connection allowed: the byte budget alone is under test
+    receive = ReceiveLimits(max_per_connection=int(sys.argv[3]), max_pending_streams_unproven=64)
+    limits = QuicLimits(receive=receive)
     server = EdgeQuicServer(
         Handler(store), certfile=sys.argv[1], keyfile=sys.argv[2], auth=store, limits=limits
     )

@@ -106,7 +106,8 @@ async def flood(client: RawClient, num_streams: int, num_bytes: int) -> list[int
 
 
 async def test_partial_frame_flood_is_held_within_the_connection_budget(serve) -> None:  # type: ignore[no-untyped-def]
-    budget = ReceiveLimits(max_per_connection=1 * MiB, max_total=64 * MiB)
+    # many partial streams per connection allowed: the byte budget alone is under test here
+    budget = ReceiveLimits(max_per_connection=1 * MiB, max_total=64 * MiB, max_pending_streams_unproven=64)
     server = await serve(QuicLimits(receive=budget))
     async with raw_client(server.port) as attacker:
         await flood(attacker, num_streams=16, num_bytes=200 * KiB)  # 3.2 MiB of partial frames
@@ -123,7 +124,9 @@ async def test_partial_frame_flood_is_held_within_the_connection_budget(serve) -
 
 
 async def test_edge_wide_budget_sheds_the_biggest_holder_not_the_newcomer(serve) -> None:  # type: ignore[no-untyped-def]
-    budget = ReceiveLimits(max_per_connection=1 * MiB, max_total=int(1.5 * MiB))
+    budget = ReceiveLimits(
+        max_per_connection=1 * MiB, max_total=int(1.5 * MiB), max_pending_streams_unproven=64
+    )
     server = await serve(QuicLimits(receive=budget))
     async with raw_client(server.port) as flood1, raw_client(server.port) as flood2:
         await flood(flood1, num_streams=4, num_bytes=200 * KiB)
@@ -233,16 +236,22 @@ async def test_a_throttled_connection_is_closed_and_its_source_refused_new_ones(
 
 
 async def test_streams_waiting_for_their_request_frame_are_capped_per_connection(serve) -> None:  # type: ignore[no-untyped-def]
-    server = await serve(QuicLimits(receive=ReceiveLimits(max_pending_streams=4)))
-    async with raw_client(server.port) as attacker:
+    limits = ReceiveLimits(max_pending_streams=5, max_pending_streams_unproven=2)
+    server = await serve(QuicLimits(receive=limits))
+    async with raw_client(server.port) as attacker, raw_client(server.port) as proven:
         await flood(attacker, num_streams=10, num_bytes=1 * KiB)
-        await wait_until(lambda: len(errors_with(attacker, ErrorCode.OVERLOADED)) >= 6)
+        await wait_until(lambda: len(errors_with(attacker, ErrorCode.OVERLOADED)) >= 8)
         refused = errors_with(attacker, ErrorCode.OVERLOADED)
         assert all(e.retryable and "waiting for their request frame" in e.message for e in refused)
-        (conn,) = list(server._connections)
-        assert conn.num_pending_streams == 4
+        (conn,) = [c for c in server._connections if c.num_streams]
+        assert conn.num_pending_streams == 2
         # a request that arrives whole is still served on the same connection
         assert isinstance(final(await attacker.request(req())), Done)
+        # once a request succeeded on a connection, it may hold the higher cap
+        assert isinstance(final(await proven.request(req())), Done)
+        await flood(proven, num_streams=7, num_bytes=1 * KiB)
+        await wait_until(lambda: len(errors_with(proven, ErrorCode.OVERLOADED)) >= 2)
+        assert sum(c.num_pending_streams for c in server._connections) == 2 + 5
 
 
 async def test_an_oversized_request_header_is_refused_and_its_body_stopped(serve) -> None:  # type: ignore[no-untyped-def]

@@ -123,9 +123,15 @@ async def wrong_keys(port: int, stop: asyncio.Event, stats: AttackStats, ready: 
             )
             try:
                 sid = c.send_message(req)
-                stats.note_end(await c.wait_end(sid, 30.0), sid in c.resets)
+                messages = await c.wait_end(sid, 30.0)
             except TimeoutError:
                 stats.num_no_answer += 1
+                continue
+            if not messages and c._closed.is_set():
+                # the edge closed the connection (its source is throttled) before answering
+                stats.codes["CLOSED_BY_EDGE"] += 1
+            else:
+                stats.note_end(messages, sid in c.resets)
 
     await asyncio.gather(*(_connected(port, 200 + i, stop, stats, one) for i in range(NUM_KEY_ATTACKERS)))
 

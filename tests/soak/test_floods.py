@@ -127,7 +127,13 @@ async def test_wrong_key_flood(
     flood_edge: Proc, refs: References, certs: tuple[str, str], baseline: LoadStats
 ) -> None:
     stats = await _run_flood("wrong_keys", flood_edge, refs, certs, baseline)
-    assert stats["sent"] > 0 and set(stats["codes"]) <= {"UNAUTHENTICATED", "RATE_LIMITED"}, stats
+    # a throttled source's connection is closed after one RATE_LIMITED answer, and its new ones
+    # are refused at admission: requests sent on them meanwhile see the close, not an answer
+    assert stats["sent"] > 0 and set(stats["codes"]) <= {
+        "UNAUTHENTICATED",
+        "RATE_LIMITED",
+        "CLOSED_BY_EDGE",
+    }, stats
 
 
 async def test_control_cpu_burn(
