@@ -123,6 +123,7 @@ class EdgeNode:
             on_error=self._record_stream_error,
             auth=self.auth,
             allowlist=Allowlist(cfg.listen.allow),
+            prompt_check=self.orchestrator.refuse_prompt_bytes,
         )
         await self.quic.start()
         self._gauge_task = asyncio.get_running_loop().create_task(self._update_gauges())

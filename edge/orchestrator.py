@@ -127,6 +127,17 @@ class Orchestrator:
         """
         self.prompts.refuse_oversized(req, self._prompt_limit())
 
+    def refuse_prompt_bytes(self, num_bytes: int) -> None:
+        """Raise `ProtocolError(PROMPT_TOO_LONG)` when a plain prompt of `num_bytes` UTF-8 bytes is
+        too long by its size alone: the QUIC listener asks before the prompt has arrived."""
+        limit = self._prompt_limit()
+        bound = getattr(self.tokenizer, "min_num_tokens", None)
+        if limit is not None and callable(bound) and bound(num_bytes) > limit:
+            raise ProtocolError(
+                ErrorCode.PROMPT_TOO_LONG,
+                f"prompt: {num_bytes} bytes are more than {limit} tokens, the edge's limit",
+            )
+
     # --- the paths -------------------------------------------------------------------------------
     async def _answer(self, req: GenerateRequest, clock: RequestClock) -> AsyncGenerator[Answer, None]:
         prompt = await self.prompts.tokenize(req, self._prompt_limit(), self._edge_fingerprint())

@@ -193,6 +193,7 @@ class ServerConnection(QuicConnectionProtocol):
             hooks=self._hooks,
             max_after_request=server.limits.receive.max_after_request,
             max_request_size=server.limits.receive.max_request_size,
+            prompt_check=server.prompt_check,
         )
         if server.is_draining:
             stream.fail(ProtocolError(ErrorCode.DRAINING, "edge is draining", retryable=True))

@@ -72,8 +72,12 @@ class EdgeQuicServer:
         on_error: Callable[[ErrorCode], None] | None = None,
         auth: KeyThrottle | None = None,
         allowlist: Allowlist | None = None,
+        prompt_check: Callable[[int], None] | None = None,
     ) -> None:
         self.handler = handler
+        # raises ProtocolError for a prompt of that many UTF-8 bytes that is too long by its size:
+        # asked from a request frame's first bytes, before the prompt itself is received
+        self.prompt_check = prompt_check
         self.allowlist = allowlist  # source CIDRs served (None or empty: every address)
         self.auth = auth  # wrong keys throttled per source address (None: not throttled here)
         self.limits = limits or QuicLimits()

@@ -84,6 +84,7 @@ class StreamSession:
         hooks: StreamHooks | None = None,
         max_after_request: int = MAX_AFTER_REQUEST,
         max_request_size: int | None = None,
+        prompt_check: Callable[[int], None] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.request_id = ""
@@ -91,7 +92,7 @@ class StreamSession:
         self.is_finished = False
         self._transport = transport
         self._handler = handler
-        self._frames = StreamFrames(max_frame_size, max_after_request, max_request_size)
+        self._frames = StreamFrames(max_frame_size, max_after_request, max_request_size, prompt_check)
         self._hooks = hooks or StreamHooks()
         self._flow = StreamFlow(limits)
         self._wake = asyncio.Event()

@@ -5,7 +5,9 @@ stream and returns what it meant, and does no I/O: the client writes one `Genera
 frame, then at most a `Cancel`; anything else, a malformed frame, too many bytes after the
 request, or an end of stream before the request, is a `StreamFailed` event carrying the
 `ProtocolError` to answer with. A request frame whose length header alone exceeds what a request
-can be (`max_request_size`) fails as soon as its 4 header bytes are in, before its body arrives.
+can be (`max_request_size`) fails as soon as its 4 header bytes are in, before its body arrives,
+and so does one whose `prompt` string, read from the body's first bytes (`request_peek.py`), is
+already too long for `prompt_check`.
 After `StreamFailed` or `CancelReceived` the machine is closed
 and ignores further bytes. `session.StreamSession` is the asyncio shell around it.
 """
@@ -13,11 +15,14 @@ and ignores further bytes. `session.StreamSession` is the asyncio shell around i
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
 from isthmus.protocol import Cancel, ErrorCode, FrameDecoder, GenerateRequest, ProtocolError
 from isthmus.protocol.limits import FRAME_HEADER_SIZE
+
+from .request_peek import NEED_MORE, PEEK_MAX, peek_prompt_bytes
 
 MAX_AFTER_REQUEST = 64 * 1024  # bytes: a partial frame after the request (only a Cancel is valid)
 
@@ -52,12 +57,17 @@ class StreamFrames:
         max_frame_size: int,
         max_after_request: int = MAX_AFTER_REQUEST,
         max_request_size: int | None = None,
+        prompt_check: Callable[[int], None] | None = None,
     ) -> None:
         self._decoder: FrameDecoder | None = FrameDecoder(max_frame_size)
         self._max_after_request = max_after_request  # bytes
         # bytes: the largest request body this edge could accept (None: only `max_frame_size`)
         self._max_request_size = max_request_size
-        self._head = bytearray()  # the request frame's header, until its 4 bytes are in
+        # raises ProtocolError when a prompt of that many UTF-8 bytes is too long (None: no check)
+        self._prompt_check = prompt_check
+        # the request frame's first bytes (header and body prefix), while they may still refuse it
+        self._head = bytearray()
+        self._is_peeking = max_request_size is not None or prompt_check is not None
         self.has_request = False
 
     @property
@@ -78,8 +88,8 @@ class StreamFrames:
         decoder = self._decoder
         if decoder is None:
             return []
-        if self._max_request_size is not None and len(self._head) < FRAME_HEADER_SIZE:
-            failed = self._check_request_header(data)
+        if self._is_peeking and not self.has_request:
+            failed = self._peek(data)
             if failed:
                 return failed
         try:
@@ -119,21 +129,35 @@ class StreamFrames:
             events += self._end_of_stream(decoder)
         return events
 
-    def _check_request_header(self, data: bytes) -> list[StreamEvent]:
-        """Refuse the request frame as soon as its header announces more than a request can be."""
-        self._head += data[: FRAME_HEADER_SIZE - len(self._head)]
-        if len(self._head) < FRAME_HEADER_SIZE or self._max_request_size is None:
+    def _peek(self, data: bytes) -> list[StreamEvent]:
+        """Refuse the request from its first bytes: a header longer than a request can be, or a
+        prompt whose byte length alone is too long (`prompt_check`)."""
+        self._head += data[: FRAME_HEADER_SIZE + PEEK_MAX - len(self._head)]
+        if len(self._head) < FRAME_HEADER_SIZE:
             return []
-        (length,) = struct.unpack(">I", self._head)
-        if length <= self._max_request_size:
-            return []
-        return self._failed(
-            ProtocolError(
-                ErrorCode.PROMPT_TOO_LONG,
-                f"request frame of {length} bytes: a request to this edge holds at most "
-                f"{self._max_request_size} bytes",
+        (length,) = struct.unpack_from(">I", self._head)
+        if self._max_request_size is not None and length > self._max_request_size:
+            return self._failed(
+                ProtocolError(
+                    ErrorCode.PROMPT_TOO_LONG,
+                    f"request frame of {length} bytes: a request to this edge holds at most "
+                    f"{self._max_request_size} bytes",
+                )
             )
-        )
+        if self._prompt_check is None:
+            self._is_peeking = False
+            return []
+        num_bytes = peek_prompt_bytes(self._head[FRAME_HEADER_SIZE : FRAME_HEADER_SIZE + length])
+        if num_bytes == NEED_MORE and len(self._head) < FRAME_HEADER_SIZE + length:
+            return []
+        self._is_peeking = False
+        self._head = bytearray()
+        if num_bytes >= 0:
+            try:
+                self._prompt_check(num_bytes)
+            except ProtocolError as exc:
+                return self._failed(exc)
+        return []
 
     def _end_of_stream(self, decoder: FrameDecoder) -> list[StreamEvent]:
         try:

@@ -131,3 +131,21 @@ def test_a_request_within_the_request_size_is_served() -> None:
     data = encode_frame(request())
     frames = StreamFrames(MAX_FRAME, max_request_size=len(data) - 4)
     assert frames.receive(data, end_stream=True) == [RequestReceived(request())]
+
+
+def test_a_prompt_too_long_by_its_size_fails_from_the_first_bytes_of_the_body() -> None:
+    from isthmus.protocol import ProtocolError
+
+    def check(num_bytes: int) -> None:
+        if num_bytes > 1000:
+            raise ProtocolError(ErrorCode.PROMPT_TOO_LONG, f"prompt: {num_bytes} bytes")
+
+    data = encode_frame(GenerateRequest(id="r1", prompt="x" * 100_000))
+    frames = StreamFrames(1024 * 1024, prompt_check=check)
+    err = failure(frames.receive(data[:1200], end_stream=False)).error  # of 100 kB
+    assert err.code == ErrorCode.PROMPT_TOO_LONG and "100000" in err.message
+    # a prompt within the check is served, also when it arrives byte by byte
+    frames = StreamFrames(MAX_FRAME, prompt_check=check)
+    data = encode_frame(GenerateRequest(id="r1", prompt="x" * 900))
+    events = [e for i in range(len(data)) for e in frames.receive(data[i : i + 1], end_stream=False)]
+    assert events == [RequestReceived(GenerateRequest(id="r1", prompt="x" * 900))]
