@@ -161,3 +161,34 @@ def test_unreachable_edge_exits_1(
     monkeypatch.setenv("ISTHMUS_ADMIN_TOKEN", "x" * 20)
     code = swap.main(["--edge", "http://127.0.0.1:9", "--from", "a:1", "--to", "b:2", "--timeout", "2"])
     assert code == 1 and "edge http://127.0.0.1:9" in capsys.readouterr().err
+
+
+async def test_edge_admin_reads_migrations_from_a_real_admin_api() -> None:
+    """`EdgeAdmin` against the edge's real admin routes (`GET /admin/migrations` needs the token)."""
+    import asyncio
+    import hashlib
+    from types import SimpleNamespace
+
+    from aiohttp import web
+    from isthmus.edge.admin_api import admin_setup
+    from isthmus.edge.migration import STATS
+
+    token = "swap-test-admin-token-0123456789"
+    node = SimpleNamespace(config=SimpleNamespace(admin=SimpleNamespace(
+        token_sha256=hashlib.sha256(token.encode()).hexdigest())), audit=None)
+    app = web.Application()
+    admin_setup(node)(app)  # type: ignore[arg-type]
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        url = f"http://127.0.0.1:{port}"
+        counts = await asyncio.to_thread(swap.EdgeAdmin(url, token).migrations)
+        assert (counts.started, counts.finished) == (STATS.started, STATS.finished)
+        assert counts.stall_buckets == BUCKETS and len(counts.stall_counts) == len(BUCKETS)
+        with pytest.raises(SwapError, match="403"):
+            await asyncio.to_thread(swap.EdgeAdmin(url, "wrong-token-0123456789").migrations)
+    finally:
+        await runner.cleanup()
