@@ -212,7 +212,9 @@ class EdgeConnection(QuicConnectionProtocol):
             return
         try:
             self._quic.send_stream_data(stream_id, data, end_stream=end_stream)
-        except (ValueError, AssertionError):  # stream already reset or finished by the edge
+        except (ValueError, AssertionError, RuntimeError):
+            # The stream is already finished, or reset (aioquic raises RuntimeError once the edge's
+            # STOP_SENDING reset our side): nothing more to say on it.
             return
         self.transmit()
 
@@ -223,7 +225,7 @@ class EdgeConnection(QuicConnectionProtocol):
         try:
             self._quic.reset_stream(stream_id, int(ErrorCode.CANCELLED))
             self._quic.stop_stream(stream_id, int(ErrorCode.CANCELLED))
-        except ValueError:  # the edge already finished the stream
+        except (ValueError, RuntimeError):  # the edge already finished or reset the stream
             pass
         self.transmit()
 
