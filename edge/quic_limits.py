@@ -22,7 +22,9 @@ class QuicLimits:
     max_streams_per_connection: int = 64  # concurrent request streams; also the QUIC transport param
     max_frame_size: int = MAX_FRAME_SIZE  # bytes: checked before a frame body is buffered
     idle_timeout_s: float = 60.0  # seconds
-    max_stream_data: int = 1024 * 1024  # bytes: flow-control window we grant per stream
+    # bytes: the flow-control window first granted per stream (aioquic doubles it each time half
+    # is used): small, so a stream refused from its first bytes cannot have sent much meanwhile
+    max_stream_data: int = 64 * 1024
     max_data: int = 4 * 1024 * 1024  # bytes: flow-control window we grant per connection
     buffers: BufferLimits = field(default_factory=BufferLimits)
     max_session_tickets: int = 10_000  # tickets remembered for 0-RTT resumption
