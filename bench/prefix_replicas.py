@@ -131,7 +131,7 @@ async def run_policy(model: str, policy: str, args: argparse.Namespace) -> dict[
             prompt_tokens[replica.endpoint] += sizes[-1]
         return replica
 
-    pool.pick = counting_pick  # type: ignore[method-assign]
+    pool.pick = counting_pick
     system, convs = make_workload(args)
     ttft: list[float] = []
     slots = asyncio.Semaphore(args.concurrency)
@@ -178,8 +178,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
     for r in results:
         a, b = r["rates"]
         print(f"| {r['policy']} | {a:.1%} | {b:.1%} | {r['hit_rate']:.1%} | {r['engine_hit_rate']:.1%} | "
-              f"{r['requests'][0]} / {r['requests'][1]} | {r['prompt_tokens'][0]} / {r['prompt_tokens'][1]} | "
-              f"{r['ttft_ms']:.0f} | {r['wall_s']:.1f} |")
+              f"{r['requests'][0]} / {r['requests'][1]} | "
+              f"{r['prompt_tokens'][0]} / {r['prompt_tokens'][1]} | {r['ttft_ms']:.0f} | {r['wall_s']:.1f} |")
 
 
 def tiny_model(root: str | Path) -> Path:
