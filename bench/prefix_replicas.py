@@ -10,7 +10,7 @@ Workload: ``--conversations`` chats of ``--turns`` turns share one ``--system``-
 prompt; every turn resends the whole history (system prompt, earlier user messages and answers)
 plus a new 16-48-token user message and asks for ``--max-tokens`` greedy tokens. At most
 ``--concurrency`` conversations are in flight; a conversation sends its next turn as soon as its
-answer ends.
+answer ends. A short warm-up on throwaway replicas runs first.
 
 Read per run: each replica's prefix-cache hit rate from its `Status` (as the edge sees it), the
 requests the pool sent to each replica (counted at `CenterPool.pick`), the overall hit rate (the
@@ -115,7 +115,9 @@ async def run_policy(model: str, policy: str, args: argparse.Namespace) -> dict[
         raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
     centers = [await _start_center(model, args) for _ in range(2)]
     endpoints = [f"127.0.0.1:{server.port}" for server, _ in centers]
-    affinity = PrefixAffinity(AffinityOptions(enabled=policy == "cache-aware"))
+    cost = getattr(args, "load_cost_blocks", None)
+    knobs = {} if cost is None else {"load_cost_blocks": cost}
+    affinity = PrefixAffinity(AffinityOptions(enabled=policy == "cache-aware", **knobs))
     pool = CenterPool(endpoints, options=PoolOptions(health_interval_s=0.5), affinity=affinity)
     requests = dict.fromkeys(endpoints, 0)
     prompt_tokens = dict.fromkeys(endpoints, 0)
@@ -198,12 +200,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-tokens", type=int, default=16, help="answer tokens per turn")
     ap.add_argument("--concurrency", type=int, default=4, help="conversations in flight at most")
     ap.add_argument("--num-kv-blocks", type=int, default=512, help="KV blocks of 16 tokens per replica")
+    ap.add_argument("--load-cost-blocks", type=float, default=None,
+                    help="AffinityOptions.load_cost_blocks for the cache-aware run (default: its default)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     for name in ("conversations", "turns", "max_tokens", "concurrency", "num_kv_blocks", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.load_cost_blocks is not None and args.load_cost_blocks < 0:
+        ap.error("--load-cost-blocks must be >= 0")
     if args.system < 0:
         ap.error("--system must be >= 0")
     return args
@@ -215,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     model = args.model or str(tiny_model(tempfile.mkdtemp(prefix="isthmus-prefix-replicas-")))
+    # warm-up on throwaway replicas (torch's first calls are slow), so neither policy pays for it
+    warm = argparse.Namespace(**{**vars(args), "conversations": 2, "turns": 1})
+    asyncio.run(run_policy(model, POLICIES[0], warm))
     results = [asyncio.run(run_policy(model, p, args)) for p in POLICIES]
     print(f"{args.conversations} conversations x {args.turns} turns, {args.system}-token system prompt, "
           f"{args.max_tokens} answer tokens, {args.concurrency} in flight, 2 replicas")
