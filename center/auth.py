@@ -12,7 +12,9 @@ Two rules, both secure by default:
   listed anywhere, because only the data plane is listed (fail closed).
 
 `AdminPolicy.check` is sans-IO (metadata and auth context in, a refusal or None out); `AdminGuard`
-is the one grpc.aio interceptor that applies it.
+is the one grpc.aio interceptor that applies it. Given an `AuditLog`, it also writes one line per
+admin call when the call ends (outcome ``ok`` or ``failed``) and one ``auth.refused`` line per
+refused call (what goes in a line: admin_audit.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from isthmus.center.admin_audit import (
+    REFUSED_ACTION,
+    action_for,
+    actor_of,
+    peer_address,
+    reply_outcome,
+    request_details,
+)
+from isthmus.engine.audit import AuditLog
 from isthmus.protocol import rpc
 
 DATA_PLANE_METHODS = frozenset({rpc.GENERATE, rpc.STATUS})  # open to any peer that reached the port
@@ -168,10 +179,12 @@ Behavior = Callable[..., Any]
 
 
 class AdminGuard(grpc.aio.ServerInterceptor):
-    """Applies `AdminPolicy` to every admin method before its handler runs (one place for all)."""
+    """Applies `AdminPolicy` to every admin method before its handler runs (one place for all), and
+    writes each admin call and each refusal to ``audit`` when one is given."""
 
-    def __init__(self, policy: AdminPolicy) -> None:
+    def __init__(self, policy: AdminPolicy, audit: AuditLog | None = None) -> None:
         self.policy = policy
+        self.audit = audit
 
     async def intercept_service(
         self,
@@ -181,47 +194,92 @@ class AdminGuard(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not is_admin_method(handler_call_details.method):
             return handler
-        return self._guarded(handler)
+        return self._guarded(handler, handler_call_details.method)
 
-    async def _require(self, context: grpc.aio.ServicerContext) -> None:
-        refusal = self.policy.check(context.invocation_metadata() or (), context.auth_context())
+    def _record(self, action: str, actor: str, context: grpc.aio.ServicerContext, outcome: str,
+                details: dict[str, object]) -> None:
+        if self.audit is not None:
+            self.audit.record(action, actor=actor, source=peer_address(context.peer()), outcome=outcome,
+                              details=details)
+
+    async def _require(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> str:
+        """The caller's actor name; a refused caller gets an ``auth.refused`` line and the abort."""
+        metadata = context.invocation_metadata() or ()
+        auth = context.auth_context()
+        refusal = self.policy.check(metadata, auth)
+        presented = _bearer(metadata) is not None
         if refusal is not None:
+            details = request_details(method, request)
+            details.update(code=refusal.code.name, reason=refusal.message,
+                           presented="bearer" if presented else "none")
+            self._record(REFUSED_ACTION, actor_of(False, auth), context, "refused", details)
             await context.abort(refusal.code, refusal.message)
+        return actor_of(presented, auth)
 
-    def _guarded(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        require = self._require
+    def _ended(self, method: str, request: Any, actor: str, context: grpc.aio.ServicerContext,
+               outcome: str, extra: dict[str, object]) -> None:
+        self._record(action_for(method, request), actor, context, outcome,
+                     {**request_details(method, request), **extra})
+
+    def _guarded(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        require, ended = self._require, self._ended
         kw = {"request_deserializer": handler.request_deserializer,
               "response_serializer": handler.response_serializer}
         if handler.unary_unary is not None:
             uu: Behavior = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await require(context)
-                return await uu(request, context)
+                actor = await require(method, request, context)
+                try:
+                    reply = await uu(request, context)
+                except BaseException as exc:
+                    ended(method, request, actor, context, "failed", {"error": type(exc).__name__})
+                    raise
+                ended(method, request, actor, context, *reply_outcome(reply))
+                return reply
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
         if handler.unary_stream is not None:
             us: Behavior = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await require(context)
-                async for msg in us(request, context):
-                    yield msg
+                actor = await require(method, request, context)
+                num = 0
+                try:
+                    async for msg in us(request, context):
+                        num += 1
+                        yield msg
+                except BaseException as exc:  # GeneratorExit: the caller went away mid-stream
+                    ended(method, request, actor, context, "failed",
+                          {"error": type(exc).__name__, "num_chunks": num})
+                    raise
+                ended(method, request, actor, context, "ok", {"num_chunks": num})
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
         if handler.stream_unary is not None:
             su: Behavior = handler.stream_unary
 
             async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                await require(context)
-                return await su(requests, context)
+                actor = await require(method, None, context)
+                try:
+                    reply = await su(requests, context)
+                except BaseException as exc:
+                    ended(method, None, actor, context, "failed", {"error": type(exc).__name__})
+                    raise
+                ended(method, None, actor, context, *reply_outcome(reply))
+                return reply
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
         ss: Behavior = handler.stream_stream
 
         async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            await require(context)
-            async for msg in ss(requests, context):
-                yield msg
+            actor = await require(method, None, context)
+            try:
+                async for msg in ss(requests, context):
+                    yield msg
+            except BaseException as exc:
+                ended(method, None, actor, context, "failed", {"error": type(exc).__name__})
+                raise
+            ended(method, None, actor, context, "ok", {})
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)

@@ -7,7 +7,8 @@ the plans rank 0 broadcasts. Without torchrun it runs TP=1 in this one process.
 Secure by default: it listens on 127.0.0.1 unless ``--host`` says otherwise, and beyond loopback
 it needs mutual TLS (``--tls-cert --tls-key --tls-client-ca``) or an explicit ``--insecure``. The
 admin call ``Drain`` needs a verified client certificate (``--admin-cn`` narrows which) or the token
-in ``--admin-token-file``; without either, only a signal drains it.
+in ``--admin-token-file``; without either, only a signal drains it. ``--audit-log PATH`` (or ``-``
+for stdout) records every admin call, every refused one and every signal drain as JSON lines.
 
 Exit status: 0 after a graceful drain (SIGTERM, SIGINT or the Drain call), 1 when the model or
 the tensor-parallel group failed, 2 for bad arguments.
@@ -42,6 +43,7 @@ from isthmus.center.distributed import (
 from isthmus.center.seams import CenterEngine
 from isthmus.center.server import DEFAULT_GRACE_S, CenterServer, TLSFiles
 from isthmus.center.service import CenterService
+from isthmus.engine.audit import AuditLog
 from isthmus.engine.options import EngineOptions
 
 log = logging.getLogger("isthmus.center")
@@ -65,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-cn", action="append", default=None, metavar="CN",
                    help="with mutual TLS, only client certificates with this common name may make admin "
                         "calls (repeatable; default: any verified client certificate)")
+    p.add_argument("--audit-log", metavar="PATH",
+                   help="append one JSON line per admin call and refused admin call to PATH ('-': stdout, "
+                        "for the journal); never tokens or prompts (default: no audit log)")
+    p.add_argument("--audit-max-bytes", type=int, default=10 * 1024 * 1024,
+                   help="rotate the audit log past this size in bytes (default 10 MiB)")
+    p.add_argument("--audit-backups", type=int, default=5,
+                   help="rotated audit logs kept: PATH.1 .. PATH.N (default 5)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu (gloo) or cuda (NCCL)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--num-kv-blocks", type=int, help="KV cache blocks per rank (default: from memory)")
@@ -98,6 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"{flag} must be >= 1, got {value}")
     if a.grace_s < 0:
         parser.error(f"--grace-s must be >= 0, got {a.grace_s}")
+    if a.audit_max_bytes < 1:
+        parser.error(f"--audit-max-bytes must be >= 1, got {a.audit_max_bytes}")
+    if a.audit_backups < 0:
+        parser.error(f"--audit-backups must be >= 0, got {a.audit_backups}")
     if a.collective_timeout_s <= 0:
         parser.error(f"--collective-timeout-s must be > 0, got {a.collective_timeout_s}")
     if (a.tls_cert is None) != (a.tls_key is None):
@@ -149,8 +162,9 @@ async def serve(a: argparse.Namespace, opts: EngineOptions, runner: Any = None) 
     await engine.start()
     service = CenterService(engine, engine.tokenizer, engine.model_name, max_model_len=engine.max_model_len)
     tls = TLSFiles(a.tls_cert, a.tls_key, a.tls_client_ca) if a.tls_cert is not None else None
+    audit = open_audit(a)
     server = CenterServer(service, host=a.host, port=a.port, tls=tls, default_grace_s=a.grace_s,
-                          admin=admin_policy(a), allow_insecure=a.insecure)
+                          admin=admin_policy(a), allow_insecure=a.insecure, audit=audit)
     port = await server.start()
     failure: list[str] = []
     try:
@@ -160,7 +174,8 @@ async def serve(a: argparse.Namespace, opts: EngineOptions, runner: Any = None) 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(
-                sig, lambda s: loop.create_task(_drain_on(server, s, migrate=a.drain_migrate)), sig
+                sig, lambda s: loop.create_task(_drain_on(server, s, migrate=a.drain_migrate, audit=audit)),
+                sig,
             )
         stopped = loop.create_task(server.wait_stopped())
         while not stopped.done():
@@ -175,12 +190,25 @@ async def serve(a: argparse.Namespace, opts: EngineOptions, runner: Any = None) 
         await server.stop(grace_s=0.0)
         service.close()
         await engine.stop()
+        if audit is not None:
+            audit.close()
     return 1 if failure else 0
 
 
-async def _drain_on(server: CenterServer, sig: signal.Signals, migrate: bool = False) -> None:
+def open_audit(a: argparse.Namespace) -> AuditLog | None:
+    """The audit log ``--audit-log`` asks for (rotated file, or stdout for ``-``), or None."""
+    if not a.audit_log:
+        return None
+    return AuditLog.open(a.audit_log, max_bytes=a.audit_max_bytes, backups=a.audit_backups)
+
+
+async def _drain_on(server: CenterServer, sig: signal.Signals, migrate: bool = False,
+                    audit: AuditLog | None = None) -> None:
     log.info("received %s: draining%s", sig.name, " with migrate" if migrate else "")
-    await server.drain(migrate=migrate)
+    num = await server.drain(migrate=migrate)
+    if audit is not None:  # an operator's signal is an admin action too
+        audit.record("migrate" if migrate else "drain", actor=f"signal:{sig.name}", source="local",
+                     details={"method": "signal", "migrate": migrate, "num_in_flight": num})
 
 
 def main(argv: list[str] | None = None) -> int:

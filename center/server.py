@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from isthmus.center.auth import AdminGuard, AdminPolicy, check_exposure
 from isthmus.center.service import CenterService
 from isthmus.center.weights_service import WeightsServer
+from isthmus.engine.audit import AuditLog
 from isthmus.protocol import (
     DrainReply,
     DrainRequest,
@@ -100,11 +101,12 @@ class CenterServer:
         admin: AdminPolicy | None = None,
         allow_insecure: bool = False,
         weights_dir: str | Path | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         """``admin``: who may make admin calls (default: verified client certificates when ``tls``
         has a client CA, else nobody). ``allow_insecure``: serve beyond loopback without mutual TLS.
         ``weights_dir``: the checkpoint folder `FetchWeights` serves (weights_service.py; default:
-        the engine's model folder)."""
+        the engine's model folder). ``audit``: where `AdminGuard` records admin calls and refusals."""
         self.service = service
         self.host = host
         self.port = port
@@ -114,6 +116,7 @@ class CenterServer:
         self.is_mutual_tls = tls is not None and tls.client_ca is not None
         self.admin = admin if admin is not None else AdminPolicy(mutual_tls=self.is_mutual_tls)
         self.allow_insecure = allow_insecure
+        self.audit = audit
         if weights_dir is None:
             model = getattr(getattr(getattr(service, "engine", None), "options", None), "model", None)
             weights_dir = model if isinstance(model, str | Path) else None
@@ -130,7 +133,7 @@ class CenterServer:
         """
         check_exposure(self.host, mutual_tls=self.is_mutual_tls, insecure=self.allow_insecure)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AdminGuard(self.admin)])
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AdminGuard(self.admin, self.audit)])
         server.add_generic_rpc_handlers((self._handlers(), self.weights.handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         address = f"{self.host}:{self.port}"
