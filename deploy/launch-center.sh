@@ -58,6 +58,11 @@ Serving (node rank 0):
                           With mutual TLS, a verified client certificate also may.
   --admin-cn CN           With mutual TLS, only client certificates with this common name may
                           make admin calls (repeatable). Default: any verified certificate.
+  --audit-log PATH        Append one JSON line per admin call (Drain, migrate, Export,
+                          FetchWeights), per refused admin call and per signal drain to PATH
+                          ("-": stdout, for the journal). Never tokens or prompts. Default: none.
+  --audit-max-bytes N     Rotate the audit log past N bytes (PATH.1, PATH.2, ...). Default 10 MiB.
+  --audit-backups N       Rotated audit logs kept. Default 5.
   --grace-s S             Drain grace period on SIGTERM: in-flight requests get this long to
                           finish. Default 30.
   --drain-migrate         On SIGTERM, drain with migrate instead: every in-flight request ends
@@ -94,7 +99,7 @@ die() {
 MODEL="" TP_SIZE="" NPROC="" NNODES=1 NODE_RANK=0 RDZV="127.0.0.1:29500" DEVICE=cuda DTYPE=auto
 NUM_KV_BLOCKS="" MAX_NUM_SEQS="" COLL_TIMEOUT=60 HOST=127.0.0.1 PORT=50051 TLS_CERT="" TLS_KEY=""
 TLS_CLIENT_CA="" GRACE_S=30 PYTHON="" DRY_RUN=0 TLS_DIR="" INSECURE=0 ADMIN_TOKEN_FILE="" RESTARTS=0
-RESTART_DELAY=5 DRAIN_MIGRATE=0
+RESTART_DELAY=5 DRAIN_MIGRATE=0 AUDIT_LOG="" AUDIT_MAX_BYTES="" AUDIT_BACKUPS=""
 TLS_HOSTS=() ADMIN_CNS=()
 
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value"; }
@@ -127,6 +132,9 @@ while [[ $# -gt 0 ]]; do
         --restart-delay) need_value "$@"; RESTART_DELAY="$2"; shift 2 ;;
         --grace-s) need_value "$@"; GRACE_S="$2"; shift 2 ;;
         --drain-migrate) DRAIN_MIGRATE=1; shift ;;
+        --audit-log) need_value "$@"; AUDIT_LOG="$2"; shift 2 ;;
+        --audit-max-bytes) need_value "$@"; AUDIT_MAX_BYTES="$2"; shift 2 ;;
+        --audit-backups) need_value "$@"; AUDIT_BACKUPS="$2"; shift 2 ;;
         --python) need_value "$@"; PYTHON="$2"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
         *) die "unknown option '$1' (see --help)" ;;
@@ -168,6 +176,8 @@ case "$DTYPE" in auto|float32|bfloat16|float16) ;; *) die "--dtype must be auto|
 is_number "$COLL_TIMEOUT" || die "--collective-timeout-s must be a positive number of seconds"
 is_number "$GRACE_S" || die "--grace-s must be a non-negative number of seconds"
 is_uint "$PORT" && (( PORT >= 1 && PORT <= 65535 )) || die "--port must be 1..65535, got '$PORT'"
+[[ -z "$AUDIT_MAX_BYTES" ]] || is_pos_int "$AUDIT_MAX_BYTES" || die "--audit-max-bytes must be a positive integer"
+[[ -z "$AUDIT_BACKUPS" ]] || is_uint "$AUDIT_BACKUPS" || die "--audit-backups must be a non-negative integer"
 is_uint "$RESTARTS" || die "--restart must be a non-negative integer, got '$RESTARTS'"
 is_number "$RESTART_DELAY" || die "--restart-delay must be a non-negative number of seconds"
 if [[ -n "$TLS_DIR" ]]; then
@@ -281,6 +291,9 @@ if (( NODE_RANK == 0 )); then  # serving options; the other nodes' ranks never s
     (( DRAIN_MIGRATE )) && CMD+=(--drain-migrate)
     [[ -n "$ADMIN_TOKEN_FILE" ]] && CMD+=(--admin-token-file "$ADMIN_TOKEN_FILE")
     for cn in "${ADMIN_CNS[@]}"; do CMD+=(--admin-cn "$cn"); done
+    [[ -n "$AUDIT_LOG" ]] && CMD+=(--audit-log "$AUDIT_LOG")
+    [[ -n "$AUDIT_MAX_BYTES" ]] && CMD+=(--audit-max-bytes "$AUDIT_MAX_BYTES")
+    [[ -n "$AUDIT_BACKUPS" ]] && CMD+=(--audit-backups "$AUDIT_BACKUPS")
 fi
 
 echo "launch-center: node $NODE_RANK/$NNODES, $NPROC rank(s) here, TP size $WORLD, device $DEVICE" >&2
