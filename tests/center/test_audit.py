@@ -145,3 +145,14 @@ def test_audit_flags(tp_llama: Path) -> None:
     assert a.audit_log == "-" and a.audit_backups == 2 and a.audit_max_bytes == 10 * 1024 * 1024
     with pytest.raises(SystemExit):
         parse_args(["--model", str(tp_llama), "--audit-max-bytes", "0"])
+
+
+def test_the_center_writes_its_audit_log_without_importing_the_edge() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, isthmus.center.main, isthmus.center.server; "
+            "print(sorted(m for m in sys.modules if m.startswith('isthmus.edge')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
