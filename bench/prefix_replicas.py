@@ -204,8 +204,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="AffinityOptions.load_cost_blocks for the cache-aware run (default: its default)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each policy (the order alternates)")
     args = ap.parse_args(argv)
-    for name in ("conversations", "turns", "max_tokens", "concurrency", "num_kv_blocks", "threads"):
+    positive = ("conversations", "turns", "max_tokens", "concurrency", "num_kv_blocks", "threads", "repeats")
+    for name in positive:
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.load_cost_blocks is not None and args.load_cost_blocks < 0:
@@ -224,10 +226,20 @@ def main(argv: list[str] | None = None) -> int:
     # warm-up on throwaway replicas (torch's first calls are slow), so neither policy pays for it
     warm = argparse.Namespace(**{**vars(args), "conversations": 2, "turns": 1})
     asyncio.run(run_policy(model, POLICIES[0], warm))
-    results = [asyncio.run(run_policy(model, p, args)) for p in POLICIES]
+    results: list[dict[str, Any]] = []
+    for i in range(args.repeats):  # the order alternates, so neither policy always runs first
+        order = POLICIES if i % 2 == 0 else POLICIES[::-1]
+        results += [asyncio.run(run_policy(model, p, args)) for p in order]
     print(f"{args.conversations} conversations x {args.turns} turns, {args.system}-token system prompt, "
           f"{args.max_tokens} answer tokens, {args.concurrency} in flight, 2 replicas")
     print_table(results)
+    if args.repeats > 1:
+        for p in POLICIES:
+            runs = [r for r in results if r["policy"] == p]
+            rates = [r["hit_rate"] for r in runs]
+            ttft = statistics.fmean(r["ttft_ms"] for r in runs)
+            print(f"{p}: overall hit rate mean {statistics.fmean(rates):.1%} (min {min(rates):.1%}, "
+                  f"max {max(rates):.1%}), mean first token {ttft:.0f} ms")
     return 0
 
 
