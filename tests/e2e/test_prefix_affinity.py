@@ -1,17 +1,19 @@
 """Two real center replicas behind one `CenterPool`: the cache-aware policy vs least-loaded.
 
 Runs bench/prefix_replicas.py's workload, small (4 conversations x 3 turns, 200-token system
-prompt, 2 in flight), over real gRPC on loopback with tiny in-process centers; the hit rates are
-the replicas' own, read from their `Status`.
+prompt, 2 in flight, each policy three times), over real gRPC on loopback with tiny in-process
+centers; the hit rates are the replicas' own, read from their `Status`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import statistics
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -34,14 +36,21 @@ async def test_cache_aware_choice_hits_at_least_as_often_without_starving_a_repl
     args = argparse.Namespace(
         conversations=4, turns=3, system=200, max_tokens=8, concurrency=2, num_kv_blocks=256, seed=0
     )
-    aware = await bench.run_policy(model, "cache-aware", args)
-    least = await bench.run_policy(model, "least-loaded", args)
-    for run in (aware, least):
+    # one run of either policy varies with timing (which replica looks idler when a turn is
+    # routed): single least-loaded runs ranged 64.6-72.6% and cache-aware ones 71.2-72.6%, so the
+    # means of three alternating runs are compared
+    runs: dict[str, list[dict[str, Any]]] = {"cache-aware": [], "least-loaded": []}
+    for i in range(3):  # the order alternates, so neither policy always runs first
+        for policy in bench.POLICIES if i % 2 == 0 else bench.POLICIES[::-1]:
+            runs[policy].append(await bench.run_policy(model, policy, args))
+    for run in [*runs["cache-aware"], *runs["least-loaded"]]:
         assert sum(run["requests"]) == 4 * 3
         assert all(n > 0 for n in run["requests"]), run  # neither replica starved
         assert 0.0 < run["hit_rate"] < 1.0
         assert run["hit_rate"] == pytest.approx(run["engine_hit_rate"], abs=1e-6)  # Status agrees
-    assert aware["hit_rate"] >= least["hit_rate"], (aware, least)
+    aware = statistics.fmean(r["hit_rate"] for r in runs["cache-aware"])
+    least = statistics.fmean(r["hit_rate"] for r in runs["least-loaded"])
+    assert aware >= least, runs
 
 
 async def test_unknown_policy_is_a_clear_error(tmp_path: Path) -> None:
