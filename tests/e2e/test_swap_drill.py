@@ -59,8 +59,13 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @contextlib.asynccontextmanager
-async def in_process_center(model: Path) -> AsyncIterator[Any]:
-    """A TP=1 center on an ephemeral loopback port with room for every stream and an admin token."""
+async def in_process_center(model: Path, step_delay_s: float = 0.0) -> AsyncIterator[Any]:
+    """A TP=1 center on an ephemeral loopback port with room for every stream and an admin token.
+
+    `step_delay_s` sleeps before each engine step, so answers on this replica take at least
+    MAX_TOKENS x that long whatever the machine's speed: the swap must reach its drain while
+    every stream is still mid-answer, also on a fast, idle host.
+    """
     from isthmus.center.auth import AdminPolicy
     from isthmus.center.server import CenterServer
     from isthmus.center.service import CenterService
@@ -69,6 +74,15 @@ async def in_process_center(model: Path) -> AsyncIterator[Any]:
 
     engine = AsyncEngine(EngineOptions(model=str(model), dtype="float32", num_kv_blocks=512, max_num_seqs=64))
     await engine.start()
+    if step_delay_s > 0:
+        core = engine.core
+        step = core.step
+
+        def slow_step(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(step_delay_s)  # on the engine's own step thread
+            return step(*args, **kwargs)
+
+        core.step = slow_step  # type: ignore[method-assign]
     service = CenterService(engine, engine.tokenizer, "tiny-center", max_model_len=engine.max_model_len)
     server = CenterServer(service, host="127.0.0.1", port=0, admin=AdminPolicy(token=CENTER_TOKEN))
     await server.start()
@@ -148,7 +162,7 @@ def _tokens(progress: list[Outcome]) -> int:
 async def test_swap_drill_50_streams_move_from_a_to_b_unbroken(
     models: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    async with in_process_center(models[1]) as a, in_process_center(models[1]) as b:
+    async with in_process_center(models[1], step_delay_s=0.05) as a, in_process_center(models[1]) as b:
         src, dst = f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"
         async with edge_node(models[0], tmp_path, [src]) as node:
             reference = await run_streams(node.quic_address, [])
