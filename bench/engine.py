@@ -7,7 +7,7 @@
             longest max_tokens; only the requested tokens count)
 and it prints useful generated tokens/s of each plus the ratios.
 
-Default checkpoint (written by engine/tiny.py into a temp folder): LLaMA, hidden 384, 6 layers,
+Default checkpoint (written by models/tiny_checkpoint.py into a temp folder): LLaMA, hidden 384, 6 layers,
 6 heads (head_dim 64) with 2 KV heads, ffn 1024, vocab 8192 (~17 M parameters), fp32; big enough
 that matmuls, not Python, dominate a transformers step on CPU.
 
@@ -43,8 +43,8 @@ def make_requests(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
 
 
 def bench_ours(path: str, reqs: list[tuple[list[int], int]], args: argparse.Namespace) -> tuple[float, int]:
-    from isthmus.engine.llm import LLM
-    from isthmus.engine.params import SamplingParams
+    from isthmus.engine.core.llm import LLM
+    from isthmus.engine.core.params import SamplingParams
 
     llm = LLM(
         path,
@@ -137,7 +137,7 @@ def main() -> None:
     path = args.model
     vocab = 8192
     if path is None:
-        from isthmus.engine.tiny import make_tiny_checkpoint
+        from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
         path = str(
             make_tiny_checkpoint(

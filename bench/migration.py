@@ -1,6 +1,6 @@
 """Live migration stall: concurrent streams moved off a draining center replica, token-based.
 
-Two center replicas (tiny checkpoint from engine/tiny.py, CPU, fp32) serve ``--streams`` greedy
+Two center replicas (tiny checkpoint from models/tiny_checkpoint.py, CPU, fp32) serve ``--streams`` greedy
 requests at once through one edge `CenterPool` (real gRPC on 127.0.0.1) with
 `edge.migration.follow_migrations` in front, as the edge's relay does. Once every stream has
 ``--after`` tokens, replica A gets ``Drain(migrate=true)``: each of its requests ends with its
@@ -28,9 +28,9 @@ from isthmus.center.service import CenterService
 from isthmus.edge.migration import MigrationStats, follow_migrations
 from isthmus.edge.pool import CenterPool
 from isthmus.edge.replica import PoolOptions
-from isthmus.engine.async_engine import AsyncEngine
-from isthmus.engine.options import EngineOptions
-from isthmus.engine.tiny import make_tiny_checkpoint
+from isthmus.engine.core.async_engine import AsyncEngine
+from isthmus.engine.core.options import EngineOptions
+from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 from isthmus.protocol import GenerateRequest, SamplingOptions, TokenChunk, pack_ids, unpack_ids
 
 

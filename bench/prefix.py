@@ -11,7 +11,7 @@ the table prints the mean first-token latency (submission to first token, queuei
 turn, the throughput and the cache's hit rate, side by side. The greedy answers of both runs are
 compared token for token.
 
-Default checkpoint (written by engine/tiny.py into a temp folder): LLaMA, hidden 256, 4 layers,
+Default checkpoint (written by models/tiny_checkpoint.py into a temp folder): LLaMA, hidden 256, 4 layers,
 vocab 8192, fp32 (~6 M parameters).
 
     .venv/bin/python bench/prefix.py                        # 32 x 6 turns, 500-token system prompt
@@ -54,9 +54,9 @@ def make_workload(args: argparse.Namespace) -> tuple[list[int], list[Conversatio
 
 
 def run_engine(path: str, args: argparse.Namespace, caching: bool) -> dict:
-    from isthmus.engine.core import EngineCore
-    from isthmus.engine.options import EngineOptions
-    from isthmus.engine.params import SamplingParams
+    from isthmus.engine.core.core import EngineCore
+    from isthmus.engine.core.options import EngineOptions
+    from isthmus.engine.core.params import SamplingParams
 
     options = EngineOptions(
         model=path, num_kv_blocks=args.num_kv_blocks, block_size=16, max_num_seqs=64,
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tiny(args: argparse.Namespace) -> Path:
-    from isthmus.engine.tiny import make_tiny_checkpoint
+    from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
     return make_tiny_checkpoint(
         tempfile.mkdtemp(prefix="isthmus-prefix-bench-"), "llama", seed=0, hidden_size=args.hidden,

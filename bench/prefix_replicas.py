@@ -59,8 +59,8 @@ def make_workload(args: argparse.Namespace) -> tuple[list[int], list[Conversatio
 async def _start_center(model: str, args: argparse.Namespace) -> tuple[Any, Any]:
     from isthmus.center.server import CenterServer
     from isthmus.center.service import CenterService
-    from isthmus.engine.async_engine import AsyncEngine
-    from isthmus.engine.options import EngineOptions
+    from isthmus.engine.core.async_engine import AsyncEngine
+    from isthmus.engine.core.options import EngineOptions
 
     engine = AsyncEngine(EngineOptions(
         model=model, num_kv_blocks=args.num_kv_blocks, block_size=16, max_num_seqs=16,
@@ -186,7 +186,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
 
 def tiny_model(root: str | Path) -> Path:
     """The default checkpoint: tiny LLaMA (hidden 64, 2 layers, vocab 1024, fp32)."""
-    from isthmus.engine.tiny import make_tiny_checkpoint
+    from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
     return make_tiny_checkpoint(Path(root) / "center", "llama", seed=12, vocab_size=VOCAB)
 

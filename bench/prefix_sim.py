@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass, field
 
 from isthmus.edge.affinity import AffinityOptions, PrefixAffinity
-from isthmus.engine.block_manager import BlockManager
+from isthmus.engine.core.block_manager import BlockManager
 
 BLOCK = 16  # tokens per KV block
 

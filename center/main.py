@@ -44,7 +44,7 @@ from isthmus.center.seams import CenterEngine
 from isthmus.center.server import DEFAULT_GRACE_S, CenterServer, TLSFiles
 from isthmus.center.service import CenterService
 from isthmus.engine.audit import AuditLog
-from isthmus.engine.options import EngineOptions
+from isthmus.engine.core.options import EngineOptions
 
 log = logging.getLogger("isthmus.center")
 WATCH_INTERVAL_S = 0.5  # seconds between checks that the engine and the TP group are alive
@@ -146,8 +146,8 @@ def engine_options(a: argparse.Namespace, local_rank: int = 0) -> EngineOptions:
 
 async def warm_up(engine: CenterEngine) -> None:
     """One short greedy request end to end (every rank's forward, sampling, detokenizing)."""
-    from isthmus.engine.async_engine import EngineRequest
-    from isthmus.engine.params import SamplingParams
+    from isthmus.engine.core.async_engine import EngineRequest
+    from isthmus.engine.core.params import SamplingParams
 
     params = SamplingParams(max_tokens=WARMUP_TOKENS, temperature=0.0, ignore_eos=True)
     async for _ in engine.generate(EngineRequest("warmup", [0, 1, 2, 3], params)):
@@ -156,7 +156,7 @@ async def warm_up(engine: CenterEngine) -> None:
 
 async def serve(a: argparse.Namespace, opts: EngineOptions, runner: Any = None) -> int:
     """Rank 0 (or TP=1): engine + gRPC until drained (0) or the engine/group failed (1)."""
-    from isthmus.engine.async_engine import AsyncEngine
+    from isthmus.engine.core.async_engine import AsyncEngine
 
     engine = AsyncEngine(opts, runner=runner)
     await engine.start()

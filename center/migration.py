@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import msgspec
-from isthmus.engine.params import SamplingParams
-from isthmus.engine.state import RequestState
+from isthmus.engine.core.params import SamplingParams
+from isthmus.engine.core.state import RequestState
 from isthmus.protocol import (
     Continuation,
     ErrorCode,

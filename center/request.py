@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from isthmus.engine.params import SamplingParams
+from isthmus.engine.core.params import SamplingParams
 from isthmus.protocol import ErrorCode, GenerateRequest, ProtocolError, unpack_ids
 from isthmus.tokenizer import TokenizerError
 
@@ -83,7 +83,7 @@ def prepare_request(
     INVALID_MESSAGE: sampling values the engine refuses, token ids outside the vocabulary, an empty
     prompt after tokenization. PROMPT_TOO_LONG: no room left in ``max_model_len`` to generate.
     """
-    from isthmus.engine.convert import params_from_options  # engine-side conversion of SamplingOptions
+    from isthmus.engine.core.convert import params_from_options  # engine-side conversion of SamplingOptions
 
     try:
         params = params_from_options(req.sampling, entropy=False)  # nothing reads it here

@@ -1,6 +1,6 @@
 """What the center's request handling needs of its engine and tokenizer, as `typing.Protocol`s.
 
-`CenterService` is written against these seams: `isthmus.engine.async_engine.AsyncEngine` (TP or
+`CenterService` is written against these seams: `isthmus.engine.core.async_engine.AsyncEngine` (TP or
 not) is the `CenterEngine` in production, `isthmus.tokenizer.Tokenizer` the `CenterTokenizer`;
 tests pass small fakes. The edge has its own seams (`isthmus.edge.seams`): the tiers never import
 each other.
@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Protocol
 from isthmus.center.request import PromptTokenizer
 
 if TYPE_CHECKING:  # the engine's types only: importing them here would load the engine
-    from isthmus.engine.async_engine import EngineRequest
-    from isthmus.engine.outputs import EngineLoad, EngineOutput
-    from isthmus.engine.state import RequestState
+    from isthmus.engine.core.async_engine import EngineRequest
+    from isthmus.engine.core.outputs import EngineLoad, EngineOutput
+    from isthmus.engine.core.state import RequestState
 
 
 class CenterEngine(Protocol):

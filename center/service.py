@@ -21,9 +21,9 @@ from isthmus.center.migration import StreamedSoFar, is_migration, migrated_messa
 from isthmus.center.prepare import RequestPreparer
 from isthmus.center.request import PreparedRequest
 from isthmus.center.seams import CenterEngine, CenterTokenizer
-from isthmus.engine.async_engine import EngineNotRunning, EngineRequest
-from isthmus.engine.scheduler import InvalidRequest, PromptTooLong, QueueFull, SchedulerError
-from isthmus.engine.state import RequestState
+from isthmus.engine.core.async_engine import EngineNotRunning, EngineRequest
+from isthmus.engine.core.scheduler import InvalidRequest, PromptTooLong, QueueFull, SchedulerError
+from isthmus.engine.core.state import RequestState
 from isthmus.protocol import (
     Done,
     Error,
@@ -64,7 +64,7 @@ class InFlight:
 class CenterService:
     """Generate / Status / Drain over one engine (TP or not: the engine hides it).
 
-    ``engine`` is an `isthmus.engine.async_engine.AsyncEngine` already started; ``tokenizer`` an
+    ``engine`` is an `isthmus.engine.core.async_engine.AsyncEngine` already started; ``tokenizer`` an
     `isthmus.tokenizer.Tokenizer`. ``on_drained`` is called once, after a drain finished.
     """
 
@@ -79,7 +79,7 @@ class CenterService:
     ) -> None:
         self.engine = engine
         if weights_digest is None:  # the model folder's manifest digest, reported in Status
-            from isthmus.engine.weights_sync import folder_digest
+            from isthmus.engine.model.weights_sync import folder_digest
 
             model = getattr(getattr(engine, "options", None), "model", "")
             weights_digest = folder_digest(model) if model else ""

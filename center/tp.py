@@ -1,6 +1,6 @@
 """Tensor parallelism as a rewrite of the vanilla model's linears (gpt-fast style).
 
-Applied on the `meta` device before loading (`engine/rewrite.py`), so each rank only ever
+Applied on the `meta` device before loading (`engine/model/rewrite.py`), so each rank only ever
 allocates and reads its own shard:
 
 - column-parallel (output features split): the packed ``qkv_proj`` (by heads: this rank's q
@@ -32,8 +32,8 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from isthmus.center.distributed import TPGroup
-from isthmus.engine.config import ModelConfig
-from isthmus.engine.rewrite import rewrite_linears
+from isthmus.engine.model.config import ModelConfig
+from isthmus.engine.model.rewrite import rewrite_linears
 from torch import nn
 
 COLUMN_READ_BYTES = 64 * 1024 * 1024  # bytes of full-width rows read at once for a column shard

@@ -7,7 +7,7 @@ verified client certificate. The request is a msgpack map ``{"name": str, "offse
 reply is a stream of raw byte chunks of that file from ``offset`` on (so an interrupted copy resumes
 where it stopped). Only ``sha256sums.txt`` and the files it lists are served: nothing else of the
 machine can be read through it, whatever the name asks for. The caller verifies every byte against
-the manifest (engine/weights_sync.py); this side only reads.
+the manifest (engine/model/weights_sync.py); this side only reads.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 import msgspec
-from isthmus.engine.checkpoint import MANIFEST_FILE, ChecksumError, parse_manifest
-from isthmus.engine.weights_sync import MAX_MANIFEST_SIZE, SyncError, safe_name
+from isthmus.engine.model.checkpoint import MANIFEST_FILE, ChecksumError, parse_manifest
+from isthmus.engine.model.weights_sync import MAX_MANIFEST_SIZE, SyncError, safe_name
 from isthmus.protocol import rpc
 
 log = logging.getLogger(__name__)

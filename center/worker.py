@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from isthmus.center.distributed import TPGroup, TPGroupError
 from isthmus.center.tp import TensorParallelRewrite
-from isthmus.engine.options import EngineOptions
-from isthmus.engine.plan import RunOutput, SchedulePlan
-from isthmus.engine.runner import ModelRunner, PlanError
+from isthmus.engine.core.options import EngineOptions
+from isthmus.engine.core.plan import RunOutput, SchedulePlan
+from isthmus.engine.runner.model_runner import ModelRunner, PlanError
 
 log = logging.getLogger(__name__)
 

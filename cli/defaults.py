@@ -20,7 +20,7 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("ISTHMUS_CACHE_DIR", "~/.cache/isthmus")
 STATE_FILE = "up.json"  # written by `isthmus up`, read by `isthmus chat`
 
 # Routing knobs measured on the trained default edge model (nf4, greedy, the demo's presence and
-# frequency penalties): `python -m isthmus.models.signals` prints the figures for the demo's prompts and
+# frequency penalties): `python -m isthmus.cli.signals` prints the figures for the demo's prompts and
 # tests/cli/test_demo_margins.py keeps the margins below true.
 # Prompt perplexity: mean NLL of the chat-templated prompt (nats/token). Documentation questions
 # measure 0.7-3.1 (the demo's edge prompts 1.75 and 2.2, its hand-over prompt 3.8); chit-chat and
@@ -62,7 +62,7 @@ def ensure_default_model(cache_dir: Path, which: str, progress: Callable[[str], 
     `cache_dir` is unused (the weights ship with the package); the argument stays for callers.
     """
     del cache_dir
-    from isthmus.engine.checkpoint import ChecksumError, verify_checksums
+    from isthmus.engine.model.checkpoint import ChecksumError, verify_checksums
 
     path = default_model_path(which)
     if not is_checkpoint(path):

@@ -11,7 +11,7 @@ The routing is driven by the trained edge model's own signals and the router:
 - one question from outside the documentation (`HANDOVER_PROMPT`) looks harmless to the router
   and familiar enough to the edge model (prompt perplexity), but the edge starts its answer
   uncertainly: the mean entropy of its first tokens crosses the confidence threshold and the
-  center continues the answer. `models/signals.py` measures the margins this relies on
+  center continues the answer. `cli/signals.py` measures the margins this relies on
   (see `isthmus.cli.defaults`), and tests/cli/test_demo_margins.py keeps them.
 """
 

@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _make_tiny(a: argparse.Namespace) -> int:
-    from isthmus.engine.tiny import make_tiny_checkpoint
+    from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
     print(f"isthmus: writing a tiny {a.arch} checkpoint to {a.path} ...", flush=True)
     shard = 64 * 1024 if a.sharded else None  # bytes per shard: several shards even for tiny models

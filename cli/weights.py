@@ -1,4 +1,4 @@
-"""`isthmus weights manifest DIR` and `isthmus weights sync SRC DST` (see `engine/weights_sync.py`).
+"""`isthmus weights manifest DIR` and `isthmus weights sync SRC DST` (see `engine/model/weights_sync.py`).
 
 Exit status: 0 done, 1 refused or failed (the message says why; the visible version is unchanged),
 2 bad arguments. With ``--audit PATH`` (or ``-`` for stdout) each sync writes one audit record
@@ -40,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    from isthmus.engine.weights_sync import SyncError
+    from isthmus.engine.model.weights_sync import SyncError
 
     if a.action == "manifest":
-        from isthmus.engine.weights_sync import manifest_files, write_manifest
+        from isthmus.engine.model.weights_sync import manifest_files, write_manifest
 
         try:
             path, digest = write_manifest(a.dir)
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _sync(a: argparse.Namespace, sync_error: type[Exception]) -> int:
-    from isthmus.engine.weights_sync import ChecksumMismatch, open_source, sync_checkpoint
+    from isthmus.engine.model.weights_sync import ChecksumMismatch, open_source, sync_checkpoint
 
     details: dict[str, object] = {"src": "", "dst": str(a.dst)}
     source: Any = None

@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 from isthmus.center.auth import admin_metadata, read_admin_token
 from isthmus.center.weights_service import FETCH_WEIGHTS, encode_request
-from isthmus.engine.checkpoint import MANIFEST_FILE
-from isthmus.engine.weights_sync import MAX_MANIFEST_SIZE, SyncError
+from isthmus.engine.model.checkpoint import MANIFEST_FILE
+from isthmus.engine.model.weights_sync import MAX_MANIFEST_SIZE, SyncError
 
 MESSAGE_BYTES = 8 * 1024 * 1024  # bytes: more than one streamed chunk
 CONNECT_TIMEOUT_S = 30.0  # seconds for the manifest call (the file streams have no deadline)

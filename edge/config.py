@@ -25,7 +25,7 @@ from .router import RouterConfig
 from .toml_dataclass import ConfigError, from_table, to_toml
 
 if TYPE_CHECKING:  # built on demand by the methods below: a config alone loads none of them
-    from isthmus.engine.options import EngineOptions
+    from isthmus.engine.core.options import EngineOptions
 
     from .ab_split import AbSplit
     from .audit import AuditLog
@@ -42,7 +42,7 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class EdgeModelConfig:
-    """The edge's `[model]` section (the checkpoint's own config is `isthmus.engine.config.ModelConfig`)."""
+    """The edge's `[model]` section (the checkpoint's own config is `engine.model.config.ModelConfig`)."""
 
     path: str = ""  # Hugging Face checkpoint folder (required)
     name: str = ""  # reported in Done.model; default: the folder name
@@ -346,7 +346,7 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Engine sizing (see `isthmus.engine.options.EngineOptions`)."""
+    """Engine sizing (see `isthmus.engine.core.options.EngineOptions`)."""
 
     block_size: int = 16  # tokens per KV block
     num_kv_blocks: int | None = None
@@ -453,7 +453,7 @@ class EdgeConfig:
 
     def engine_options(self) -> EngineOptions:
         """`EngineOptions` for the edge engine."""
-        from isthmus.engine.options import EngineOptions
+        from isthmus.engine.core.options import EngineOptions
 
         e = self.engine
         return EngineOptions(

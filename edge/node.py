@@ -179,7 +179,7 @@ class EdgeNode:
     # --- parts -----------------------------------------------------------------------------------
     async def _start_engine(self) -> ManagedEngine:
         if self.engine is None:
-            from isthmus.engine.async_engine import AsyncEngine
+            from isthmus.engine.core.async_engine import AsyncEngine
 
             self.engine = AsyncEngine(self.config.engine_options())
         if not getattr(self.engine, "is_running", False):

@@ -22,7 +22,7 @@ from isthmus.protocol.messages import FinishReason
 from .seams import EdgeEngine
 
 if TYPE_CHECKING:  # the engine's output type only: importing it at run time would load the engine
-    from isthmus.engine.outputs import EngineOutput
+    from isthmus.engine.core.outputs import EngineOutput
 
 T = TypeVar("T")
 
@@ -100,8 +100,8 @@ class LocalRun:
         self._num_outputs = 0
 
     async def __aenter__(self) -> LocalRun:
-        from isthmus.engine.async_engine import EngineRequest
-        from isthmus.engine.convert import params_from_options
+        from isthmus.engine.core.async_engine import EngineRequest
+        from isthmus.engine.core.convert import params_from_options
 
         try:
             params = params_from_options(self.req.sampling, entropy=self.want_entropy)
@@ -176,8 +176,8 @@ class LocalRun:
 
 def engine_error(exc: BaseException) -> ProtocolError:
     """The wire error for an engine refusal (queue full, prompt too long, bad request, stopped)."""
-    from isthmus.engine.async_engine import EngineNotRunning
-    from isthmus.engine.scheduler import InvalidRequest, PromptTooLong, QueueFull
+    from isthmus.engine.core.async_engine import EngineNotRunning
+    from isthmus.engine.core.scheduler import InvalidRequest, PromptTooLong, QueueFull
 
     if isinstance(exc, QueueFull):
         return ProtocolError(ErrorCode.OVERLOADED, f"edge queue full: {exc}", retryable=True)

@@ -18,8 +18,8 @@ from .answers import CenterAnswer
 from .router import LoadView
 
 if TYPE_CHECKING:  # the engine's types only: importing them at run time would load the engine
-    from isthmus.engine.async_engine import EngineRequest
-    from isthmus.engine.outputs import EngineLoad, EngineOutput
+    from isthmus.engine.core.async_engine import EngineRequest
+    from isthmus.engine.core.outputs import EngineLoad, EngineOutput
 
 
 class EdgeTokenizer(Protocol):

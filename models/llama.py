@@ -1,6 +1,6 @@
 """A training-time LLaMA in plain PyTorch whose `state_dict` is the Hugging Face checkpoint layout.
 
-Same maths as transformers' LlamaForCausalLM (and so as `isthmus.engine.model`): RMSNorm in
+Same maths as transformers' LlamaForCausalLM (and so as `isthmus.engine.model.causal_lm`): RMSNorm in
 float32, rotate-half RoPE, grouped-query attention (each KV head serves consecutive query heads),
 SwiGLU MLP, optional tied embeddings. Parameter names are the checkpoint's tensor names, so the
 trained weights are saved without renaming. Full-sequence causal attention only: no KV cache.

@@ -7,7 +7,7 @@ Text: CPython's own documentation as chat turns (`corpus.py`); 5% of its documen
 A byte-level BPE tokenizer is trained on the training text and shared by both models (same
 tokenizer fingerprint, so a hand-over carries token ids). Each model is a LLaMA (`llama.py`)
 trained on windows of the tokenized chat samples, then written in the project's Hugging Face
-layout by `isthmus.engine.tiny.make_tiny_checkpoint` (config, generation config) with the trained
+layout by `isthmus.models.tiny_checkpoint.make_tiny_checkpoint` (config, generation config) with the trained
 float16 weights, this tokenizer, a model card and a `sha256sums.txt` manifest. The held-out
 perplexity printed and written into the card is measured on the float16 weights as shipped.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from isthmus.engine.checkpoint import SINGLE_FILE, write_checksums
+from isthmus.engine.model.checkpoint import SINGLE_FILE, write_checksums
 from isthmus.models.card import write_card
 from isthmus.models.corpus import Sample, all_samples, is_held_out
 from isthmus.models.llama import Llama, Shape
@@ -75,8 +75,8 @@ CENTER = Recipe(
 
 
 def train_tokenizer(texts: list[str], folder: Path) -> None:
-    """Byte-level BPE as `engine/tiny_tokenizer.py` builds it, trained on `texts`; written to `folder`."""
-    from isthmus.engine.tiny_tokenizer import BOS_TOKEN, EOS_TOKEN, tokenizer_config
+    """Byte-level BPE as `models/tiny_tokenizer.py` builds it, trained on `texts`; written to `folder`."""
+    from isthmus.models.tiny_tokenizer import BOS_TOKEN, EOS_TOKEN, tokenizer_config
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -189,7 +189,7 @@ def to_float16(model: Llama) -> Llama:
 
 def write_model(model: Llama, recipe: Recipe, tok_dir: Path, out: Path, facts: dict[str, object]) -> None:
     """The checkpoint folder `out`: the engine's writer for config files, then our weights and tokenizer."""
-    from isthmus.engine.tiny import make_tiny_checkpoint
+    from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
     from safetensors.torch import load_file, save_file
 
     s = recipe.shape

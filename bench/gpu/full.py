@@ -45,7 +45,7 @@ def _save(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
 
 def _llm(path: str, quant: str | None, args: argparse.Namespace, max_seqs: int, max_len: int) -> Any:
-    from isthmus.engine.llm import LLM
+    from isthmus.engine.core.llm import LLM
 
     blocks = max(max_seqs * math.ceil((args.prompt + args.new) / 16), math.ceil(max_len / 16)) + 16
     return LLM(path, device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32",
@@ -63,7 +63,7 @@ def _timed(args: argparse.Namespace, fn: Callable[[], Any]) -> tuple[float, Any]
 
 def _decode(llm: Any, reqs: list[list[int]], args: argparse.Namespace, new: int) -> dict[str, float]:
     """e2e and decode tok/s of ``reqs`` x ``new`` tokens; the max_tokens=1 time is the prefill."""
-    from isthmus.engine.params import SamplingParams
+    from isthmus.engine.core.params import SamplingParams
 
     one = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
     full = SamplingParams(max_tokens=new, temperature=0.0, ignore_eos=True)
@@ -77,7 +77,7 @@ def _decode(llm: Any, reqs: list[list[int]], args: argparse.Namespace, new: int)
 
 
 def _profile(llm: Any, reqs: list[list[int]], label: str, results: dict[str, Any]) -> None:
-    from isthmus.engine.params import SamplingParams
+    from isthmus.engine.core.params import SamplingParams
 
     params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
     summary = profile_call(lambda: llm.generate(reqs, [params] * len(reqs)))
@@ -104,7 +104,7 @@ def ours_bf16(path: str, vocab: int, args: argparse.Namespace, results: dict[str
 
 
 def _ttft(llm: Any, vocab: int, args: argparse.Namespace, results: dict[str, Any]) -> None:
-    from isthmus.engine.params import SamplingParams
+    from isthmus.engine.core.params import SamplingParams
 
     ttft = results.setdefault("ttft_ms", {})
 

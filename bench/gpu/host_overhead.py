@@ -17,10 +17,10 @@ import math
 import time
 
 import torch
-from isthmus.engine.llm import LLM
-from isthmus.engine.params import SamplingParams
-from isthmus.engine.plan import RunOutput, SampledToken, SchedulePlan
-from isthmus.engine.step_handle import StepHandle
+from isthmus.engine.core.llm import LLM
+from isthmus.engine.core.params import SamplingParams
+from isthmus.engine.core.plan import RunOutput, SampledToken, SchedulePlan
+from isthmus.engine.core.step_handle import StepHandle
 
 
 class InstantRunner:
@@ -68,7 +68,7 @@ def engine_overhead(
 ) -> float:
     import tempfile
 
-    from isthmus.engine.tiny import make_tiny_checkpoint  # the LLM wants a tokenizer folder
+    from isthmus.models.tiny_checkpoint import make_tiny_checkpoint  # the LLM wants a tokenizer folder
 
     path = make_tiny_checkpoint(tempfile.mkdtemp(), "llama", seed=0)
     blocks = streams * math.ceil((prompt + new) / 16) + 16

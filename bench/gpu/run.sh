@@ -21,7 +21,7 @@ if [ ${#wheels[@]} -gt 0 ]; then
   python3 -m pip install -q --no-index --no-deps "${wheels[@]}" || exit 1
 fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || true
-python3 -c "import torch, triton, transformers, bitsandbytes, isthmus.engine.runner; \
+python3 -c "import torch, triton, transformers, bitsandbytes, isthmus.engine.runner.model_runner; \
 print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, \
 'bitsandbytes', bitsandbytes.__version__)" || exit 1
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader

@@ -36,7 +36,7 @@ HF_CACHES = ("dynamic", "static", "compile")
 
 
 def checkpoint(args: argparse.Namespace) -> str:
-    from isthmus.engine.tiny import make_7b_shaped_checkpoint, make_tiny_checkpoint
+    from isthmus.models.tiny_checkpoint import make_7b_shaped_checkpoint, make_tiny_checkpoint
 
     if args.model:
         return args.model
@@ -73,8 +73,8 @@ def run_ours(
     path: str, quant: str | None, reqs: list[list[int]], args: argparse.Namespace
 ) -> tuple[float, float]:
     """(end-to-end tok/s, decode-only tok/s): the latter subtracts a timed max_tokens=1 run."""
-    from isthmus.engine.llm import LLM
-    from isthmus.engine.params import SamplingParams
+    from isthmus.engine.core.llm import LLM
+    from isthmus.engine.core.params import SamplingParams
 
     t0 = time.perf_counter()
     blocks_per_seq = -(-(args.prompt + args.new) // 16)

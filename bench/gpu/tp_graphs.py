@@ -24,16 +24,16 @@ import torch
 from isthmus.center.distributed import DistEnv, destroy_tp_group, init_tp_group
 from isthmus.center.tp import TensorParallelRewrite
 from isthmus.center.worker import TPRunner, follow_plans
-from isthmus.engine.llm import LLM
-from isthmus.engine.options import EngineOptions
-from isthmus.engine.params import SamplingParams
-from isthmus.engine.runner import ModelRunner
+from isthmus.engine.core.llm import LLM
+from isthmus.engine.core.options import EngineOptions
+from isthmus.engine.core.params import SamplingParams
+from isthmus.engine.runner.model_runner import ModelRunner
 
 
 def _model(args: argparse.Namespace, rank: int) -> str:
     if args.model:
         return str(args.model)
-    from isthmus.engine.tiny import make_tiny_checkpoint
+    from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
     # Same seed on every rank: identical weights without a shared file system.
     return str(make_tiny_checkpoint(tempfile.mkdtemp(prefix=f"isthmus-tp{rank}-"), "llama", seed=0))

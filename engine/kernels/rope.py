@@ -1,6 +1,6 @@
 """Rotary embeddings applied to q and k in place, in Triton with a portable fallback.
 
-The scaling variants (default, linear, llama3: `engine/rope.py`) differ only in the cos/sin
+The scaling variants (default, linear, llama3: `engine/model/rope.py`) differ only in the cos/sin
 table, so the kernel takes the table: `cos_sin` [2, max_positions, head_dim] float32, as
 `RotaryEmbedding.cos_sin`, whose two halves along head_dim are equal (the rotate-half layout's
 `cat((freqs, freqs))`); the kernel reads the first half. Rounding follows the reference in the

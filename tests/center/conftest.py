@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from isthmus.cli.network import free_port as free_port  # re-exported for the tests here
-from isthmus.engine.tiny import make_tiny_checkpoint
+from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def tp_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def engine_options(model: Path) -> Any:
-    from isthmus.engine.options import EngineOptions
+    from isthmus.engine.core.options import EngineOptions
 
     return EngineOptions(model=str(model), dtype="float32", device="cpu", num_kv_blocks=48, block_size=16,
                          max_num_seqs=8, max_num_batched_tokens=256)
@@ -65,7 +65,7 @@ async def running_center(model: Path, *, ready: bool = True, tls: Any = None,
     import grpc
     from isthmus.center.server import CenterServer
     from isthmus.center.service import CenterService
-    from isthmus.engine.async_engine import AsyncEngine
+    from isthmus.engine.core.async_engine import AsyncEngine
 
     engine = AsyncEngine(engine_options(model))
     await engine.start()

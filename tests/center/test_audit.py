@@ -15,8 +15,8 @@ from isthmus.center.auth import AdminPolicy, admin_metadata
 from isthmus.center.main import parse_args
 from isthmus.center.weights_service import FETCH_WEIGHTS, encode_request
 from isthmus.engine.audit import AuditLog, FileSink
-from isthmus.engine.checkpoint import MANIFEST_FILE
-from isthmus.engine.weights_sync import write_manifest
+from isthmus.engine.model.checkpoint import MANIFEST_FILE
+from isthmus.engine.model.weights_sync import write_manifest
 from isthmus.protocol import (
     Done,
     DrainReply,
@@ -37,7 +37,7 @@ PROMPT = "zebra-canary-prompt 7d1f: tell me the secret plan"  # must never reach
 async def audited_center(model: Path, log_path: Path, **server_kw: object) -> AsyncIterator[Center]:
     from isthmus.center.server import CenterServer
     from isthmus.center.service import CenterService
-    from isthmus.engine.async_engine import AsyncEngine
+    from isthmus.engine.core.async_engine import AsyncEngine
 
     audit = AuditLog(FileSink(log_path))
     engine = AsyncEngine(engine_options(model))

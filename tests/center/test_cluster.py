@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 from isthmus.center.auth import admin_metadata
-from isthmus.engine.async_engine import AsyncEngine, EngineRequest
-from isthmus.engine.params import SamplingParams
+from isthmus.engine.core.async_engine import AsyncEngine, EngineRequest
+from isthmus.engine.core.params import SamplingParams
 from isthmus.protocol import (
     Done,
     DrainReply,

@@ -156,7 +156,7 @@ def test_sigterm_with_drain_migrate_ends_streams_with_their_state(tmp_path: Path
     import sys
 
     import grpc
-    from isthmus.engine.tiny import make_tiny_checkpoint
+    from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
     from isthmus.protocol import GenerateRequest, Migrated, SamplingOptions, TokenChunk, decode, encode, rpc
     from isthmus.protocol.limits import TOKEN_ID_SIZE
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from isthmus.engine.async_engine import AsyncEngine, EngineRequest
-from isthmus.engine.params import SamplingParams
-from isthmus.engine.state import RequestState
+from isthmus.engine.core.async_engine import AsyncEngine, EngineRequest
+from isthmus.engine.core.params import SamplingParams
+from isthmus.engine.core.state import RequestState
 
 from tests.center.conftest import engine_options
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from isthmus.center.auth import admin_metadata
-from isthmus.engine.async_engine import EngineRequest
-from isthmus.engine.params import SamplingParams
+from isthmus.engine.core.async_engine import EngineRequest
+from isthmus.engine.core.params import SamplingParams
 from isthmus.protocol import (
     ChatMessage,
     Continuation,

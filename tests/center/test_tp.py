@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 from isthmus.center.distributed import single_process_group
 from isthmus.center.tp import TPConfigError, check_tp_size, shard_heads
 from isthmus.center.worker import build_shard_runner
-from isthmus.engine.config import ModelConfig
-from isthmus.engine.params import SamplingParams
+from isthmus.engine.core.params import SamplingParams
+from isthmus.engine.model.config import ModelConfig
 
 from tests.center import tp_procs
 from tests.center.conftest import free_port

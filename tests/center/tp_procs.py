@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from isthmus.center.distributed import DistEnv, destroy_tp_group, init_tp_group
 from isthmus.center.worker import TPRunner, build_shard_runner, follow_plans
-from isthmus.engine.options import EngineOptions
-from isthmus.engine.params import SamplingParams
-from isthmus.engine.plan import ScheduledSeq, SchedulePlan
+from isthmus.engine.core.options import EngineOptions
+from isthmus.engine.core.params import SamplingParams
+from isthmus.engine.core.plan import ScheduledSeq, SchedulePlan
 
 TIMEOUT_S = 20.0  # seconds: collective timeout in tests
 
@@ -74,7 +74,7 @@ def tp_rank(rank: int, world: int, port: int, model: str, prompt: list[int], pro
 
 async def generate_all(opts: EngineOptions, runner: Any, prompts: list[list[int]],
                         params: list[SamplingParams]) -> list[list[int]]:
-    from isthmus.engine.async_engine import AsyncEngine, EngineRequest
+    from isthmus.engine.core.async_engine import AsyncEngine, EngineRequest
 
     engine = AsyncEngine(opts, runner=runner)
     await engine.start()

@@ -14,8 +14,8 @@ from dataclasses import replace
 import pytest
 from isthmus.cli.defaults import CONFIDENCE, PERPLEXITY_LOW_NATS
 from isthmus.cli.demo import FREQUENCY_PENALTY, HANDOVER_PROMPT, PRESENCE_PENALTY, PROMPTS
+from isthmus.cli.signals import Signals, measure
 from isthmus.models import EDGE_DEFAULT
-from isthmus.models.signals import Signals, measure
 
 MARGIN_NATS = 0.5  # entropy (nats) between the threshold and every demo prompt's window mean
 NLL_MARGIN_NATS = 0.5  # prompt NLL (nats/token) below PERPLEXITY_LOW_NATS for the edge prompts

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from isthmus.cli.main import main
-from isthmus.engine.checkpoint import MANIFEST_FILE, verify_checksums
-from isthmus.engine.tiny import make_tiny_checkpoint
-from isthmus.engine.weights_sync import (
+from isthmus.engine.model.checkpoint import MANIFEST_FILE, verify_checksums
+from isthmus.engine.model.weights_sync import (
     ChecksumMismatch,
     SyncError,
     folder_digest,
     sync_checkpoint,
     write_manifest,
 )
+from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,8 +16,13 @@ from isthmus.center.service import CenterService
 from isthmus.center.weights_service import WeightsServer
 from isthmus.cli.main import main
 from isthmus.cli.weights_grpc import GrpcAuth, GrpcSource
-from isthmus.engine.checkpoint import MANIFEST_FILE, verify_checksums
-from isthmus.engine.weights_sync import ChecksumMismatch, SyncError, folder_digest, sync_checkpoint
+from isthmus.engine.model.checkpoint import MANIFEST_FILE, verify_checksums
+from isthmus.engine.model.weights_sync import (
+    ChecksumMismatch,
+    SyncError,
+    folder_digest,
+    sync_checkpoint,
+)
 
 from tests.cli.test_weights import checkpoint, flip_byte, tree
 from tests.cli.test_weights_status import FakeEngine

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import msgspec
 from isthmus.center.service import CenterService
-from isthmus.engine.outputs import EngineLoad
-from isthmus.engine.tiny import make_tiny_checkpoint
-from isthmus.engine.weights_sync import folder_digest, sync_checkpoint, write_manifest
+from isthmus.engine.core.outputs import EngineLoad
+from isthmus.engine.model.weights_sync import folder_digest, sync_checkpoint, write_manifest
+from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 from isthmus.protocol import Status
 
 

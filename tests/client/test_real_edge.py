@@ -12,7 +12,7 @@ import pytest
 from isthmus.client import MemoryTicketStore, Unauthenticated, connect
 from isthmus.edge.config import EdgeConfig
 from isthmus.edge.node import EdgeNode
-from isthmus.engine.tiny import make_tiny_checkpoint
+from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
 from .certs import Certs
 

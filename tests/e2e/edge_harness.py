@@ -46,8 +46,8 @@ async def start_center(h: Harness) -> CenterHandle:
     """A TP=1 center on an ephemeral loopback port, plaintext gRPC, ready (health SERVING)."""
     from isthmus.center.server import CenterServer
     from isthmus.center.service import CenterService
-    from isthmus.engine.async_engine import AsyncEngine
-    from isthmus.engine.options import EngineOptions
+    from isthmus.engine.core.async_engine import AsyncEngine
+    from isthmus.engine.core.options import EngineOptions
 
     engine = AsyncEngine(EngineOptions(model=str(h.models[1]), num_kv_blocks=64, max_num_seqs=8))
     await engine.start()

@@ -18,7 +18,7 @@ from isthmus.cli.network import free_port
 from isthmus.client import connect
 from isthmus.client.errors import Unauthenticated
 from isthmus.edge.buffers import BufferLimits
-from isthmus.engine.tiny import make_tiny_checkpoint
+from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 from isthmus.protocol import Error, ErrorCode, GenerateRequest, SamplingOptions, TokenChunk, unpack_ids
 
 from tests.edge.quic_helpers import final, raw_client, write_self_signed

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from isthmus.client import connect
-from isthmus.engine.tiny import make_tiny_checkpoint
+from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
 from tests.edge.quic_helpers import write_self_signed
 

@@ -21,7 +21,7 @@ import pytest
 from isthmus.cli.swap import CenterAccess, EdgeAdmin, SwapPlan, drain_center, run_swap, summarize
 from isthmus.client import connect
 from isthmus.client.errors import IsthmusError
-from isthmus.engine.tiny import make_tiny_checkpoint
+from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
 from tests.edge.quic_helpers import write_self_signed
 from tests.soak.procs import CENTER_READY, edge_toml, spawn_center, wait_ready
@@ -69,8 +69,8 @@ async def in_process_center(model: Path, step_delay_s: float = 0.0) -> AsyncIter
     from isthmus.center.auth import AdminPolicy
     from isthmus.center.server import CenterServer
     from isthmus.center.service import CenterService
-    from isthmus.engine.async_engine import AsyncEngine
-    from isthmus.engine.options import EngineOptions
+    from isthmus.engine.core.async_engine import AsyncEngine
+    from isthmus.engine.core.options import EngineOptions
 
     engine = AsyncEngine(EngineOptions(model=str(model), dtype="float32", num_kv_blocks=512, max_num_seqs=64))
     await engine.start()

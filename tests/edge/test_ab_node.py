@@ -12,7 +12,7 @@ from isthmus.cli.rollout import main as rollout_main
 from isthmus.edge.auth import hash_key
 from isthmus.edge.config import EdgeConfig
 from isthmus.edge.node import EdgeNode
-from isthmus.engine.tiny import make_tiny_checkpoint
+from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 from isthmus.protocol import Done, GenerateRequest, SamplingOptions
 
 from .quic_helpers import final, raw_client, write_self_signed

@@ -118,7 +118,7 @@ async def test_http_refuses_an_address_outside_the_list_before_any_handler() -> 
 
 async def test_edge_node_applies_each_listeners_allowlist(tmp_path: Path) -> None:
     from isthmus.edge.node import EdgeNode
-    from isthmus.engine.tiny import make_tiny_checkpoint
+    from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
     model = make_tiny_checkpoint(tmp_path / "model", "llama", seed=3)
     cert, key = write_self_signed(tmp_path)

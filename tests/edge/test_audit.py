@@ -13,7 +13,7 @@ from isthmus.edge.audit import REDACTED, AuditError, AuditLog, FileSink, StreamS
 from isthmus.edge.auth import ApiKey, ApiKeyStore, hash_key
 from isthmus.edge.config import EdgeConfig
 from isthmus.edge.node import EdgeNode
-from isthmus.engine.tiny import make_tiny_checkpoint
+from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 from isthmus.protocol import Done, Error, ErrorCode, GenerateRequest, ProtocolError, SamplingOptions
 
 from .quic_helpers import final, raw_client, write_self_signed

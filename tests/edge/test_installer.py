@@ -148,7 +148,7 @@ def test_help_documents_every_option() -> None:
 
 def test_installed_edge_serves_a_request_and_stops_on_sigterm(tmp_path: Path) -> None:
     from isthmus.client import sync
-    from isthmus.engine.tiny import make_tiny_checkpoint
+    from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
     model = make_tiny_checkpoint(tmp_path / "model", "llama", seed=3)
     prefix = tmp_path / "edge"

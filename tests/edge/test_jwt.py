@@ -175,7 +175,7 @@ def test_store_takes_keys_and_tokens_and_applies_tenant_limits(tmp_path: Path) -
 # --- a real edge node on loopback ------------------------------------------------------------------
 
 def node_config(tmp_path: Path) -> EdgeConfig:
-    from isthmus.engine.tiny import make_tiny_checkpoint
+    from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
     model = make_tiny_checkpoint(tmp_path / "model", "llama", seed=9)
     cert, key = write_self_signed(tmp_path)

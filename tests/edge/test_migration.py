@@ -14,7 +14,7 @@ from isthmus.edge.metrics import Metrics
 from isthmus.edge.migration import MigrationCollector, MigrationStats, follow_migrations, resume_request
 from isthmus.edge.pool import CenterPool, CenterUnavailable
 from isthmus.edge.replica import PoolOptions
-from isthmus.engine.tiny import make_tiny_checkpoint
+from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 from isthmus.protocol import (
     Continuation,
     Done,

@@ -14,7 +14,7 @@ import pytest
 from isthmus.edge.config import EdgeConfig
 from isthmus.edge.node import EdgeNode
 from isthmus.edge.openai_schema import error_from_protocol, parse_chat, parse_completion
-from isthmus.engine.tiny import make_tiny_checkpoint
+from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 from isthmus.protocol import ErrorCode
 
 from .quic_helpers import write_self_signed

@@ -11,7 +11,7 @@ import pytest
 from isthmus.edge.orchestrator import Orchestrator
 from isthmus.edge.pool import CenterUnavailable
 from isthmus.edge.router import Decision, LoadView, Router
-from isthmus.engine.outputs import EngineLoad, EngineOutput
+from isthmus.engine.core.outputs import EngineLoad, EngineOutput
 from isthmus.protocol import (
     ChatMessage,
     Done,

@@ -2,7 +2,7 @@
 
 from isthmus.edge.config import EdgeConfig
 from isthmus.edge.metrics import Metrics
-from isthmus.engine.outputs import EngineLoad
+from isthmus.engine.core.outputs import EngineLoad
 
 
 def test_prefix_cache_gauges_render():

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from isthmus.edge.orchestrator import Orchestrator
 from isthmus.edge.prompt_tokens import PromptTokenizer
-from isthmus.engine.tiny_tokenizer import write_tiny_tokenizer
+from isthmus.models.tiny_tokenizer import write_tiny_tokenizer
 from isthmus.protocol import (
     ChatMessage,
     Continuation,

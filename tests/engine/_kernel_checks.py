@@ -37,8 +37,8 @@ def _paged(num_blocks: int, bs: int, kvh: int, hd: int, dtype: torch.dtype, g: t
 def check_decode(device: str) -> None:
     """Split-K decode vs. the gather-and-mask decode: lengths 1, block multiples, one past, and
     2,048; one split, the automatic choice and a forced 7 (most of them empty for short rows)."""
-    from isthmus.engine.attention import _decode_batch
     from isthmus.engine.kernels.decode import choose_num_splits, triton_paged_decode
+    from isthmus.engine.model.attention import _decode_batch
 
     bs, hd, num_blocks = 16, 128, 160
     lens = torch.tensor([1, bs, 4 * bs, 4 * bs + 1, 2048])
@@ -71,8 +71,8 @@ def check_decode(device: str) -> None:
 def check_prefill(device: str) -> None:
     """Batched varlen prefill vs. `_prefill_one` per chunk: a 1-token chunk, a block multiple, a
     chunk after a cached prefix, an unaligned prefix, and a chunk ending near 2,048."""
-    from isthmus.engine.attention import AttentionMetadata, _prefill_one, prefill_tensors
     from isthmus.engine.kernels.prefill import triton_varlen_prefill
+    from isthmus.engine.model.attention import AttentionMetadata, _prefill_one, prefill_tensors
 
     bs, hd, num_blocks = 16, 128, 200
     short = [(0, 1), (0, 4 * bs), (2 * bs, 5), (37, 70)]  # (cached prefix, new tokens)
@@ -123,9 +123,9 @@ def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
 def check_elementwise(device: str) -> None:
     """RMSNorm (with and without the residual), SiLU*up (fused and separate) and RoPE (default,
     linear and llama3 tables; q/k as slices of a fused qkv output) at the 7B's sizes."""
-    from isthmus.engine.config import RopeConfig
     from isthmus.engine.kernels import act, norm, rope
-    from isthmus.engine.rope import RotaryEmbedding
+    from isthmus.engine.model.config import RopeConfig
+    from isthmus.engine.model.rope import RotaryEmbedding
 
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.bfloat16, torch.float32):

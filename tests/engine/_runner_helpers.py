@@ -6,9 +6,9 @@ import math
 import random
 
 import torch
-from isthmus.engine.params import SamplingParams
-from isthmus.engine.plan import ScheduledSeq, SchedulePlan
-from isthmus.engine.runner import ModelRunner
+from isthmus.engine.core.params import SamplingParams
+from isthmus.engine.core.plan import ScheduledSeq, SchedulePlan
+from isthmus.engine.runner.model_runner import ModelRunner
 
 
 def shuffled_blocks(num_blocks: int, count: int, seed: int = 0) -> list[int]:

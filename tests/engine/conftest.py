@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from isthmus.engine.tiny import make_tiny_checkpoint
+from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",

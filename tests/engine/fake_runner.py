@@ -12,8 +12,8 @@ import hashlib
 import time
 
 import torch
-from isthmus.engine.plan import RunOutput, SampledToken, SchedulePlan
-from isthmus.engine.sampler import sample
+from isthmus.engine.core.plan import RunOutput, SampledToken, SchedulePlan
+from isthmus.engine.runner.sampler import sample
 
 
 def next_token(prefix: list[int], vocab_size: int) -> int:

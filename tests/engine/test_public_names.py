@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import isthmus.engine as engine
 from isthmus import protocol
-from isthmus.engine.outputs import TokenUsage, Usage
+from isthmus.engine.core.outputs import TokenUsage, Usage
 
 
 def test_engine_usage_is_token_usage_and_still_exported() -> None:

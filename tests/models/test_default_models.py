@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from isthmus.engine.checkpoint import ChecksumError, verify_checksums
-from isthmus.engine.config import ModelConfig
+from isthmus.engine.model.checkpoint import ChecksumError, verify_checksums
+from isthmus.engine.model.config import ModelConfig
 from isthmus.models import CENTER_DEFAULT, EDGE_DEFAULT, default_model_path
 from isthmus.models.english import corpus_vocabulary, count_english
 from isthmus.tokenizer import Tokenizer
@@ -69,8 +69,8 @@ def test_default_model_path_names_the_tiers() -> None:
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
 def test_greedy_answers_are_mostly_english_words(folder: Path) -> None:
     from isthmus.cli.demo import FREQUENCY_PENALTY, PRESENCE_PENALTY
-    from isthmus.engine.llm import LLM
-    from isthmus.engine.params import SamplingParams
+    from isthmus.engine.core.llm import LLM
+    from isthmus.engine.core.params import SamplingParams
 
     llm = LLM(str(folder), verify_checksums=True)
     params = SamplingParams(

@@ -50,7 +50,7 @@ def soak_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def models(soak_dir: Path) -> tuple[Path, Path]:
     """(edge, center) tiny fp32 checkpoints of different seeds: answers tell the tiers apart."""
-    from isthmus.engine.tiny import make_tiny_checkpoint
+    from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
 
     return (
         make_tiny_checkpoint(soak_dir / "edge-model", "llama", seed=21),

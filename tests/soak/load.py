@@ -47,9 +47,9 @@ class References:
 
 async def reference_ids(model: str, prompts: list[str], max_tokens: int) -> list[list[int]]:
     """Greedy answers of a direct `AsyncEngine` run, one prompt at a time (no batching)."""
-    from isthmus.engine.async_engine import AsyncEngine, EngineRequest
-    from isthmus.engine.options import EngineOptions
-    from isthmus.engine.params import SamplingParams
+    from isthmus.engine.core.async_engine import AsyncEngine, EngineRequest
+    from isthmus.engine.core.options import EngineOptions
+    from isthmus.engine.core.params import SamplingParams
 
     engine = AsyncEngine(EngineOptions(model=model, dtype="float32", num_kv_blocks=64, max_num_seqs=4))
     await engine.start()

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from isthmus.engine.tiny_tokenizer import CORPUS_PATH, write_tiny_tokenizer
+from isthmus.models.tiny_tokenizer import CORPUS_PATH, write_tiny_tokenizer
 from isthmus.tokenizer import Tokenizer
 from tokenizers import Tokenizer as RawTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers

@@ -1,4 +1,4 @@
-"""engine/tiny_tokenizer.py: determinism, byte-level round trips, sensible pieces."""
+"""models/tiny_tokenizer.py: determinism, byte-level round trips, sensible pieces."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from isthmus.engine.tiny_tokenizer import BOS_TOKEN, EOS_TOKEN, write_tiny_tokenizer
+from isthmus.models.tiny_tokenizer import BOS_TOKEN, EOS_TOKEN, write_tiny_tokenizer
 from isthmus.tokenizer import Tokenizer
 
 

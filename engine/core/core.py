@@ -1,0 +1,222 @@
+"""The engine core shared by the offline `LLM` and the `AsyncEngine`: scheduler + runner + output
+processor, and the three-line step. Not thread-safe by itself; `step(lock=...)` releases the lock
+while the runner computes so other threads can add or abort requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Protocol
+
+from isthmus.engine.core.options import EngineOptions
+from isthmus.engine.core.outputs import EngineLoad, EngineOutput
+from isthmus.engine.core.params import SamplingParams
+from isthmus.engine.core.plan import RunOutput, SchedulePlan
+from isthmus.engine.core.scheduler import Scheduler
+from isthmus.engine.core.sequence import Sequence, SeqUpdate
+from isthmus.engine.core.state import RequestState
+
+TOKENS_PER_S_WINDOW = 5.0  # seconds
+
+
+class Runner(Protocol):
+    """What the engine needs of a model runner (ModelRunner, a tensor-parallel one, a fake)."""
+
+    num_kv_blocks: int
+    block_size: int
+    max_model_len: int
+
+    def run(self, plan: SchedulePlan) -> RunOutput: ...
+
+
+def _config_eos_ids(model_dir: str) -> set[int]:
+    """EOS ids named by config.json / generation_config.json (an int or a list)."""
+    ids: set[int] = set()
+    for name in ("config.json", "generation_config.json"):
+        path = Path(model_dir) / name
+        if not path.is_file():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            value = json.loads(path.read_text()).get("eos_token_id")
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(v for v in value if isinstance(v, int))
+    return ids
+
+
+def _cache_salt(options: EngineOptions, runner: Any) -> str:
+    """What besides the token ids changes the KV: the model, its dtype and quantization, the TP layout."""
+    world = getattr(getattr(runner, "group", None), "world_size", 1)
+    return f"{options.model}|{options.dtype}|{options.quantization}|tp={world}"
+
+
+class EngineCore:
+    def __init__(self, options: EngineOptions, runner: Runner | None = None, tokenizer: Any = None) -> None:
+        self.options = options
+        if runner is None:
+            from isthmus.engine.runner.model_runner import ModelRunner
+
+            runner = ModelRunner(options)
+        if tokenizer is None and (Path(options.model) / "tokenizer.json").is_file():
+            from isthmus.tokenizer import Tokenizer
+
+            tokenizer = Tokenizer.from_dir(options.model)
+        self.runner = runner
+        self.tokenizer = tokenizer
+        eos = _config_eos_ids(options.model)
+        if tokenizer is not None and tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        max_len = runner.max_model_len
+        if options.max_model_len is not None:
+            max_len = min(max_len, options.max_model_len)
+        self.scheduler = Scheduler(
+            num_kv_blocks=runner.num_kv_blocks,
+            block_size=runner.block_size,
+            max_model_len=max_len,
+            max_num_seqs=options.max_num_seqs,
+            max_num_batched_tokens=options.max_num_batched_tokens,
+            max_waiting=options.max_waiting,
+            eos_token_ids=eos,
+            vocab_size=getattr(runner, "vocab_size", None),
+            seed=options.seed,
+            enable_prefix_caching=options.enable_prefix_caching,
+            cache_salt=_cache_salt(options, runner),
+        )
+        from isthmus.engine.core.output_processor import OutputProcessor
+
+        self.processor = OutputProcessor(tokenizer, self.scheduler)
+        self.last_num_scheduled = 0  # tokens in the latest step's plan
+        self._generated: deque[tuple[float, int]] = deque()  # (time, tokens generated that step)
+        # Updates of an overlapped step (see `step`), turned into outputs during the next one.
+        self._deferred: list[SeqUpdate] = []
+        self._ready: list[EngineOutput] = []  # outputs drained early (export_state), sent next
+
+    def add(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        priority: int = 0,
+        deadline: float | None = None,
+        want_prompt_logprobs: bool = False,
+        resume: RequestState | None = None,
+        continued: tuple[int, str] | None = None,
+        now: float | None = None,
+    ) -> Sequence:
+        """Queue a request (or resume one: its prompt, params and generated ids come from ``resume``).
+
+        ``continued=(n, text)``: the last ``n`` prompt ids are an answer another engine began and
+        streamed ``text`` of (an edge's hand-over); see `OutputProcessor.add`.
+        """
+        now = time.monotonic() if now is None else now
+        text = ""
+        output_ids = None
+        num_replayed = 0
+        if continued is not None:
+            num_replayed, text = continued
+        if resume is not None:
+            prompt_ids, params = resume.prompt_ids, resume.params
+            output_ids, text = resume.output_ids, resume.text
+            num_replayed = len(output_ids)
+        seq = self.scheduler.add(
+            request_id,
+            prompt_ids,
+            params,
+            priority=priority,
+            deadline=deadline,
+            now=now,
+            want_prompt_logprobs=want_prompt_logprobs,
+            output_ids=output_ids,
+        )
+        self.processor.add(seq, text, num_replayed)
+        return seq
+
+    def abort(self, request_id: str) -> bool:
+        self.processor.remove(request_id)
+        return self.scheduler.abort(request_id)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished or bool(self._deferred or self._ready)
+
+    def step(self, lock: Any = None) -> list[EngineOutput]:
+        """One iteration: schedule, run, postprocess. ``lock`` is held except while running.
+
+        Host work off the critical path: when the runner's `launch` returns with the device still
+        busy (a decode step replayed from a CUDA graph), the previous such step's output processing
+        (detokenization, stop strings) runs meanwhile, and this step's is deferred to the next
+        step; its outputs come one step later. A stop string found then finishes the request
+        before its next token is accepted (that token, already computed, is dropped).
+        """
+        guard = lock if lock is not None else contextlib.nullcontext()
+        with guard:
+            plan = self.scheduler.schedule(time.monotonic())
+            self.last_num_scheduled = plan.num_tokens
+        launch = getattr(self.runner, "launch", None)
+        handle = launch(plan) if launch is not None and not plan.is_empty else None
+        overlapped = handle is not None and handle.overlapped
+        early: list[EngineOutput] = []
+        if overlapped:
+            with guard:
+                early = self._drain()
+        if handle is not None:
+            out = handle.result()
+        else:
+            out = self.runner.run(plan) if not plan.is_empty else RunOutput()
+        with guard:
+            now = time.monotonic()
+            if not overlapped:  # before postprocess: a stop string found there drops this step's token
+                early = self._drain()
+            updates = self.scheduler.postprocess(plan, out, now)
+            if overlapped:
+                self._deferred = updates
+                outputs = early
+            else:
+                outputs = early + self.processor.process(updates)
+            num_new = sum(len(u.new_token_ids) for u in updates)
+            if num_new:
+                self._generated.append((now, num_new))
+        return outputs
+
+    def _drain(self) -> list[EngineOutput]:
+        """Outputs drained early plus those of the deferred updates (call under the lock)."""
+        ready, self._ready = self._ready, []
+        deferred, self._deferred = self._deferred, []
+        return ready + (self.processor.process(deferred) if deferred else [])
+
+    def export_state(self, request_id: str) -> RequestState:
+        self._ready = self._drain()  # the text must include every token of output_ids
+        seq = self.scheduler.get(request_id)
+        if seq is None:
+            raise KeyError(f"no running or waiting request {request_id!r}")
+        return RequestState(
+            request_id=request_id,
+            prompt_ids=list(seq.prompt_ids),
+            output_ids=seq.output_ids,
+            params=seq.params,
+            text=self.processor.text(request_id),
+            priority=seq.priority,
+        )
+
+    def load(self, now: float | None = None) -> EngineLoad:
+        now = time.monotonic() if now is None else now
+        while self._generated and self._generated[0][0] < now - TOKENS_PER_S_WINDOW:
+            self._generated.popleft()
+        bm = self.scheduler.block_manager
+        return EngineLoad(
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            num_free_kv_blocks=bm.num_free_blocks,
+            num_total_kv_blocks=bm.num_total_blocks,
+            tokens_per_s=sum(n for _, n in self._generated) / TOKENS_PER_S_WINDOW,
+            num_prefix_queried_tokens=bm.stats.num_queried_tokens,
+            num_prefix_hit_tokens=bm.stats.num_hit_tokens,
+            num_cached_kv_blocks=bm.num_cached_blocks,
+            num_prefix_evictions=bm.stats.num_evictions,
+        )

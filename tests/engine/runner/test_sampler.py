@@ -1,0 +1,298 @@
+import math
+
+import pytest
+import torch
+from isthmus.engine.core.params import SamplingParams
+from isthmus.engine.core.plan import ScheduledSeq
+from isthmus.engine.runner.sampler import filter_mask, sample, uniform_noise
+
+V = 32
+
+
+def seq(
+    params: SamplingParams, history=(1, 2, 3), prompt_len=None, num_generated=0, seq_id=0
+) -> ScheduledSeq:
+    history = list(history)
+    return ScheduledSeq(
+        seq_id=seq_id,
+        token_ids=history[-1:],
+        start_pos=len(history) - 1,
+        block_table=[0],
+        do_sample=True,
+        params=params,
+        prompt_len=len(history) if prompt_len is None else prompt_len,
+        history_ids=history,
+        num_generated=num_generated,
+    )
+
+
+def rand_logits(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, V, generator=g) * 3
+
+
+def test_greedy_is_argmax_and_logprob_entropy_are_exact():
+    logits = rand_logits(4)
+    seqs = [seq(SamplingParams(temperature=0.0, logprobs=3), seq_id=i) for i in range(4)]
+    out = sample(logits, seqs)
+    lp = torch.log_softmax(logits, -1)
+    for i, t in enumerate(out):
+        assert t.token_id == int(logits[i].argmax())
+        assert t.logprob == pytest.approx(float(lp[i, t.token_id]), abs=1e-5)
+        ent = float(-(lp[i].exp() * lp[i]).sum())
+        assert t.entropy == pytest.approx(ent, abs=1e-5)
+        top = lp[i].topk(3)
+        assert [tid for tid, _ in t.top_logprobs] == top.indices.tolist()
+    assert sample(logits[:1], [seq(SamplingParams(temperature=0.0))])[0].top_logprobs is None
+
+
+def test_temperature_changes_logprob_and_entropy():
+    logits = rand_logits(1)
+    out = sample(logits, [seq(SamplingParams(temperature=2.0, seed=1))])[0]
+    lp = torch.log_softmax(logits[0] / 2.0, -1)
+    assert out.logprob == pytest.approx(float(lp[out.token_id]), abs=1e-5)
+    assert out.entropy == pytest.approx(float(-(lp.exp() * lp).sum()), abs=1e-5)
+
+
+def reference_penalties(logits, history, prompt_len, rp, pres, freq):
+    logits = logits.clone()
+    for t in set(history):
+        logits[t] = logits[t] / rp if logits[t] > 0 else logits[t] * rp
+    gen = history[prompt_len:]
+    for t in set(gen):
+        logits[t] -= pres + freq * gen.count(t)
+    return logits
+
+
+@pytest.mark.parametrize("rp,pres,freq", [(1.3, 0.0, 0.0), (1.0, 0.7, 0.0), (1.0, 0.0, 0.4), (0.8, 0.5, 0.3)])
+def test_penalties_match_reference(rp, pres, freq):
+    logits = rand_logits(3, seed=5)
+    histories = [[1, 2, 2, 5, 9, 9, 9], [0, 3, 3], [4, 4, 4, 7, 7]]
+    seqs = [
+        seq(
+            SamplingParams(
+                temperature=0.0,
+                repetition_penalty=rp,
+                presence_penalty=pres,
+                frequency_penalty=freq,
+                logprobs=V,
+            ),
+            history=h,
+            prompt_len=2,
+            seq_id=i,
+        )
+        for i, h in enumerate(histories)
+    ]
+    out = sample(logits, seqs)
+    for i, h in enumerate(histories):
+        ref = reference_penalties(logits[i], h, 2, rp, pres, freq)
+        ref_lp = torch.log_softmax(ref, -1)
+        assert out[i].token_id == int(ref.argmax())
+        got = dict(out[i].top_logprobs)
+        assert all(got[t] == pytest.approx(float(ref_lp[t]), abs=1e-5) for t in range(V))
+
+
+def brute_mask(lp, k, p, m):
+    probs = lp.exp()
+    order = sorted(range(V), key=lambda t: -float(probs[t]))
+    keep = set(order[:k] if k > 0 else order)
+    kept = [t for t in order if t in keep]
+    total = sum(float(probs[t]) for t in kept)
+    mass, keep_p = 0.0, set()
+    for t in kept:
+        if mass >= p:
+            break
+        keep_p.add(t)
+        mass += float(probs[t]) / total
+    keep_m = {t for t in range(V) if float(probs[t]) >= m * float(probs.max())}
+    keep = keep_p & keep_m
+    keep.add(order[0])
+    return torch.tensor([t not in keep for t in range(V)])
+
+
+@pytest.mark.parametrize(
+    "k,p,m", [(5, 1.0, 0.0), (0, 0.6, 0.0), (0, 1.0, 0.2), (8, 0.5, 0.05), (1, 1.0, 0.0)]
+)
+def test_filter_masks_match_brute_force(k, p, m):
+    lp = torch.log_softmax(rand_logits(3, seed=11), -1)
+    mask = filter_mask(lp, [k] * 3, [p] * 3, [m] * 3)
+    for i in range(3):
+        assert torch.equal(mask[i], brute_mask(lp[i], k, p, m))
+
+
+def test_sampled_tokens_stay_inside_the_filters():
+    logits = rand_logits(1, seed=2)
+    lp = torch.log_softmax(logits[0], -1)
+    allowed = set(lp.topk(3).indices.tolist())
+    for n in range(200):
+        t = sample(logits, [seq(SamplingParams(top_k=3, seed=9), num_generated=n)])[0]
+        assert t.token_id in allowed
+
+
+def test_seeded_draw_independent_of_batch_composition_and_position():
+    logits = rand_logits(6, seed=3)
+    params = SamplingParams(temperature=0.9, top_p=0.95, seed=1234)
+    alone = sample(logits[2:3], [seq(params, num_generated=7)])[0].token_id
+    others = [seq(SamplingParams(temperature=1.0, seed=i), num_generated=i, seq_id=i) for i in range(6)]
+    others[4] = seq(params, num_generated=7, seq_id=99)
+    batch_logits = logits.clone()
+    batch_logits[4] = logits[2]
+    assert sample(batch_logits, others)[4].token_id == alone
+    # unseeded-in-params requests get seeds at admission; same (seed, n) -> same draw
+    draws = {sample(logits[2:3], [seq(params, num_generated=n)])[0].token_id for n in range(40)}
+    assert len(draws) > 1  # the position n changes the draw
+
+
+def test_sampling_frequencies_follow_the_distribution():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05] + [1e-9] * (V - 4)]))
+    counts = [0] * V
+    n = 3000
+    for i in range(n):
+        counts[sample(logits, [seq(SamplingParams(seed=i))])[0].token_id] += 1
+    for t, p in enumerate([0.5, 0.3, 0.15, 0.05]):
+        assert abs(counts[t] / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 0.005
+
+
+def test_uniform_noise_is_in_open_interval_and_deterministic():
+    u = uniform_noise([1, 2**63 + 5], 1000, torch.device("cpu"))
+    assert float(u.min()) > 0 and float(u.max()) < 1
+    assert torch.equal(u, uniform_noise([1, 2**63 + 5], 1000, torch.device("cpu")))
+    assert abs(float(u.mean()) - 0.5) < 0.03
+
+
+def test_shape_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError):
+        sample(rand_logits(2), [seq(SamplingParams())])
+
+
+def _reference_sample(logits, seqs):
+    """The sampler before the greedy fast path (float32 log-softmax of every row): the oracle."""
+    from isthmus.engine.runner.sampler import apply_penalties, row_key
+
+    logits = apply_penalties(logits.float().clone(), seqs)
+    temps = torch.tensor([s.params.temperature if s.params.temperature > 0 else 1.0 for s in seqs])
+    lp = torch.log_softmax(logits / temps[:, None], dim=-1)
+    entropy = -torch.where(lp > float("-inf"), lp.exp() * lp, 0.0).sum(-1)
+    chosen = lp.argmax(-1)
+    for i, s in enumerate(seqs):
+        if s.params.is_greedy:
+            continue
+        p = s.params
+        mask = filter_mask(lp[i : i + 1], [p.top_k], [p.top_p], [p.min_p])
+        u = uniform_noise([row_key(p.seed or 0, s.num_generated)], V, torch.device("cpu"))
+        score = lp[i : i + 1].double().masked_fill(mask, float("-inf")) - torch.log(-torch.log(u))
+        chosen[i] = score.argmax()
+    return [(int(chosen[i]), float(lp[i, chosen[i]]), float(entropy[i])) for i in range(len(seqs))]
+
+
+def test_same_tokens_logprobs_and_entropies_as_the_full_log_softmax_sampler():
+    kinds = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.7, seed=3),
+        SamplingParams(temperature=1.0, top_k=5, seed=4),
+        SamplingParams(temperature=1.3, top_p=0.8, min_p=0.02, seed=5),
+        SamplingParams(temperature=0.0, repetition_penalty=1.2, logprobs=2),
+        SamplingParams(temperature=0.9, presence_penalty=0.5, seed=6, logprobs=0),
+    ]
+    for trial in range(40):
+        logits = rand_logits(len(kinds), seed=100 + trial)
+        seqs = [
+            seq(p, history=[1, 2, 3, trial % V, 7], prompt_len=3, num_generated=trial, seq_id=i)
+            for i, p in enumerate(kinds)
+        ]
+        ours = sample(logits.clone(), seqs)
+        for got, (tok, lp, ent) in zip(ours, _reference_sample(logits, seqs), strict=True):
+            assert got.token_id == tok
+            assert got.logprob == pytest.approx(lp, abs=1e-5)
+            assert got.entropy == pytest.approx(ent, abs=1e-5)
+
+
+def test_entropy_off_is_nan_and_changes_nothing_else():
+    logits = rand_logits(3, seed=8)
+    on = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.8, seed=2),
+          SamplingParams(temperature=0.0)]
+    off = [SamplingParams(temperature=p.temperature, seed=p.seed, entropy=False) for p in on]
+    mixed = [on[0], off[1], off[2]]
+    a = sample(logits, [seq(p, seq_id=i) for i, p in enumerate(on)])
+    for params in (off, mixed):
+        b = sample(logits, [seq(p, seq_id=i) for i, p in enumerate(params)])
+        for x, y, p in zip(a, b, params, strict=True):
+            assert (x.token_id, x.logprob) == (y.token_id, y.logprob)
+            assert math.isnan(y.entropy) if not p.entropy else y.entropy == x.entropy
+
+
+def test_bf16_logits_greedy_without_an_fp32_copy_of_the_batch():
+    logits = rand_logits(4, seed=9).to(torch.bfloat16)
+    out = sample(logits, [seq(SamplingParams(temperature=0.0), seq_id=i) for i in range(4)])
+    lp = torch.log_softmax(logits.float(), -1)
+    for i, t in enumerate(out):
+        assert t.token_id == int(logits[i].float().argmax())
+        assert t.logprob == pytest.approx(float(lp[i, t.token_id]), abs=1e-4)
+        assert t.entropy == pytest.approx(float(-(lp[i].exp() * lp[i]).sum()), abs=1e-4)
+
+
+def test_one_device_to_host_copy_per_call(monkeypatch):
+    calls = []
+    real = torch.Tensor.cpu
+
+    def counting(self, *a, **k):
+        calls.append(tuple(self.shape))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting)
+    params = [SamplingParams(temperature=0.0, logprobs=3),
+              SamplingParams(temperature=0.5, seed=1, logprobs=1)]
+    out = sample(rand_logits(2), [seq(p, seq_id=i) for i, p in enumerate(params)])
+    assert len(calls) == 1
+    assert len(out[0].top_logprobs) == 3 and len(out[1].top_logprobs) == 1
+
+
+_ROW_STATS_CHECK = """
+import torch
+from isthmus.engine.kernels.sample_stats import row_stats
+torch.manual_seed(0)
+cases = []
+for n, vocab in [(1, 102400), (3, 4097), (2, 1), (4, 32)]:
+    for dtype in (torch.float32, torch.bfloat16):
+        cases.append((torch.randn(n, vocab) * 4).to(dtype))
+ties = torch.zeros(2, 5000)
+ties[0, [7, 2100, 4999]] = 3.0  # equal maxima in different lanes and blocks: the first wins
+ties[1, 4096:] = float("-inf")  # a masked tail
+cases.append(ties)
+for x in cases:
+    for want in (True, False):
+        ti, tl, te = row_stats(x, want, use_triton=True)
+        ri, rl, re = row_stats(x, want, use_triton=False)
+        assert torch.equal(ti, ri), (tuple(x.shape), x.dtype, ti, ri)
+        torch.testing.assert_close(tl, rl, rtol=1e-5, atol=1e-5)
+        assert (te is None) == (not want)
+        if want:
+            torch.testing.assert_close(te, re, rtol=1e-4, atol=2e-4)
+print("ROW_STATS_OK", len(cases))
+"""
+
+
+def test_row_stats_kernel_in_triton_interpreter():
+    """The fused argmax / log-sum-exp / entropy kernel against PyTorch, on CPU (the interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _ROW_STATS_CHECK], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and "ROW_STATS_OK" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_greedy_on_cuda_matches_cpu_reference():
+    logits = (torch.randn(8, 102400) * 4).to(torch.bfloat16)
+    seqs = [seq(SamplingParams(temperature=0.0), seq_id=i) for i in range(8)]
+    gpu, cpu = sample(logits.cuda(), seqs), sample(logits, seqs)
+    for a, b in zip(gpu, cpu, strict=True):
+        assert a.token_id == b.token_id
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+        assert a.entropy == pytest.approx(b.entropy, abs=1e-3)
