@@ -61,24 +61,19 @@ def make_tiny_checkpoint(
     draws the random numbers there ("cuda": seconds instead of minutes for billions of them; the
     values differ from the CPU's for the same seed).
     """
-    from isthmus.models.tiny_tokenizer import BOS_TOKEN, EOS_TOKEN, write_tiny_tokenizer
-
     if arch not in ("llama", "qwen2"):
         raise ValueError(f"arch must be 'llama' or 'qwen2', got {arch!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    write_tiny_tokenizer(out, tokenizer_vocab_size or vocab_size)
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
-    bos_id, eos_id = tok.token_to_id(BOS_TOKEN), tok.token_to_id(EOS_TOKEN)
     if tie_word_embeddings is None:
         tie_word_embeddings = arch == "qwen2"
     head_dim = hidden_size // num_heads
-    config = _config(
-        arch,
+    _write_metadata(
+        out,
+        tokenizer_vocab_size or vocab_size,
+        arch=arch,
         hidden_size=hidden_size,
         num_layers=num_layers,
         num_heads=num_heads,
@@ -90,16 +85,7 @@ def make_tiny_checkpoint(
         tie_word_embeddings=tie_word_embeddings,
         dtype=dtype,
         max_position_embeddings=max_position_embeddings,
-        bos_id=bos_id,
-        eos_id=eos_id,
     )
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    generation = {
-        "bos_token_id": bos_id,
-        "eos_token_id": eos_id,
-        "transformers_version": TRANSFORMERS_VERSION,
-    }
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
     shapes = _tensor_shapes(
         arch,
@@ -116,6 +102,24 @@ def make_tiny_checkpoint(
     if write_manifest:
         write_checksums(out, files)
     return out
+
+
+def _write_metadata(out: Path, tokenizer_vocab_size: int, *, arch: str, **config: Any) -> None:
+    """The tokenizer files, config.json and generation_config.json of a tiny checkpoint."""
+    from isthmus.models.tiny_tokenizer import BOS_TOKEN, EOS_TOKEN, write_tiny_tokenizer
+    from tokenizers import Tokenizer
+
+    write_tiny_tokenizer(out, tokenizer_vocab_size)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    bos_id, eos_id = tok.token_to_id(BOS_TOKEN), tok.token_to_id(EOS_TOKEN)
+    cfg = _config(arch, bos_id=bos_id, eos_id=eos_id, **config)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    generation = {
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "transformers_version": TRANSFORMERS_VERSION,
+    }
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 
 def make_7b_shaped_checkpoint(
