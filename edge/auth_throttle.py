@@ -3,8 +3,11 @@
 Each source address has a token bucket of failed attempts: `max_failures` of them at once, one
 more credited every `window_s / max_failures` seconds. A source with no credit left is refused
 (`RATE_LIMITED`, retryable, with the seconds to wait) before its key is even looked at, so a
-guesser learns nothing while throttled. IPv6 sources are grouped by /64, the block one subscriber
-usually holds. The table is bounded: when full, a source whose bucket has refilled is dropped
+guesser learns nothing while throttled. Each time a source runs out again before its bucket has
+refilled completely, its wait doubles (one credit's time, then 2x, 4x, ... up to `max_backoff_s`):
+a guesser that spends each credit as soon as it comes back backs off exponentially, while a
+source that stays quiet for a whole window starts afresh. IPv6 sources are grouped by /64, the
+block one subscriber usually holds. The table is bounded: when full, a source whose bucket has refilled is dropped
 first (it carries no state worth keeping), else the least recently failing one. `now` is passed
 in; callers use `time.monotonic()`.
 """
@@ -23,6 +26,7 @@ class ThrottleLimits:
     max_failures: int = 10  # failed attempts a source may make in a burst
     window_s: float = 60.0  # seconds for a source's full burst to be credited back
     max_sources: int = 65_536  # sources remembered (bounds the table's memory)
+    max_backoff_s: float = 900.0  # seconds: the longest wait the doubling may reach
 
     def __post_init__(self) -> None:
         if self.max_failures < 1:
@@ -31,6 +35,8 @@ class ThrottleLimits:
             raise ValueError("failed_attempt_window_s: expected a number > 0")
         if self.max_sources < 1:
             raise ValueError("max_throttled_sources: expected an integer >= 1")
+        if self.max_backoff_s <= 0:
+            raise ValueError("max_backoff_s: expected a number > 0")
 
 
 def source_key(source: str) -> str:
@@ -46,14 +52,21 @@ def source_key(source: str) -> str:
     return str(addr)
 
 
+@dataclass(slots=True)
+class _Bucket:
+    credits: float  # failed attempts left at `at`
+    at: float  # when `credits` was counted; refilling starts then (later than now while backing off)
+    level: int = 0  # times in a row the source ran out before its bucket refilled
+
+
 class FailureThrottle:
-    """Token buckets of failed attempts, keyed by source address."""
+    """Token buckets of failed attempts, keyed by source address, with exponential backoff."""
 
     def __init__(self, limits: ThrottleLimits | None = None) -> None:
         self.limits = limits or ThrottleLimits()
         self._rate = self.limits.max_failures / self.limits.window_s  # credits per second
-        # key -> (credits left, time they were counted); order = least recently failing first
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # key -> bucket; order = least recently failing first
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self.num_refused = 0  # requests refused while throttled
 
     def __len__(self) -> int:
@@ -61,10 +74,12 @@ class FailureThrottle:
 
     def retry_after(self, source: str, now: float) -> float:
         """Seconds until `source` may try again; 0.0 when it is not throttled."""
-        credits = self._credits(source_key(source), now)
+        key = source_key(source)
+        credits = self._credits(key, now)
         if credits >= 1.0:
             return 0.0
-        return (1.0 - credits) / self._rate
+        bucket = self._buckets[key]
+        return (1.0 - credits) / self._rate + max(0.0, bucket.at - now)
 
     def check(self, source: str, now: float) -> float:
         """Like `retry_after`, and counts a refusal when the source is throttled."""
@@ -74,20 +89,28 @@ class FailureThrottle:
         return wait
 
     def record_failure(self, source: str, now: float) -> None:
-        """`source` presented a wrong or missing key: spend one credit."""
+        """`source` presented a wrong or missing key: spend one credit. Out of credit again
+        before its bucket refilled: the wait doubles (refilling starts later)."""
         key = source_key(source)
-        credits = max(0.0, self._credits(key, now) - 1.0)
-        self._buckets.pop(key, None)
+        credits = self._credits(key, now)
+        old = self._buckets.pop(key, None)
+        # a full bucket forgets the past: the source stayed quiet for a whole window
+        level = 0 if old is None or credits >= self.limits.max_failures else old.level
+        bucket = _Bucket(max(0.0, credits - 1.0), now, level)
+        if bucket.credits < 1.0:
+            bucket.level += 1
+            base = (1.0 - bucket.credits) / self._rate  # the wait for one credit
+            wait = min(self.limits.max_backoff_s, base * 2.0 ** (bucket.level - 1))
+            bucket.at = now + max(0.0, wait - base)
         if len(self._buckets) >= self.limits.max_sources:
             self._make_room(now)
-        self._buckets[key] = (credits, now)
+        self._buckets[key] = bucket
 
     def _credits(self, key: str, now: float) -> float:
-        entry = self._buckets.get(key)
-        if entry is None:
+        bucket = self._buckets.get(key)
+        if bucket is None:
             return float(self.limits.max_failures)
-        credits, at = entry
-        return min(float(self.limits.max_failures), credits + max(0.0, now - at) * self._rate)
+        return min(float(self.limits.max_failures), bucket.credits + max(0.0, now - bucket.at) * self._rate)
 
     def _make_room(self, now: float) -> None:
         """Drop one source: the oldest whose bucket is full again, else the oldest."""

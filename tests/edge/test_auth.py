@@ -125,3 +125,23 @@ def test_ipv6_sources_are_grouped_by_64() -> None:
     t = FailureThrottle(ThrottleLimits(max_failures=1))
     t.record_failure("2001:db8:1:2::1", now=0.0)
     assert t.check("2001:db8:1:2::99", now=0.0) > 0 and t.num_refused == 1
+
+
+def test_a_source_out_of_credit_again_before_refilling_backs_off_exponentially() -> None:
+    # one credit every 10 s; each time the source spends it as soon as it is back, the wait doubles
+    t = FailureThrottle(ThrottleLimits(max_failures=3, window_s=30.0, max_backoff_s=100.0))
+    for _ in range(3):
+        t.record_failure("10.0.0.1", now=0.0)
+    assert t.retry_after("10.0.0.1", now=0.0) == pytest.approx(10.0)
+    now, waits = 0.0, []
+    for _ in range(5):
+        now += t.retry_after("10.0.0.1", now)
+        assert t.retry_after("10.0.0.1", now) == 0.0  # credit back: one more attempt allowed
+        t.record_failure("10.0.0.1", now)
+        waits.append(round(t.retry_after("10.0.0.1", now), 6))
+    assert waits == [20.0, 40.0, 80.0, 100.0, 100.0]  # doubled, up to max_backoff_s
+    # quiet for a whole window after the last wait: the bucket is full and the past forgotten
+    now += 100.0 + 30.0
+    for _ in range(3):
+        t.record_failure("10.0.0.1", now)
+    assert t.retry_after("10.0.0.1", now) == pytest.approx(10.0)
