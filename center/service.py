@@ -8,21 +8,22 @@ an exception out of the handler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
-import math
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from isthmus.center.meter import RateMeter
 from isthmus.center.migration import StreamedSoFar, is_migration, migrated_message, resume_state
 from isthmus.center.prepare import RequestPreparer
 from isthmus.center.request import PreparedRequest
 from isthmus.center.seams import CenterEngine, CenterTokenizer
-from isthmus.engine.core.async_engine import EngineNotRunning, EngineRequest
-from isthmus.engine.core.scheduler import InvalidRequest, PromptTooLong, QueueFull, SchedulerError
+from isthmus.engine.core.async_engine import EngineRequest
+from isthmus.engine.core.serving import ServingRun
+from isthmus.engine.core.serving_clock import RequestClock
 from isthmus.engine.core.state import RequestState
 from isthmus.protocol import (
     Done,
@@ -35,16 +36,15 @@ from isthmus.protocol import (
     SamplingOptions,
     Status,
     TokenChunk,
-    Usage,
     error_message,
     limits,
-    pack_ids,
+    num_ids,
 )
-from isthmus.protocol.messages import FinishReason, Timings
 
 log = logging.getLogger(__name__)
 
 ROUTE = Route(tier="center", reason="center", score=0.0)
+DRAINED = ProtocolError(ErrorCode.DRAINING, "center drained before the answer finished", retryable=True)
 
 
 @dataclass(slots=True)
@@ -53,7 +53,7 @@ class InFlight:
 
     engine_id: str
     request_id: str
-    aborted_because: ErrorCode | None = None  # why the server aborted it (deadline, drain)
+    run: ServingRun | None = None  # the engine request being served (set once it is prepared)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     sent: StreamedSoFar = field(default_factory=StreamedSoFar)  # what the stream has sent
@@ -106,7 +106,7 @@ class CenterService:
     async def generate(
         self, req: GenerateRequest | ProtocolError, time_remaining: float | None = None
     ) -> AsyncGenerator[TokenChunk | Done | Error | Migrated, None]:
-        """Stream the answer: TokenChunk ... then Done, or one Error.
+        """Stream the answer: TokenChunk ... then Done, or one Error (or `Migrated`: `export`).
 
         ``req`` may be the `ProtocolError` its decoding raised (answered with that error).
         ``time_remaining`` (seconds) is the transport's deadline; ``req.timeout_ms`` another; the
@@ -119,96 +119,41 @@ class CenterService:
         if refusal is not None:
             yield refusal
             return
+        clock = RequestClock(self.clock, req.timeout_ms, time_remaining_s=time_remaining)
+        flight = InFlight(engine_id=f"{req.id}#{next(self._ids)}", request_id=req.id, sampling=req.sampling)
         try:
             prepared = await self.preparer.prepare(req)
-        except ProtocolError as exc:
-            yield error_message(req.id, exc)
-            return
-        flight = InFlight(engine_id=f"{req.id}#{next(self._ids)}", request_id=req.id, sampling=req.sampling)
-        t_start = self.clock()
-        timeout_s = _earliest(time_remaining, None if req.timeout_ms is None else req.timeout_ms / 1000)
-        try:
             engine_req = _engine_request(req, prepared, flight)
         except ProtocolError as exc:
             yield error_message(req.id, exc)
             return
+        flight.run = ServingRun(self.engine, engine_req, req.id, clock, tier="center",
+                                want_logprobs=req.sampling.logprobs is not None,
+                                num_prompt_tokens=len(prepared.prompt_ids))
         self.in_flight[flight.engine_id] = flight
-        watchdog = None
-        if timeout_s is not None:
-            watchdog = asyncio.get_running_loop().call_later(
-                max(timeout_s, 0.0), self._abort_soon, flight, ErrorCode.DEADLINE_EXCEEDED
-            )
-        finished = False
-        num_generated = 0
-        first_token_s: float | None = None
-        queue_s = 0.0
         try:
-            async for out in self.engine.generate(engine_req):
-                if flight.migrated is not None:  # exported: end with what it had, then its state
-                    if out.finish_reason is None:
-                        continue  # already in the state; the abort `export` began ends the stream
-                    finished = True
-                    assert flight.exported is not None
-                    tail = flight.sent.tail(req.id, flight.exported)
-                    if tail is not None:
-                        yield tail
-                    yield flight.migrated
-                    return
-                if out.new_token_ids or out.text_delta:
-                    flight.sent.add(len(out.new_token_ids), out.text_delta)
-                    now = self.clock()
-                    if first_token_s is None:
-                        first_token_s = now - t_start
-                    num_generated += len(out.new_token_ids)
-                    self.meter.add(len(out.new_token_ids), now)
-                    yield TokenChunk(
-                        id=req.id,
-                        token_ids=pack_ids(out.new_token_ids),
-                        text=out.text_delta,
-                        logprobs=_finite(out.logprobs),
-                        tier="center",
-                    )
-                if out.queue_s is not None:
-                    queue_s = out.queue_s
-                if out.finish_reason is not None:
-                    finished = True
-                    if out.finish_reason == "deadline":
-                        flight.aborted_because = flight.aborted_because or ErrorCode.DEADLINE_EXCEEDED
-                    if flight.aborted_because is not None:
-                        yield _aborted_error(req.id, flight.aborted_because)
-                        return
-                    total_s = self.clock() - t_start
-                    yield Done(
-                        id=req.id,
-                        finish_reason=cast(FinishReason, out.finish_reason),  # "deadline" ended above
-                        usage=Usage(prompt_tokens=len(prepared.prompt_ids), completion_tokens=num_generated),
-                        route=ROUTE,
-                        timings=Timings(
-                            queue_ms=_ms(queue_s),
-                            first_token_ms=_ms(first_token_s or total_s),
-                            total_ms=_ms(total_s),
-                        ),
-                        model=self.model_name,
-                    )
-                    return
-            finished = True  # the stream ended without a finish reason: the engine dropped it
-            yield Error(id=req.id, code=ErrorCode.INTERNAL, message="engine ended the request early")
-        except (ProtocolError, SchedulerError, EngineNotRunning) as exc:  # refused by the engine
-            finished = True
-            yield error_message(req.id, _as_protocol_error(exc))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            finished = True
-            log.exception("generate %s failed", req.id)
-            yield error_message(req.id, exc)
+            async with contextlib.aclosing(flight.run.messages(ROUTE, self.model_name)) as answer:
+                async for msg in answer:
+                    if flight.migrated is not None:  # exported: end with what it had, then its state
+                        if not isinstance(msg, TokenChunk):  # already in the state otherwise
+                            for last in self._migrated_end(flight):
+                                yield last
+                            return
+                        continue
+                    if isinstance(msg, TokenChunk):
+                        flight.sent.add(num_ids(msg.token_ids), msg.text)
+                        self.meter.add(num_ids(msg.token_ids), self.clock())
+                    yield msg
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
-            if not finished:  # the caller went away (cancel, deadline, disconnect)
-                self._spawn(self._abort(flight.engine_id))
             self.in_flight.pop(flight.engine_id, None)
             flight.done.set()
+
+    @staticmethod
+    def _migrated_end(flight: InFlight) -> list[TokenChunk | Migrated]:
+        """An exported request's last messages: what its state holds that was not sent, then it."""
+        assert flight.exported is not None and flight.migrated is not None
+        tail = flight.sent.tail(flight.request_id, flight.exported)
+        return ([] if tail is None else [tail]) + [flight.migrated]
 
     def _refusal(self, request_id: str) -> Error | None:
         if self.is_draining:
@@ -218,11 +163,6 @@ class CenterService:
                 id=request_id, code=ErrorCode.UNAVAILABLE, message="center is not ready", retryable=True
             )
         return None
-
-    def _abort_soon(self, flight: InFlight, because: ErrorCode) -> None:
-        if flight.aborted_because is None:
-            flight.aborted_because = because
-        self._spawn(self._abort(flight.engine_id))
 
     async def _abort(self, engine_id: str) -> None:
         try:
@@ -307,7 +247,8 @@ class CenterService:
                 w.cancel()
         leftovers = list(self.in_flight.values())
         for flight in leftovers:
-            self._abort_soon(flight, ErrorCode.DRAINING)
+            if flight.run is not None:
+                await flight.run.interrupt(DRAINED)
         for flight in leftovers:  # let their streams write the Error before the server stops
             try:
                 await asyncio.wait_for(flight.done.wait(), timeout=5.0)
@@ -317,52 +258,19 @@ class CenterService:
 
 
 def _engine_request(req: GenerateRequest, prepared: PreparedRequest, flight: InFlight) -> EngineRequest:
-    """The engine request for ``req``; a migrated one resumes (raises `ProtocolError` if it cannot)."""
+    """The engine request for ``req``. A migrated one resumes its exported state (raises
+    `ProtocolError` if it cannot); an exact hand-over resumes the edge's answer as
+    `RequestState.handed_over` (its text was streamed already: it is not sent again)."""
+    state: RequestState | None = None
     if is_migration(req):
         state = resume_state(req, prepared.prompt_ids, prepared.num_continuation_tokens,
                              prepared.is_exact_continuation, prepared.params)
         flight.sent = StreamedSoFar(base_ids=len(state.output_ids), base_text=state.text)
-        return EngineRequest(request_id=flight.engine_id, prompt_ids=state.prompt_ids, params=prepared.params,
-                             priority=req.priority, resume=state)
-    continued = None
-    if prepared.is_exact_continuation and req.continuation is not None:
-        continued = (prepared.num_continuation_tokens, req.continuation.text)
-        flight.sent = StreamedSoFar(base_text=req.continuation.text, handover_text=req.continuation.text)
-    return EngineRequest(request_id=flight.engine_id, prompt_ids=prepared.prompt_ids, params=prepared.params,
-                         priority=req.priority, continued=continued)
-
-
-def _as_protocol_error(exc: Exception) -> ProtocolError:
-    if isinstance(exc, ProtocolError):
-        return exc
-    if isinstance(exc, QueueFull):
-        return ProtocolError(ErrorCode.OVERLOADED, f"center overloaded: {exc}", retryable=True)
-    if isinstance(exc, PromptTooLong):
-        return ProtocolError(ErrorCode.PROMPT_TOO_LONG, str(exc))
-    if isinstance(exc, InvalidRequest):
-        return ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc))
-    return ProtocolError(ErrorCode.UNAVAILABLE, f"center engine unavailable: {exc}", retryable=True)
-
-
-def _aborted_error(request_id: str, because: ErrorCode) -> Error:
-    if because == ErrorCode.DEADLINE_EXCEEDED:
-        return Error(id=request_id, code=because, message="deadline exceeded", retryable=False)
-    return Error(id=request_id, code=because, message="center drained before the answer finished",
-                 retryable=True)
-
-
-def _earliest(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    return a if b is None else min(a, b)
-
-
-def _ms(seconds: float) -> float:
-    return max(seconds, 0.0) * 1000.0
-
-
-def _finite(values: list[float] | None) -> list[float] | None:
-    # -inf logprobs (a token the filters ruled out) cannot travel: the wire takes finite floats.
-    if values is None:
-        return None
-    return [v if math.isfinite(v) else -1e30 for v in values]
+    elif prepared.is_exact_continuation and req.continuation is not None:
+        text, split = req.continuation.text, len(prepared.prompt_ids) - prepared.num_continuation_tokens
+        state = RequestState.handed_over(req.id, prepared.prompt_ids[:split], prepared.prompt_ids[split:],
+                                         text, prepared.params, priority=req.priority)
+        flight.sent = StreamedSoFar(base_text=text, handover_text=text)
+    prompt_ids = state.prompt_ids if state is not None else prepared.prompt_ids
+    return EngineRequest(request_id=flight.engine_id, prompt_ids=prompt_ids, params=prepared.params,
+                         priority=req.priority, resume=state)
