@@ -36,15 +36,21 @@ class EngineNotRunning(RuntimeError):
 
 @dataclass(slots=True)
 class EngineRequest:
+    """One request for `AsyncEngine.generate`.
+
+    ``resume``: continue a request begun elsewhere, the one way to do so: a migrated request's
+    `RequestState` (``export_state`` on another engine) or an answer another engine began
+    (`RequestState.handed_over`). Its prompt, params, ids and streamed text then come from the
+    state (``prompt_ids`` and ``params`` here are not used).
+    """
+
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
     priority: int = 0  # higher first
     deadline: float | None = None  # time.monotonic() seconds; past it the request ends "deadline"
     want_prompt_logprobs: bool = False
-    resume: RequestState | None = None  # continue a request exported from another engine
-    # (n, text): the last n prompt ids are an answer another engine began and streamed `text` of
-    continued: tuple[int, str] | None = None
+    resume: RequestState | None = None
 
 
 class _Stream:
@@ -167,7 +173,6 @@ class AsyncEngine:
                 deadline=req.deadline,
                 want_prompt_logprobs=req.want_prompt_logprobs,
                 resume=req.resume,
-                continued=req.continued,
                 now=time.monotonic(),
             )
             self._streams[req.request_id] = stream

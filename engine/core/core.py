@@ -106,24 +106,16 @@ class EngineCore:
         deadline: float | None = None,
         want_prompt_logprobs: bool = False,
         resume: RequestState | None = None,
-        continued: tuple[int, str] | None = None,
         now: float | None = None,
     ) -> Sequence:
-        """Queue a request (or resume one: its prompt, params and generated ids come from ``resume``).
-
-        ``continued=(n, text)``: the last ``n`` prompt ids are an answer another engine began and
-        streamed ``text`` of (an edge's hand-over); see `OutputProcessor.add`.
+        """Queue a request, or continue one begun elsewhere: with ``resume`` (a migrated request's
+        `export_state`, or `RequestState.handed_over` for an answer another engine began) its
+        prompt, params, generated ids and streamed text come from the state, not the arguments.
         """
         now = time.monotonic() if now is None else now
-        text = ""
         output_ids = None
-        num_replayed = 0
-        if continued is not None:
-            num_replayed, text = continued
         if resume is not None:
-            prompt_ids, params = resume.prompt_ids, resume.params
-            output_ids, text = resume.output_ids, resume.text
-            num_replayed = len(output_ids)
+            prompt_ids, params, output_ids = resume.prompt_ids, resume.params, resume.output_ids
         seq = self.scheduler.add(
             request_id,
             prompt_ids,
@@ -134,7 +126,7 @@ class EngineCore:
             want_prompt_logprobs=want_prompt_logprobs,
             output_ids=output_ids,
         )
-        self.processor.add(seq, text, num_replayed)
+        self.processor.add(seq, resume)
         return seq
 
     def abort(self, request_id: str) -> bool:
@@ -195,13 +187,15 @@ class EngineCore:
         seq = self.scheduler.get(request_id)
         if seq is None:
             raise KeyError(f"no running or waiting request {request_id!r}")
+        text, num_answer_prompt_ids = self.processor.streamed(request_id)
         return RequestState(
             request_id=request_id,
             prompt_ids=list(seq.prompt_ids),
             output_ids=seq.output_ids,
             params=seq.params,
-            text=self.processor.text(request_id),
+            text=text,
             priority=seq.priority,
+            num_answer_prompt_ids=num_answer_prompt_ids,
         )
 
     def load(self, now: float | None = None) -> EngineLoad:

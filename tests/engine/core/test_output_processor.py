@@ -17,6 +17,7 @@ from isthmus.engine.core.options import EngineOptions
 from isthmus.engine.core.output_processor import OutputProcessor
 from isthmus.engine.core.params import SamplingParams
 from isthmus.engine.core.sequence import Sequence, SeqUpdate
+from isthmus.engine.core.state import RequestState
 from isthmus.tokenizer import Tokenizer
 
 
@@ -25,37 +26,53 @@ class _NoScheduler:
         raise AssertionError("no stop string in this test")
 
 
-def _seq(ids: list[int], stop: list[str] | None = None) -> Sequence:
-    return Sequence(0, "r", ids, SamplingParams(seed=1, stop=stop or []), all_ids=list(ids))
+def _state(
+    how: str, prompt: list[int], answer: list[int], text: str, stop: list[str] | None = None
+) -> RequestState:
+    """The answer begun elsewhere as a hand-over (prompt to this engine) or a migration (output)."""
+    params = SamplingParams(seed=1, stop=stop or [])
+    if how == "handed_over":
+        return RequestState.handed_over("r", prompt, answer, text, params)
+    return RequestState("r", prompt, answer, params, text)
 
 
-def test_half_character_from_the_other_engine_is_completed(tiny_llama: Path) -> None:
+def _seq(state: RequestState) -> Sequence:
+    ids = state.prompt_ids
+    return Sequence(0, "r", ids, state.params, all_ids=[*ids, *state.output_ids])
+
+
+@pytest.mark.parametrize("how", ["handed_over", "migrated"])
+def test_half_character_from_the_other_engine_is_completed(tiny_llama: Path, how: str) -> None:
     tok = Tokenizer.from_dir(tiny_llama)
     prompt = tok.encode("Say it:", add_special_tokens=False)
     char = tok.encode("\u9f8d", add_special_tokens=False)  # 龍: three UTF-8 bytes, three byte tokens
     assert len(char) == 3 and tok.decode(char[:2]) != "\u9f8d"
     proc = OutputProcessor(tok, _NoScheduler())  # type: ignore[arg-type]
     # The other engine generated the first two bytes and streamed nothing of them.
-    seq = _seq(prompt + char[:2])
-    proc.add(seq, "", num_replayed=2)
+    state = _state(how, prompt, char[:2], "")
+    seq = _seq(state)
+    proc.add(seq, state)
     seq.all_ids.append(char[2])
     (out,) = proc.process([SeqUpdate(seq, new_token_ids=[char[2]])])
     assert out.text_delta == "\u9f8d"
 
 
-def test_text_held_back_elsewhere_goes_out_first(tiny_llama: Path) -> None:
+@pytest.mark.parametrize("how", ["handed_over", "migrated"])
+def test_text_held_back_elsewhere_goes_out_first(tiny_llama: Path, how: str) -> None:
     tok = Tokenizer.from_dir(tiny_llama)
     prompt = tok.encode("Say it:", add_special_tokens=False)
     done = tok.encode(" hello world", add_special_tokens=False)
     proc = OutputProcessor(tok, _NoScheduler())  # type: ignore[arg-type]
     # The client received " hello"; " world" was held back (it could have started a stop string).
-    seq = _seq(prompt + done, stop=[" world peace"])
-    proc.add(seq, " hello", num_replayed=len(done))
+    state = _state(how, prompt, done, " hello", stop=[" world peace"])
+    seq = _seq(state)
+    proc.add(seq, state)
+    assert proc.streamed("r") == (" hello", len(state.prompt_ids) - len(prompt))
     nxt = tok.encode("!", add_special_tokens=False)
     seq.all_ids += nxt
     (out,) = proc.process([SeqUpdate(seq, new_token_ids=nxt, finish_reason="length")])
     assert out.text_delta == " world!"
-    assert proc.text("r") == ""  # finished: no longer tracked
+    assert proc.streamed("r") == ("", 0)  # finished: no longer tracked
 
 
 def _greedy(model: Path) -> tuple[EngineCore, SamplingParams]:
@@ -104,7 +121,8 @@ def test_stop_string_spanning_a_hand_over_is_found(tiny_llama: Path, join: int) 
     edge_ids, edge_deltas, _ = _run(core, "edge", limit=join)
     streamed = "".join(edge_deltas)
     assert edge_ids == ids[: len(edge_ids)] and len(streamed) < len(before)  # text was held back
-    core.add("center", prompt + edge_ids, _with_stop(params, stop), continued=(len(edge_ids), streamed))
+    state = RequestState.handed_over("center", prompt, edge_ids, streamed, _with_stop(params, stop))
+    core.add("center", [], params, resume=state)
     _, center_deltas, finish = _run(core, "center")
     assert (streamed + "".join(center_deltas), finish) == (expected_text, "stop")
 

@@ -44,6 +44,32 @@ def test_malformed_state_is_a_typed_error(mutate):
         RequestState.from_dict([1, 2])
 
 
+def test_a_hand_over_is_prompt_with_its_streamed_text():
+    p = SamplingParams(seed=5)
+    st = RequestState.handed_over("h", [1, 2], [3, 4], "ab", p, priority=1)
+    assert (st.prompt_ids, st.output_ids, st.num_generated) == ([1, 2, 3, 4], [], 0)
+    assert (st.streamed_ids, st.text, st.priority, st.params) == ([3, 4], "ab", 1, p)
+    migrated = RequestState("m", [1, 2], [3, 4], p, "ab")
+    assert migrated.streamed_ids == [3, 4] and migrated.num_generated == 2
+    back = RequestState.from_dict(json.loads(json.dumps(st.to_dict())))
+    assert back == st and back.num_answer_prompt_ids == 2
+
+
+def test_a_version_1_state_still_loads():
+    d = RequestState("r", [1, 2], [3], SamplingParams(seed=1), "x").to_dict()
+    del d["num_answer_prompt_ids"]
+    d["version"] = 1
+    assert RequestState.from_dict(d) == RequestState("r", [1, 2], [3], SamplingParams(seed=1), "x")
+
+
+@pytest.mark.parametrize("bad", [-1, 3, "1", 1.0, None])
+def test_answer_ids_beyond_the_prompt_are_a_typed_error(bad):
+    d = RequestState("r", [1, 2], [3], SamplingParams(seed=1)).to_dict()
+    d["num_answer_prompt_ids"] = bad
+    with pytest.raises(InvalidState, match="num_answer_prompt_ids"):
+        RequestState.from_dict(d)
+
+
 def test_params_from_protocol_options():
     opts = SamplingOptions(
         max_tokens=5, temperature=0.5, top_k=3, seed=8, stop=["a"], stop_token_ids=pack_ids([7, 9])
@@ -100,3 +126,25 @@ def test_resume_on_another_engine_is_token_identical(tiny_llama, params):
     ref.add("r3", prompt, state.params)
     assert resumed == run(ref, "r3")
     assert len(resumed) == 20
+
+
+def test_hand_over_then_migration_is_token_identical(tiny_llama):
+    """An answer handed over (its ids are prompt: the seeded sampler starts at draw 0), exported
+    mid-answer and resumed on a third engine, continues as a plain request on prompt + answer."""
+    opts = EngineOptions(model=str(tiny_llama), num_kv_blocks=64, block_size=4)
+    params = SamplingParams(max_tokens=12, temperature=1.0, seed=11, ignore_eos=True)
+    prompt, answer = [0, 17, 300, 42], [9, 77, 5]
+    a = EngineCore(opts)
+    a.add("h", [], params, resume=RequestState.handed_over("h", prompt, answer, "", params))
+    got: list[int] = []
+    while len(got) < 5:
+        for out in a.step():
+            got += out.new_token_ids
+    state = RequestState.from_dict(msgpack.unpackb(msgpack.packb(a.export_state("h").to_dict())))
+    assert (state.prompt_ids, state.output_ids, state.num_answer_prompt_ids) == (prompt + answer, got, 3)
+    assert state.streamed_ids == answer + got
+    b = EngineCore(opts)
+    b.add("m", [], params, resume=state)
+    ref = EngineCore(opts)
+    ref.add("ref", prompt + answer, params)
+    assert got + run(b, "m") == run(ref, "ref")
