@@ -5,6 +5,8 @@ state the exporting replica returned. `follow_migrations` wraps the center pool'
 replica ends it with `Migrated` (an `Export`, or a `Drain(migrate=true)`), the same request goes on
 through the pool on a replica that admits it, and the app sees one unbroken stream. With no replica
 left to take it, the answer ends with today's retryable DRAINING error. `MigrationStats` counts.
+A `ReplicaTrail` keeps a resumed request off every replica it migrated away from (an `Export` on
+a replica that still serves must not land the request there again).
 """
 
 from __future__ import annotations
@@ -58,6 +60,20 @@ def no_target_error(request_id: str, reason: str = "no other center replica can 
         message=f"center drained before the answer finished ({reason})",
         retryable=True,
     )
+
+
+@dataclass(slots=True)
+class ReplicaTrail:
+    """The replicas one answer went through: the pool notes each attempt's replica in `serving`;
+    `moved` marks it `left` when its stream ended with `Migrated`, and the pool never picks a
+    replica in `left` for that answer again."""
+
+    serving: str | None = None
+    left: set[str] = field(default_factory=set)
+
+    def moved(self) -> None:
+        if self.serving is not None:
+            self.left.add(self.serving)
 
 
 STALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)  # seconds
@@ -126,32 +142,23 @@ async def follow_migrations(
     timeout_ms: Callable[[], int | None] = lambda: None,
     stats: MigrationStats = STATS,
     clock: Callable[[], float] = time.monotonic,
+    trail: ReplicaTrail | None = None,
 ) -> AsyncGenerator[Answer, None]:
     """``open_stream(req)``'s answer, continued through ``open_stream`` after each `Migrated`.
 
     What the first stream raises (e.g. no replica at all) propagates; a later stream that cannot
     start, or refuses before its first token, ends the answer with `no_target_error`. A `Done`
     counts the tokens of every hop. ``timeout_ms()``: the deadline left, for each resumed request.
+    ``trail``: the one ``open_stream`` passes to the pool; each `Migrated` marks the replica that
+    sent it as left, so the resumed request goes elsewhere.
     """
     current, hops, earlier = req, 0, 0
     migrated_at: float | None = None  # when the latest Migrated arrived (None: its stall recorded)
     while True:
-        migrated, num_tokens = None, 0
+        hop = _Hop(hops=hops, earlier=earlier)
         try:
-            async with contextlib.aclosing(_stream(open_stream, current)) as gen:
+            async with contextlib.aclosing(hop.relay(open_stream, current)) as gen:
                 async for msg in gen:
-                    if isinstance(msg, Migrated):
-                        migrated = msg
-                        break
-                    if hops and num_tokens == 0 and isinstance(msg, Error) and msg.retryable:
-                        raise _NoTarget(f"{ErrorCode(msg.code).name}: {msg.message}")
-                    if isinstance(msg, TokenChunk):
-                        num_tokens += len(msg.token_ids) // TOKEN_ID_SIZE
-                    elif isinstance(msg, Done) and earlier:
-                        usage = msgspec.structs.replace(
-                            msg.usage, completion_tokens=msg.usage.completion_tokens + earlier
-                        )
-                        msg = msgspec.structs.replace(msg, usage=usage)
                     if hops and migrated_at is not None:
                         stats.record_finish(clock() - migrated_at)
                         migrated_at = None
@@ -168,8 +175,10 @@ async def follow_migrations(
             log.warning("migrated request %s could not go on: %s", req.id, exc)
             yield no_target_error(req.id)
             return
-        if migrated is None:
+        if hop.migrated is None:
             return
+        if trail is not None:
+            trail.moved()
         hops += 1
         if hops > MAX_MIGRATIONS_PER_REQUEST:
             stats.record_failure()
@@ -177,8 +186,38 @@ async def follow_migrations(
             return
         stats.record_start()
         migrated_at = clock()
-        earlier += num_tokens
-        current = resume_request(current, migrated, timeout_ms())
+        earlier += hop.num_tokens
+        current = resume_request(current, hop.migrated, timeout_ms())
+
+
+@dataclass(slots=True)
+class _Hop:
+    """One replica's part of an answer: ``hops`` moves before it, ``earlier`` tokens sent before it."""
+
+    hops: int
+    earlier: int
+    num_tokens: int = 0
+    migrated: Migrated | None = None  # how it ended, when it moved on
+
+    async def relay(self, open_stream: OpenStream, req: GenerateRequest) -> AsyncGenerator[Answer, None]:
+        """The replica's messages up to its `Migrated` (kept in `migrated`, not yielded); a `Done`
+        counts the earlier hops' tokens. Raises `_NoTarget` when a resumed request is refused
+        before its first token."""
+        async with contextlib.aclosing(_stream(open_stream, req)) as gen:
+            async for msg in gen:
+                if isinstance(msg, Migrated):
+                    self.migrated = msg
+                    return
+                if self.hops and self.num_tokens == 0 and isinstance(msg, Error) and msg.retryable:
+                    raise _NoTarget(f"{ErrorCode(msg.code).name}: {msg.message}")
+                if isinstance(msg, TokenChunk):
+                    self.num_tokens += len(msg.token_ids) // TOKEN_ID_SIZE
+                elif isinstance(msg, Done) and self.earlier:
+                    usage = msgspec.structs.replace(
+                        msg.usage, completion_tokens=msg.usage.completion_tokens + self.earlier
+                    )
+                    msg = msgspec.structs.replace(msg, usage=usage)
+                yield msg
 
 
 async def _stream(open_stream: OpenStream, req: GenerateRequest) -> AsyncGenerator[CenterAnswer, None]:

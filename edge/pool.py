@@ -34,6 +34,7 @@ from isthmus.protocol import (
 
 from .affinity import PrefixAffinity, prompt_bytes
 from .answers import CenterAnswer
+from .migration import ReplicaTrail
 from .pool_digest import DigestGuard
 from .replica import CenterTls, PoolOptions, Replica
 from .router import LoadView
@@ -251,15 +252,19 @@ class CenterPool:
         return best
 
     # --- generate --------------------------------------------------------------------------------
-    async def generate(self, req: GenerateRequest) -> AsyncIterator[CenterAnswer]:
+    async def generate(
+        self, req: GenerateRequest, trail: ReplicaTrail | None = None
+    ) -> AsyncIterator[CenterAnswer]:
         """Stream the center's answer to `req`: `TokenChunk`s, then one `Done` or `Error`.
 
         Raises `CenterUnavailable` when no replica starts the answer. Closing the iterator (or
         cancelling its consumer) cancels the gRPC call, which aborts the request on the center.
+        `trail` (a live migration's): replicas in `trail.left` are never tried; each attempt's
+        replica is noted in `trail.serving`.
         """
         start = self.clock()
         deadline = start + req.timeout_ms / 1000 if req.timeout_ms is not None else None
-        tried: set[str] = set()
+        tried: set[str] = set(trail.left) if trail is not None else set()
         last_failure = "no healthy center replica"
         last_error: Error | None = None
         prefix = self.affinity.block_hashes(prompt_bytes(req)) if self.affinity.options.enabled else []
@@ -274,6 +279,8 @@ class CenterPool:
             if replica is None or not replica.breaker.allow(self.clock()):
                 break
             tried.add(replica.endpoint)
+            if trail is not None:
+                trail.serving = replica.endpoint
             attempt = _with_timeout(req, timeout_s)
             outcome = _Attempt()
             replica.num_outstanding += 1

@@ -27,8 +27,8 @@ from isthmus.protocol.limits import TOKEN_ID_SIZE
 
 from .answers import Answer
 from .handover import escalated_request, remaining_ms
-from .migration import follow_migrations
-from .pool import CenterUnavailable
+from .migration import OpenStream, ReplicaTrail, follow_migrations
+from .pool import CenterPool, CenterUnavailable
 from .request_run import RequestClock
 from .seams import CenterPoolLike, EdgeTokenizer
 
@@ -61,8 +61,11 @@ async def open_center(
         max_tokens=max_tokens,
         prompt_text=prompt_text,
     )
-    # a replica may end the stream with Migrated (export, migrating drain): it goes on on another
-    gen = follow_migrations(pool.generate, creq, timeout_ms=lambda: remaining_ms(clock.deadline, clock.now()))
+    # a replica may end the stream with Migrated (export, migrating drain): it goes on on another,
+    # never on one it left (the trail: a bare Export leaves the source replica serving)
+    trail = ReplicaTrail()
+    gen = follow_migrations(_opener(pool, trail), creq, trail=trail,
+                            timeout_ms=lambda: remaining_ms(clock.deadline, clock.now()))
     try:
         first = await clock.wait(anext(gen))
     except (StopAsyncIteration, CenterUnavailable):
@@ -75,6 +78,13 @@ async def open_center(
         await gen.aclose()
         return None
     return gen, first
+
+
+def _opener(pool: CenterPoolLike, trail: ReplicaTrail) -> OpenStream:
+    """``pool.generate`` that keeps to ``trail`` (a `CenterPool`'s; other pools pick by themselves)."""
+    if isinstance(pool, CenterPool):
+        return lambda r: pool.generate(r, trail)
+    return pool.generate
 
 
 async def relay_center(
