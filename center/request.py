@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from isthmus.engine.core.params import SamplingParams
+from isthmus.engine.core.serving_wire import sampling_params
 from isthmus.protocol import ErrorCode, GenerateRequest, ProtocolError, unpack_ids
 from isthmus.tokenizer import TokenizerError
 
@@ -83,14 +84,7 @@ def prepare_request(
     INVALID_MESSAGE: sampling values the engine refuses, token ids outside the vocabulary, an empty
     prompt after tokenization. PROMPT_TOO_LONG: no room left in ``max_model_len`` to generate.
     """
-    from isthmus.engine.core.convert import params_from_options  # engine-side conversion of SamplingOptions
-
-    try:
-        params = params_from_options(req.sampling, entropy=False)  # nothing reads it here
-    except ProtocolError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"sampling: {exc}") from exc
+    params = sampling_params(req.sampling, entropy=False)  # nothing reads entropies here
     try:
         ids, num_cont, exact = prompt_ids_for(req, tokenizer)
     except TokenizerError as exc:  # e.g. a chat the template refuses (roles out of order)
