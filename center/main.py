@@ -40,6 +40,7 @@ from isthmus.center.distributed import (
     destroy_tp_group,
     init_tp_group,
 )
+from isthmus.center.kv_migration import DEFAULT_KV_MIN_TOKENS, KV_MODES, KVPolicy
 from isthmus.center.seams import CenterEngine
 from isthmus.center.server import DEFAULT_GRACE_S, CenterServer, TLSFiles
 from isthmus.center.service import CenterService
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-migrate", action="store_true",
                    help="on SIGTERM/SIGINT, drain with migrate: each in-flight request ends at once with "
                         "its state, and the edge continues it on another replica (instead of --grace-s)")
+    p.add_argument("--migrate-kv", choices=KV_MODES, default="auto",
+                   help="how a migrating request moves: tokens (the target recomputes its KV cache), kv "
+                        "(its KV blocks go with it when they fit one message; not under tensor "
+                        "parallelism), auto (kv from --migrate-kv-min-tokens of context on; default)")
+    p.add_argument("--migrate-kv-min-tokens", type=int, default=DEFAULT_KV_MIN_TOKENS, metavar="N",
+                   help=f"auto: ship the KV from N context tokens on (default {DEFAULT_KV_MIN_TOKENS})")
     p.add_argument("--collective-timeout-s", type=float, default=DEFAULT_COLLECTIVE_TIMEOUT_S,
                    help=f"timeout of every collective (default {DEFAULT_COLLECTIVE_TIMEOUT_S:g})")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -111,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--audit-max-bytes must be >= 1, got {a.audit_max_bytes}")
     if a.audit_backups < 0:
         parser.error(f"--audit-backups must be >= 0, got {a.audit_backups}")
+    if a.migrate_kv_min_tokens < 1:
+        parser.error(f"--migrate-kv-min-tokens must be >= 1, got {a.migrate_kv_min_tokens}")
     if a.collective_timeout_s <= 0:
         parser.error(f"--collective-timeout-s must be > 0, got {a.collective_timeout_s}")
     if (a.tls_cert is None) != (a.tls_key is None):
@@ -161,6 +170,7 @@ async def serve(a: argparse.Namespace, opts: EngineOptions, runner: Any = None) 
     engine = AsyncEngine(opts, runner=runner)
     await engine.start()
     service = CenterService(engine, engine.tokenizer, engine.model_name, max_model_len=engine.max_model_len)
+    service.kv_policy = KVPolicy(mode=a.migrate_kv, min_tokens=a.migrate_kv_min_tokens)
     tls = TLSFiles(a.tls_cert, a.tls_key, a.tls_client_ca) if a.tls_cert is not None else None
     audit = open_audit(a)
     server = CenterServer(service, host=a.host, port=a.port, tls=tls, default_grace_s=a.grace_s,

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from isthmus.center.kv_migration import KVPolicy, kv_of, with_kv
 from isthmus.center.meter import RateMeter
 from isthmus.center.migration import StreamedSoFar, is_migration, migrated_message, resume_state
 from isthmus.center.prepare import RequestPreparer
@@ -92,6 +93,7 @@ class CenterService:
         self.is_draining = False
         self.meter = RateMeter()
         self.in_flight: dict[str, InFlight] = {}
+        self.kv_policy = KVPolicy()  # how `export` migrates: ids only, or with KV blocks (--migrate-kv)
         self._ids = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
         # large prompts are tokenized in worker threads: Status and other calls keep being answered
@@ -197,6 +199,7 @@ class CenterService:
         flight.migrated = migrated_message(
             request_id, state, flight.sampling, self.tokenizer.fingerprint, flight.sent.handover_text
         )
+        flight.migrated = with_kv(flight.migrated, self.engine, flight.engine_id, self.kv_policy)
         self._spawn(self._abort(flight.engine_id))
         return flight.migrated
 
@@ -273,4 +276,4 @@ def _engine_request(req: GenerateRequest, prepared: PreparedRequest, flight: InF
         flight.sent = StreamedSoFar(base_text=text, handover_text=text)
     prompt_ids = state.prompt_ids if state is not None else prepared.prompt_ids
     return EngineRequest(request_id=flight.engine_id, prompt_ids=prompt_ids, params=prepared.params,
-                         priority=req.priority, resume=state)
+                         priority=req.priority, resume=state, kv=kv_of(req))

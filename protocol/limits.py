@@ -58,4 +58,15 @@ MAX_CHUNK_TEXT_CHARS = MAX_PROMPT_CHARS  # chars in one TokenChunk
 MAX_CONTINUATION_CHARS = MAX_PROMPT_CHARS  # chars already streamed before a hand-over
 MAX_CONTINUATION_TOKENS = MAX_PROMPT_TOKENS  # tokens already streamed before a hand-over
 MAX_COUNT = 2**63 - 1  # any non-negative counter (usage, queue lengths, KV blocks)
+
+# --- KV blocks of a live migration (Continuation.kv) ---------------------------------------------
+# The whole message (KV included) must still fit one frame: the edge relays it over gRPC, and every
+# decoder caps a body at MAX_FRAME_SIZE. A sender that cannot fit the KV sends ids only (tokens).
+MAX_KV_PAYLOAD_BYTES = MAX_FRAME_SIZE  # bytes: Continuation.kv.data
+MAX_KV_LAYERS = 1024  # transformer layers
+MAX_KV_HEADS = 1024  # key/value heads (of one tensor-parallel shard)
+MAX_KV_HEAD_DIM = 4096  # elements per head
+MAX_KV_TP_SIZE = 1024  # tensor-parallel ranks
+MAX_KV_BLOCK_SIZE = 65536  # tokens per KV block
+MAX_KV_NAME_LEN = 64  # chars: dtype name, layout name
 MAX_FLOAT = sys.float_info.max  # finite floats only: NaN and +-inf are refused

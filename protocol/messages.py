@@ -65,6 +65,31 @@ class ChatMessage(msgspec.Struct):
     content: str
 
 
+KVName = Annotated[str, Meta(max_length=L.MAX_KV_NAME_LEN)]
+
+
+class KVBlocks(msgspec.Struct, kw_only=True):
+    """A migrating request's KV cache: positions ``[0, num_tokens)``, every layer, K and V.
+
+    ``data`` holds ``num_layers * 2 * num_tokens * num_kv_heads * head_dim`` elements of ``dtype``
+    in ``layout`` order (``"layer,kv,token,head,dim"``: token-major, so the receiver's block size
+    need not match ``block_size``, the sender's, which is informative). The receiver uses it only
+    when ``model_fingerprint``, ``dtype``, the shape fields and ``tp_size`` all match its own
+    cache; otherwise it recomputes the cache from the continuation's token ids.
+    """
+
+    model_fingerprint: Fingerprint
+    dtype: KVName  # "float32", "float16", "bfloat16"
+    layout: KVName
+    num_layers: Annotated[int, Meta(ge=1, le=L.MAX_KV_LAYERS)]
+    num_kv_heads: Annotated[int, Meta(ge=1, le=L.MAX_KV_HEADS)]
+    head_dim: Annotated[int, Meta(ge=1, le=L.MAX_KV_HEAD_DIM)]
+    tp_size: Annotated[int, Meta(ge=1, le=L.MAX_KV_TP_SIZE)] = 1
+    block_size: Annotated[int, Meta(ge=1, le=L.MAX_KV_BLOCK_SIZE)]
+    num_tokens: Annotated[int, Meta(ge=1, le=L.MAX_PROMPT_TOKENS + L.MAX_TOKENS)]
+    data: Annotated[bytes, Meta(max_length=L.MAX_KV_PAYLOAD_BYTES)]
+
+
 class Continuation(msgspec.Struct, kw_only=True):
     """A hand-over: the answer so far, to be continued by another tier.
 
@@ -78,6 +103,8 @@ class Continuation(msgspec.Struct, kw_only=True):
     # True: `token_ids` are this request's own answer so far on a replica of the same model (a live
     # migration): sampling goes on from there (seeded position, penalties, `max_tokens` counts them)
     is_migration: bool = False
+    # A migration's KV cache, so the target need not recompute it (None: recompute from the ids)
+    kv: KVBlocks | None = None
 
 
 class Route(msgspec.Struct):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from isthmus.engine.core.core import EngineCore, Runner
+from isthmus.engine.core.kv_blocks import KVPayload, KVSpec
 from isthmus.engine.core.options import EngineOptions
 from isthmus.engine.core.outputs import EngineLoad, EngineOutput
 from isthmus.engine.core.params import SamplingParams
@@ -50,6 +51,9 @@ class EngineRequest:
     priority: int = 0  # higher first
     deadline: float | None = None  # time.monotonic() seconds; past it the request ends "deadline"
     want_prompt_logprobs: bool = False
+    # With ``resume``, a KV migration's cache (positions [0, n - 1) of its n ids): used when it
+    # matches this engine's cache (`kv_blocks.check_payload`), else the request recomputes it
+    kv: KVPayload | None = None
     resume: RequestState | None = None
 
 
@@ -173,6 +177,7 @@ class AsyncEngine:
                 deadline=req.deadline,
                 want_prompt_logprobs=req.want_prompt_logprobs,
                 resume=req.resume,
+                kv=req.kv,
                 now=time.monotonic(),
             )
             self._streams[req.request_id] = stream
@@ -213,6 +218,16 @@ class AsyncEngine:
         """Snapshot of a waiting or running request (raises KeyError when unknown)."""
         with self._cv:
             return self.core.export_state(request_id)
+
+    @property
+    def kv_spec(self) -> KVSpec | None:
+        """This engine's KV cache layout, or None when its runner cannot export or import KV."""
+        return getattr(self.core.runner, "kv_spec", None)
+
+    def export_kv(self, request_id: str, num_tokens: int) -> KVPayload | None:
+        """KV of positions ``[0, num_tokens)`` of a request (see `EngineCore.export_kv`)."""
+        with self._cv:
+            return self.core.export_kv(request_id, num_tokens)
 
     # ---- step thread ---------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Protocol
 
+from isthmus.engine.core.kv_blocks import KVPayload, usable_payload
 from isthmus.engine.core.options import EngineOptions
 from isthmus.engine.core.outputs import EngineLoad, EngineOutput
 from isthmus.engine.core.params import SamplingParams
@@ -106,6 +107,7 @@ class EngineCore:
         deadline: float | None = None,
         want_prompt_logprobs: bool = False,
         resume: RequestState | None = None,
+        kv: KVPayload | None = None,
         now: float | None = None,
     ) -> Sequence:
         """Queue a request, or continue one begun elsewhere: with ``resume`` (a migrated request's
@@ -116,6 +118,9 @@ class EngineCore:
         output_ids = None
         if resume is not None:
             prompt_ids, params, output_ids = resume.prompt_ids, resume.params, resume.output_ids
+        # A migration's KV cache (all positions but the last); one that does not fit is dropped
+        kv = usable_payload(getattr(self.runner, "kv_spec", None), kv,
+                            len(prompt_ids) + len(output_ids or ()) - 1, request_id)
         seq = self.scheduler.add(
             request_id,
             prompt_ids,
@@ -125,6 +130,7 @@ class EngineCore:
             now=now,
             want_prompt_logprobs=want_prompt_logprobs,
             output_ids=output_ids,
+            kv=kv,
         )
         self.processor.add(seq, resume)
         return seq
@@ -197,6 +203,19 @@ class EngineCore:
             priority=seq.priority,
             num_answer_prompt_ids=num_answer_prompt_ids,
         )
+
+    def export_kv(self, request_id: str, num_tokens: int) -> KVPayload | None:
+        """The KV of positions ``[0, num_tokens)`` of a waiting or running request; None when the
+        runner cannot export KV or the request does not hold it now (preempted, still prefilling).
+
+        Safe while a step runs: that step writes only positions at or past ``num_computed``.
+        """
+        seq = self.scheduler.get(request_id)
+        spec, export = getattr(self.runner, "kv_spec", None), getattr(self.runner, "export_kv", None)
+        if seq is None or spec is None or export is None or not 0 < num_tokens <= seq.num_computed:
+            return None
+        table = self.scheduler.block_manager.block_table(seq.seq_id)
+        return KVPayload(spec, num_tokens, export(table, num_tokens))
 
     def load(self, now: float | None = None) -> EngineLoad:
         now = time.monotonic() if now is None else now

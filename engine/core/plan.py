@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from isthmus.engine.core.kv_blocks import KVImport
 from isthmus.engine.core.params import SamplingParams
 
 
@@ -38,6 +39,7 @@ class SchedulePlan:
 
     seqs: list[ScheduledSeq] = field(default_factory=list)
     preempted_seq_ids: list[int] = field(default_factory=list)  # their KV was freed this step
+    kv_imports: list[KVImport] = field(default_factory=list)  # KV to write before the forward pass
 
     @property
     def num_tokens(self) -> int:

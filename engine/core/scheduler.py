@@ -26,6 +26,7 @@ import random
 import time
 
 from isthmus.engine.core.block_manager import BlockManager
+from isthmus.engine.core.kv_blocks import KVImport, KVPayload
 from isthmus.engine.core.params import SamplingParams
 from isthmus.engine.core.plan import RunOutput, ScheduledSeq, SchedulePlan
 from isthmus.engine.core.sequence import (
@@ -92,6 +93,8 @@ class Scheduler:
         self._next_seq_id = 0
         self._pending: list[SeqUpdate] = []  # out-of-step finishes (deadlines) for postprocess
         self.num_preemptions = 0
+        self.kv_imports: dict[int, KVPayload] = {}  # seq_id -> the KV it brought, until admitted
+        self.num_kv_imports = 0  # sequences admitted with imported KV (no prefill)
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -106,6 +109,7 @@ class Scheduler:
         now: float = 0.0,
         want_prompt_logprobs: bool = False,
         output_ids: list[int] | None = None,
+        kv: KVPayload | None = None,  # KV of all_ids[:-1] (a KV migration): admitted without a prefill
     ) -> Sequence:
         """Queue a request. ``output_ids`` resumes one that generated those tokens elsewhere.
 
@@ -127,6 +131,8 @@ class Scheduler:
             raise PromptTooLong(
                 f"{len(all_ids)} tokens leave no room under max_model_len {self.max_model_len}"
             )
+        if kv is not None and kv.num_tokens != len(all_ids) - 1:
+            raise InvalidRequest(f"kv: {kv.num_tokens} positions, the sequence needs {len(all_ids) - 1}")
         if len(self.waiting) >= self.max_waiting:
             raise QueueFull(f"{len(self.waiting)} requests waiting (max_waiting)")
         if params.seed is None:
@@ -146,6 +152,8 @@ class Scheduler:
         self._next_seq_id += 1
         self._by_seq_id[seq.seq_id] = seq
         self._by_request_id[request_id] = seq
+        if kv is not None:
+            self.kv_imports[seq.seq_id] = kv
         bisect.insort(self.waiting, seq, key=Sequence.sort_key)
         return seq
 
@@ -222,15 +230,22 @@ class Scheduler:
             if seq.seq_id in preempted_now:
                 break  # it just lost its blocks for lack of room; admitting it again would thrash
             wants_logits = seq.want_prompt_logprobs and not seq.is_prompt_logprob_reported
-            cached = [] if wants_logits else bm.match_prefix(seq.all_ids)
+            kv = self.kv_imports.get(seq.seq_id)  # its KV comes with the plan: no prefix to match
+            cached = [] if wants_logits or kv is not None else bm.match_prefix(seq.all_ids)
             if not bm.can_allocate(bm.admission_cost(cached, len(seq.all_ids))):
                 break
             self.waiting.pop(0)
             seq.num_computed = seq.num_cached_tokens = bm.adopt(seq.seq_id, cached, len(seq.all_ids))
+            if kv is not None:  # every position but the last is written from the payload
+                seq.num_computed = kv.num_tokens
             chunk = min(seq.num_pending, budget)
             seq.status = SeqStatus.RUNNING
             bisect.insort(self.running, seq, key=Sequence.sort_key)
             self._emit(seq, chunk, plan, now)
+            if kv is not None:
+                del self.kv_imports[seq.seq_id]
+                self.num_kv_imports += 1
+                plan.kv_imports.append(KVImport(seq.seq_id, bm.block_table(seq.seq_id)[:], kv))
             budget -= chunk
         return plan
 
@@ -323,6 +338,7 @@ class Scheduler:
         seq.finish_reason = reason
         self._by_seq_id.pop(seq.seq_id, None)
         self._by_request_id.pop(seq.request_id, None)
+        self.kv_imports.pop(seq.seq_id, None)
 
     def _expire(self, now: float) -> None:
         expired = [s for s in (*self.waiting, *self.running) if s.deadline is not None and now >= s.deadline]

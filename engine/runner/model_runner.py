@@ -11,6 +11,7 @@ in one batched call.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from isthmus.engine.core.kv_blocks import KVMismatch, KVSpec
 from isthmus.engine.core.options import EngineOptions
 from isthmus.engine.core.plan import RunOutput, ScheduledSeq, SchedulePlan
 from isthmus.engine.core.step_handle import StepHandle
@@ -26,6 +28,7 @@ from isthmus.engine.model.attention import AttentionMetadata
 from isthmus.engine.model.config import ModelConfig
 from isthmus.engine.model.loader import Rewrite, load_model
 from isthmus.engine.model.quant import QUANTIZATIONS, UnsupportedQuantizationError
+from isthmus.engine.runner import kv_transfer
 from isthmus.engine.runner.cuda_graph import DecodeGraphs
 from isthmus.engine.runner.device import resolve_device, resolve_dtype
 from isthmus.engine.runner.kv_cache import allocate_kv_cache, choose_num_blocks, kv_block_bytes
@@ -135,6 +138,28 @@ class ModelRunner:
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
+    @functools.cached_property
+    def kv_spec(self) -> KVSpec | None:
+        """The cache's layout for KV migration (`kv_transfer`); None when KV cannot travel: under
+        tensor parallelism (each rank holds a head shard, so such requests migrate by tokens)."""
+        if int(self.model.model.layers[0].self_attn.num_heads) != self.config.num_heads:
+            return None  # a tensor-parallel rank's slice of the heads
+        fingerprint = kv_transfer.model_fingerprint(self.options.model, self.dtype, self.options.quantization)
+        return kv_transfer.cache_spec(fingerprint, self.dtype, self.config.num_layers, self.num_kv_heads,
+                                      self.config.head_dim, self.block_size)
+
+    def export_kv(self, block_table: list[int], num_tokens: int) -> bytes:
+        """Positions ``[0, num_tokens)`` of the sequence holding ``block_table``, as bytes."""
+        return kv_transfer.export_kv(self.kv_caches, block_table, num_tokens, self.block_size)
+
+    def _write_imports(self, plan: SchedulePlan) -> None:
+        """Write the plan's imported KV into its blocks before the forward pass reads them."""
+        for imp in plan.kv_imports:
+            try:
+                kv_transfer.import_kv(self.kv_caches, imp.block_table, imp.payload, self.block_size)
+            except KVMismatch as exc:
+                raise PlanError(f"seq {imp.seq_id}: {exc}") from exc
+
     @torch.inference_mode()
     def run(self, plan: SchedulePlan) -> RunOutput:
         """One forward pass over the plan's prefill chunks and decodes; sample where asked."""
@@ -200,6 +225,7 @@ class ModelRunner:
         assert self.graphs is not None
         for seq in plan.seqs:
             self._validate(seq)
+        self._write_imports(plan)
         seqs = plan.seqs
         bs = self.block_size
         return self.graphs.run(
@@ -298,6 +324,7 @@ class ModelRunner:
     def _prepare(self, plan: SchedulePlan) -> _Batch:
         for seq in plan.seqs:
             self._validate(seq)
+        self._write_imports(plan)
         prefills = [s for s in plan.seqs if len(s.token_ids) > 1]
         # Decodes shortest context first: rows of similar length form the portable decode's groups.
         decodes = sorted((s for s in plan.seqs if len(s.token_ids) == 1), key=lambda s: s.start_pos)
