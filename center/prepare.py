@@ -17,16 +17,13 @@ other call, `Status` included. So, for each request:
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
-
 from isthmus.center.request import PreparedRequest, PromptTokenizer, prepare_request
 from isthmus.protocol import ErrorCode, GenerateRequest, ProtocolError
+from isthmus.tokenizer.offload import TokenizerThreads, size_beyond
 
 INLINE_MAX_BYTES = 4096  # bytes of prompt text prepared on the event loop
 MAX_WORKERS = 2  # tokenizer threads per center
 MAX_PENDING = 64  # large prompts being prepared or waiting at once; more get OVERLOADED
-MAX_CHAR_BYTES = 4  # bytes: the longest UTF-8 character
 
 
 def _verbatim_texts(req: GenerateRequest, fingerprint: str) -> list[str]:
@@ -46,11 +43,7 @@ def _all_texts(req: GenerateRequest) -> list[str]:
     return texts
 
 
-def _utf8_len(texts: list[str]) -> int:
-    return sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
-
-
-class RequestPreparer:
+class RequestPreparer(TokenizerThreads):
     """Runs `prepare_request` on the loop or in its worker threads (see the module doc)."""
 
     def __init__(
@@ -62,35 +55,16 @@ class RequestPreparer:
         max_workers: int = MAX_WORKERS,
         max_pending: int = MAX_PENDING,
     ) -> None:
+        super().__init__(inline_max_bytes=inline_max_bytes, max_workers=max_workers, max_pending=max_pending,
+                         thread_name="center-tokenize")
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
-        self.inline_max_bytes = inline_max_bytes
-        self.max_pending = max_pending
-        self.num_pending = 0
-        self.num_offloaded = 0  # requests prepared in a worker thread (tests, metrics)
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="center-tokenize")
-
-    def close(self) -> None:
-        """Stop the worker threads once their current jobs end (idempotent)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def prepare(self, req: GenerateRequest) -> PreparedRequest:
         """Prompt ids and params for ``req``; `ProtocolError` for what cannot run (see module doc)."""
         self._check_bound(req)
-        if self._is_small(_all_texts(req)):
-            return prepare_request(req, self.tokenizer, self.max_model_len)
-        if self.num_pending >= self.max_pending:
-            busy = f"prompt: {self.num_pending} large prompts are already being prepared"
-            raise ProtocolError(ErrorCode.OVERLOADED, busy, retryable=True)
-        self.num_pending += 1
-        self.num_offloaded += 1
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._pool, prepare_request, req, self.tokenizer, self.max_model_len
-            )
-        finally:
-            self.num_pending -= 1
+        return await self.run(self.is_small(_all_texts(req)), "prompt", prepare_request, req, self.tokenizer,
+                              self.max_model_len)
 
     def _check_bound(self, req: GenerateRequest) -> None:
         """PROMPT_TOO_LONG when the verbatim text's size alone proves it cannot fit."""
@@ -100,26 +74,10 @@ class RequestPreparer:
             return
         texts = _verbatim_texts(req, getattr(self.tokenizer, "fingerprint", ""))
         num_ids = len(req.prompt_ids or b"") // 4  # packed int32
-        num_chars = sum(len(t) for t in texts)
-        if num_ids + bound(num_chars) >= limit:  # chars <= bytes: no need to encode to know
-            raise self._too_long(f"{num_chars} characters", limit)
-        if num_chars * MAX_CHAR_BYTES <= self.inline_max_bytes:
-            return  # small: not worth encoding to count bytes
-        num_bytes = _utf8_len(texts)
-        if num_ids + bound(num_bytes) >= limit:
-            raise self._too_long(f"{num_bytes} bytes", limit)
-
-    @staticmethod
-    def _too_long(size: str, limit: int) -> ProtocolError:
-        return ProtocolError(
-            ErrorCode.PROMPT_TOO_LONG,
-            f"prompt: {size} cannot fit in max_model_len {limit} tokens with room to generate",
-        )
-
-    def _is_small(self, texts: list[str]) -> bool:
-        num_chars = sum(len(t) for t in texts)
-        if num_chars > self.inline_max_bytes:
-            return False
-        if num_chars * MAX_CHAR_BYTES <= self.inline_max_bytes:
-            return True
-        return _utf8_len(texts) <= self.inline_max_bytes
+        # the prompt must leave room for one generated token: num_ids + tokens < limit
+        size = size_beyond(texts, bound, limit - 1 - num_ids, self.inline_max_bytes)
+        if size is not None:
+            raise ProtocolError(
+                ErrorCode.PROMPT_TOO_LONG,
+                f"prompt: {size} cannot fit in max_model_len {limit} tokens with room to generate",
+            )

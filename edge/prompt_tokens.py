@@ -19,14 +19,13 @@ is `INVALID_MESSAGE` naming the field, never an internal error.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from isthmus.protocol import ErrorCode, GenerateRequest, ProtocolError, unpack_ids
+from isthmus.tokenizer.offload import TokenizerThreads, size_beyond
 
 from .seams import EdgeTokenizer
 
@@ -51,7 +50,7 @@ def _too_long(field: str, message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.PROMPT_TOO_LONG, f"{field}: {message}")
 
 
-class PromptTokenizer:
+class PromptTokenizer(TokenizerThreads):
     """Tokenizes requests for one tokenizer; owns the worker threads (see the module doc)."""
 
     def __init__(
@@ -62,16 +61,9 @@ class PromptTokenizer:
         max_workers: int = MAX_WORKERS,
         max_pending: int = MAX_PENDING,
     ) -> None:
+        super().__init__(inline_max_bytes=inline_max_bytes, max_workers=max_workers, max_pending=max_pending,
+                         thread_name="isthmus-tokenize")
         self.tokenizer = tokenizer
-        self.inline_max_bytes = inline_max_bytes
-        self.max_pending = max_pending
-        self.num_pending = 0
-        self.num_offloaded = 0  # jobs that ran in a worker thread (for tests and metrics)
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="isthmus-tokenize")
-
-    def close(self) -> None:
-        """Stop the worker threads once their current jobs end (idempotent)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def refuse_oversized(self, req: GenerateRequest, limit: int | None) -> None:
         """Refuse a plain `prompt` whose size alone proves it too long (`ProtocolError`).
@@ -120,9 +112,9 @@ class PromptTokenizer:
         tok = self.tokenizer
         template = getattr(tok, "apply_chat_template", None)
         if not callable(template):  # a tokenizer without templates
-            ids = await self._run(self._is_small(text), "messages", tok.encode_chat, plain)
+            ids = await self._run(self.is_small([text]), "messages", tok.encode_chat, plain)
             return PromptTokens(ids, text, turns)
-        rendered = await self._run(self._is_small(text), "messages", template, plain)
+        rendered = await self._run(self.is_small([text]), "messages", template, plain)
         self._check_text(rendered, limit, "messages")
         return PromptTokens(await self._encode(rendered, False, "messages"), text, turns)
 
@@ -157,26 +149,13 @@ class PromptTokenizer:
         bound = getattr(self.tokenizer, "min_num_tokens", None)
         if limit is None or not callable(bound):
             return
-        if bound(len(text)) > limit:  # chars <= bytes: no need to encode a huge text to know
-            raise _too_long(field, f"{len(text)} characters are more than {limit} {what}")
-        if len(text) * 4 <= self.inline_max_bytes:
-            return  # too short to be past any sane limit by its bytes: small prompts stay cheap
-        num_bytes = len(text.encode("utf-8", "surrogatepass"))
-        if bound(num_bytes) > limit:
-            raise _too_long(field, f"{num_bytes} bytes are more than {limit} {what}")
-
-    def _is_small(self, text: str) -> bool:
-        """At most `inline_max_bytes` UTF-8 bytes (encoded only when the length leaves it open)."""
-        n = len(text)
-        if n > self.inline_max_bytes:
-            return False
-        if n * 4 <= self.inline_max_bytes:
-            return True
-        return len(text.encode("utf-8", "surrogatepass")) <= self.inline_max_bytes
+        size = size_beyond([text], bound, limit, self.inline_max_bytes)
+        if size is not None:
+            raise _too_long(field, f"{size} are more than {limit} {what}")
 
     async def _encode(self, text: str, add_special_tokens: bool, field: str) -> list[int]:
         encode = functools.partial(self.tokenizer.encode, add_special_tokens=add_special_tokens)
-        return await self._run(self._is_small(text), field, encode, text)
+        return await self._run(self.is_small([text]), field, encode, text)
 
     async def _run(self, is_small: bool, field: str, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on the loop when its input `is_small`, else in a worker thread.
@@ -184,17 +163,7 @@ class PromptTokenizer:
         A tokenizer's refusal of the input (TokenizerError, a ValueError) is the client's fault.
         """
         try:
-            if is_small:
-                return fn(*args)
-            if self.num_pending >= self.max_pending:
-                busy = f"{field}: {self.num_pending} prompts are already being tokenized"
-                raise ProtocolError(ErrorCode.OVERLOADED, busy, retryable=True)
-            self.num_pending += 1
-            self.num_offloaded += 1
-            try:
-                return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-            finally:
-                self.num_pending -= 1
+            return await self.run(is_small, field, fn, *args)
         except ProtocolError:
             raise
         except ValueError as exc:
