@@ -7,9 +7,9 @@ guesser learns nothing while throttled. Each time a source runs out again before
 refilled completely, its wait doubles (one credit's time, then 2x, 4x, ... up to `max_backoff_s`):
 a guesser that spends each credit as soon as it comes back backs off exponentially, while a
 source that stays quiet for a whole window starts afresh. IPv6 sources are grouped by /64, the
-block one subscriber usually holds. The table is bounded: when full, a source whose bucket has refilled is dropped
-first (it carries no state worth keeping), else the least recently failing one. `now` is passed
-in; callers use `time.monotonic()`.
+block one subscriber usually holds. The table is bounded: when full, a source whose bucket has
+refilled is dropped first (it carries no state worth keeping), else the least recently failing
+one. `now` is passed in; callers use `time.monotonic()`.
 """
 
 from __future__ import annotations

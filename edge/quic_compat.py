@@ -26,6 +26,8 @@ CONNECTION_ATTRIBUTES = ("_streams", "_local_max_streams_bidi", "_local_max_stre
 SENDER_ATTRIBUTES = ("_buffer_start", "_buffer_stop")
 RECEIVER_ATTRIBUTES = ("_buffer",)
 LIMIT_ATTRIBUTES = ("used", "value", "sent")
+# what `quic_gate.GatedQuicServer` uses of its base `QuicServer`
+SERVER_ATTRIBUTES = ("_configuration", "_protocols", "_transport", "_loop")
 
 
 def set_local_stream_limits(quic: QuicConnection, max_bidi: int, max_uni: int) -> None:
@@ -70,6 +72,23 @@ def server_port(server: QuicServer) -> int | None:
     if transport is None:
         return None
     return int(transport.get_extra_info("sockname")[1])
+
+
+def server_cid_length(server: QuicServer) -> int:
+    """The length of the connection ids `server` issues (to parse a short header)."""
+    return int(server._configuration.connection_id_length)
+
+
+def server_knows_cid(server: QuicServer, cid: bytes) -> bool:
+    """Whether `cid` names a connection `server` holds (else the packet would start a new one)."""
+    return cid in server._protocols
+
+
+def server_send(server: QuicServer, data: bytes, addr: Any) -> None:
+    """Send one datagram from `server`'s socket (a stateless reply); nothing when it is closed."""
+    transport: Any = server._transport
+    if transport is not None:
+        transport.sendto(data, addr)
 
 
 def _unacked(sender: Any) -> int:

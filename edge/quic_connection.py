@@ -21,6 +21,7 @@ from isthmus.protocol import Done, Error, ErrorCode, GenerateRequest, ProtocolEr
 from .quic_compat import connection_receive_buffered, connection_send_buffered, stream_send_buffered
 from .quic_limits import set_stream_limits
 from .session import StreamHooks, StreamSession
+from .source_gate import REFUSED_REQUESTS, WRONG_KEYS
 
 if TYPE_CHECKING:
     from .quic_server import EdgeQuicServer
@@ -29,6 +30,9 @@ MAX_REMEMBERED_STREAMS = 4096  # finished stream ids kept per connection to igno
 # the QUIC application error code of the CONNECTION_CLOSE that ends a connection whose source is
 # throttled for wrong API keys, after its first RATE_LIMITED answer: the protocol's RATE_LIMITED
 THROTTLED_CLOSE_CODE = int(ErrorCode.RATE_LIMITED)
+# refused for breaking the limits: on a connection with no successful request yet, each counts
+# against its source address (`EdgeQuicServer.strike`)
+STRIKE_CODES = frozenset({ErrorCode.PROMPT_TOO_LONG})
 
 
 class ServerConnection(QuicConnectionProtocol):
@@ -150,6 +154,8 @@ class ServerConnection(QuicConnectionProtocol):
                 return  # only new client-initiated bidirectional streams carry requests
             stream = self._open_stream(event.stream_id)
             if stream is None:
+                if not event.end_stream:
+                    self._stop_reading(event.stream_id)
                 return
             stream.feed(event.data, event.end_stream)
             self._cap_pending(stream)
@@ -172,6 +178,8 @@ class ServerConnection(QuicConnectionProtocol):
         )
         if stream.is_finished or stream.has_request or self.num_pending_streams <= max_pending:
             return
+        if not self.has_valid_key:
+            self._strike()
         stream.fail(
             ProtocolError(
                 ErrorCode.OVERLOADED,
@@ -201,6 +209,13 @@ class ServerConnection(QuicConnectionProtocol):
         if len(self._streams) >= server.limits.max_streams_per_connection:
             stream.fail(ProtocolError(ErrorCode.OVERLOADED, "too many streams", retryable=True))
             return None
+        struck_s = 0.0 if self.has_valid_key else server.strike_wait(self.source)
+        if struck_s > 0.0:
+            # throttled for refused requests: this stream is refused before its bytes are read
+            message = f"{REFUSED_REQUESTS}; retry in {struck_s:.1f} s"
+            stream.fail(ProtocolError(ErrorCode.RATE_LIMITED, message, retryable=True))
+            self._close_soon(REFUSED_REQUESTS)
+            return None
         self._streams[stream_id] = stream
         self.num_streams_served += 1
         server.table.stream_opened(self)
@@ -226,29 +241,42 @@ class ServerConnection(QuicConnectionProtocol):
             # a throttled source's connection gets this one RATE_LIMITED answer, then is closed:
             # kept open, every further guess would still cost the edge a stream (the answer is
             # written before the close, which goes out after it)
-            if not self.is_closing_throttled:
-                self.is_closing_throttled = True
-                self._loop.call_soon(self._close_throttled)
+            self._server.block_source(self.source, auth.throttle_retry_after(self.source), WRONG_KEYS)
+            self._close_soon(WRONG_KEYS)
             raise
 
-    def _close_throttled(self) -> None:
+    def _close_soon(self, reason: str) -> None:
+        if not self.is_closing_throttled:
+            self.is_closing_throttled = True
+            self._loop.call_soon(self._close_throttled, reason)
+
+    def _close_throttled(self, reason: str) -> None:
         if any(s.has_request for s in self._streams.values()):
             # requests admitted before the throttle are still being served: keep the connection
             # (the next RATE_LIMITED answer with none in flight closes it)
             self.is_closing_throttled = False
             return
         self.transmit()  # the RATE_LIMITED answers leave before the CONNECTION_CLOSE
-        reason = "too many failed API keys from this address"
         self.close(error_code=THROTTLED_CLOSE_CODE, reason_phrase=reason)
+
+    def _strike(self) -> None:
+        """A request here was refused for breaking the limits: count it against the source; out
+        of credit, this connection (which proved nothing) is closed after its answers."""
+        if self._server.strike(self.source) > 0.0:
+            self._close_soon(REFUSED_REQUESTS)
 
     def _on_final(self, msg: Done | Error) -> None:
         if isinstance(msg, Done):
             self.has_valid_key = True
             return
+        if msg.code in STRIKE_CODES and not self.has_valid_key:
+            self._strike()
         auth = self._server.auth
         if auth is not None and msg.code == ErrorCode.UNAUTHENTICATED:
             self.has_valid_key = False
             auth.record_failure(self.source, reason=msg.message)
+            # out of credit: its new connections are refused at their first packet from now on
+            self._server.block_source(self.source, auth.throttle_retry_after(self.source), WRONG_KEYS)
 
     @property
     def num_streams(self) -> int:

@@ -9,9 +9,17 @@ from aioquic.tls import SessionTicket
 from isthmus.protocol.limits import MAX_FRAME_SIZE
 
 from .admission import AdmissionLimits
+from .auth_throttle import ThrottleLimits
 from .buffers import BufferLimits
 from .quic_compat import set_local_stream_limits
 from .receive_budget import ReceiveLimits
+from .source_gate import GateLimits
+
+
+def default_strike_limits() -> ThrottleLimits:
+    """Requests refused for breaking the limits, per source, on connections that proved nothing:
+    a burst of 32, then 2 a second; out of credit again before refilling, the wait doubles."""
+    return ThrottleLimits(max_failures=32, window_s=16.0, max_backoff_s=300.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +39,11 @@ class QuicLimits:
     max_connections_per_source: int = 256  # connections from one source address
     evict_idle_after_s: float = 2.0  # seconds without a stream before a connection may be evicted
     receive: ReceiveLimits = field(default_factory=ReceiveLimits)  # bytes held before a request is read
+    # per source address, on connections with no successful request yet: requests refused for
+    # their size (PROMPT_TOO_LONG) or for holding too many partial frames; out of credit, the
+    # source's unproven connections are closed and its new ones refused at their first packet
+    strikes: ThrottleLimits = field(default_factory=default_strike_limits)
+    gate: GateLimits = field(default_factory=GateLimits)  # sources refused before the handshake
 
     def admission(self) -> AdmissionLimits:
         return AdmissionLimits(

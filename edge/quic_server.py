@@ -4,8 +4,10 @@
 0-RTT and may send their request as early data), draining, and the limits that hold before
 authentication: which connections are admitted (a total and a per-source cap, idle eviction under
 pressure: `admission.py`), how many bytes they may make the edge hold before their requests are
-read (`receive_budget.py`), and the throttling of wrong API keys per source address (the
-`ApiKeyStore` given as `auth`). Each connection is an `ServerConnection` (`quic_connection.py`).
+read (`receive_budget.py`), the throttling of wrong API keys per source address (the
+`ApiKeyStore` given as `auth`) and of requests refused for breaking the limits (`strikes`), and
+the `SourceGate` that refuses a throttled source's new connections at their first packet, before
+any TLS work (`quic_gate.py`). Each connection is an `ServerConnection` (`quic_connection.py`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from aioquic.asyncio.server import QuicServer, serve
+from aioquic.asyncio.server import QuicServer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection, QuicErrorCode
 from isthmus.protocol import ErrorCode
@@ -23,12 +25,15 @@ from isthmus.protocol.version import ALPN_PROTOCOL
 
 from .admission import ConnectionTable
 from .allowlist import Allowlist
+from .auth_throttle import FailureThrottle
 from .memory import trim_heap
 from .quic_compat import server_port
 from .quic_connection import MAX_REMEMBERED_STREAMS, ServerConnection
+from .quic_gate import GatedQuicServer
 from .quic_limits import QuicLimits, SessionTicketStore, set_stream_limits
 from .receive_budget import ReceiveBudget
 from .session import Handler, StreamSession
+from .source_gate import REFUSED_REQUESTS, WRONG_KEYS, SourceGate
 
 __all__ = [
     "MAX_REMEMBERED_STREAMS",
@@ -93,6 +98,9 @@ class EdgeQuicServer:
         self._pending: set[ServerConnection] = set()  # still in their handshake
         self.table = ConnectionTable(self.limits.admission())
         self.budget = ReceiveBudget(self.limits.receive)
+        # requests refused for breaking the limits, per source, on unproven connections
+        self.strikes = FailureThrottle(self.limits.strikes)
+        self.gate = SourceGate(self.limits.gate)  # throttled sources, refused before the handshake
         self.num_heap_trims = 0
         self._last_trim = float("-inf")
         self._idle = asyncio.Event()
@@ -108,14 +116,17 @@ class EdgeQuicServer:
             max_data=self.limits.max_data,
         )
         config.load_cert_chain(self._certfile, self._keyfile)
-        self._server = await serve(
-            self.host,
-            self._requested_port,
-            configuration=config,
-            create_protocol=self._create_protocol,
-            session_ticket_fetcher=self.tickets.pop,
-            session_ticket_handler=self.tickets.add,
+        _, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: GatedQuicServer(
+                gate=self.gate,
+                configuration=config,
+                create_protocol=self._create_protocol,
+                session_ticket_fetcher=self.tickets.pop,
+                session_ticket_handler=self.tickets.add,
+            ),
+            local_addr=(self.host, self._requested_port),
         )
+        self._server = protocol
 
     def _create_protocol(self, quic: QuicConnection, stream_handler: object = None) -> ServerConnection:
         return ServerConnection(quic, stream_handler, server=self)
@@ -173,6 +184,27 @@ class EdgeQuicServer:
             self._server = None
         await asyncio.sleep(0)
 
+    # --- throttled sources -------------------------------------------------------------------------
+    def block_source(self, source: str, wait_s: float, reason: str) -> None:
+        """Refuse new connections from `source` at their first packet for `wait_s` seconds."""
+        if wait_s > 0.0 and source:
+            now = asyncio.get_running_loop().time()
+            self.gate.block(source, now + wait_s, reason, now)
+
+    def strike(self, source: str) -> float:
+        """A request from `source` on an unproven connection was refused for breaking the limits.
+
+        Returns how long the source is now throttled (0.0: it still has credit); when it is, its
+        new connections are refused at the gate for that long."""
+        self.strikes.record_failure(source, asyncio.get_running_loop().time())
+        wait = self.strike_wait(source)
+        self.block_source(source, wait, REFUSED_REQUESTS)
+        return wait
+
+    def strike_wait(self, source: str) -> float:
+        """Seconds `source` is still throttled for refused requests (0.0: it is not)."""
+        return self.strikes.retry_after(source, asyncio.get_running_loop().time())
+
     # --- bookkeeping from connections -----------------------------------------------------------
     def _register(self, conn: ServerConnection) -> bool:
         """A connection's first packet: room for one more handshake? (admission comes after it)"""
@@ -194,6 +226,13 @@ class EdgeQuicServer:
         # a source throttled for wrong keys gets no new connection (ones it holds that proved a
         # valid key stay: `ServerConnection.has_valid_key`)
         throttled_s = self.auth.throttle_retry_after(conn.source) if self.auth is not None else 0.0
+        self.block_source(conn.source, throttled_s, WRONG_KEYS)
+        struck_s = self.strike_wait(conn.source)
+        if struck_s > 0.0 and not throttled_s:
+            self._connections.discard(conn)
+            self.budget.remove(conn)
+            self.block_source(conn.source, struck_s, REFUSED_REQUESTS)
+            return f"{REFUSED_REQUESTS}; retry in {struck_s:.1f} s"
         verdict = self.table.admit(
             conn, conn.source, now, num_streams=len(conn.streams), throttled_s=throttled_s
         )

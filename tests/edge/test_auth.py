@@ -70,6 +70,7 @@ def test_bad_hash_and_duplicate_names_refused() -> None:
 
 # --- throttling of wrong keys per source address ----------------------------------------------------
 
+
 def throttled_store() -> ApiKeyStore:
     return store(throttle=ThrottleLimits(max_failures=3, window_s=30.0, max_sources=4))
 

@@ -57,6 +57,14 @@ def test_server_transport_attribute_exists() -> None:
         pytest.fail(f"aioquic {AIOQUIC}: QuicServer.__init__ no longer sets _transport (see server_port)")
 
 
+async def test_server_attributes_the_gate_uses_exist() -> None:
+    server = QuicServer(configuration=QuicConfiguration(is_client=False))
+    _require(server, quic_compat.SERVER_ATTRIBUTES, "QuicServer")
+    assert quic_compat.server_cid_length(server) == 8
+    assert not quic_compat.server_knows_cid(server, b"12345678")
+    quic_compat.server_send(server, b"x", ("127.0.0.1", 9))  # no transport yet: nothing sent
+
+
 def test_send_buffered_counts_unacknowledged_bytes() -> None:
     quic = _client_quic()
     first = quic.get_next_available_stream_id()

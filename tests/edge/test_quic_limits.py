@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aioquic.quic.packet import QuicErrorCode
 from isthmus.edge.auth import ApiKey, ApiKeyStore, hash_key
 from isthmus.edge.auth_throttle import ThrottleLimits
 from isthmus.edge.quic_server import EdgeQuicServer, QuicLimits
 from isthmus.edge.receive_budget import ReceiveLimits
+from isthmus.edge.source_gate import GateLimits
 from isthmus.protocol import (
     Done,
     Error,
@@ -227,10 +229,15 @@ async def test_a_throttled_connection_is_closed_and_its_source_refused_new_ones(
         await asyncio.wait_for(guesser.wait_closed(), 10)
         assert guesser._quic._close_event is not None
         assert guesser._quic._close_event.error_code == int(ErrorCode.RATE_LIMITED)
-        # a new connection from the throttled source is refused at admission
-        async with raw_client(server.port) as newcomer:
+        # a new connection from the throttled source is refused at its first packet, before any
+        # TLS work: a stateless CONNECTION_CLOSE (CONNECTION_REFUSED) says why and for how long
+        async with raw_client(server.port, wait_connected=False) as newcomer:
+            newcomer.transmit()  # the first Initial (not sent by connect without wait_connected)
             await asyncio.wait_for(newcomer.wait_closed(), 10)
-        assert server.table.num_refused_throttled == 1
+            event = newcomer._quic._close_event
+            assert event is not None and event.error_code == QuicErrorCode.CONNECTION_REFUSED
+            assert "failed API keys" in event.reason_phrase and "retry in" in event.reason_phrase
+        assert server.gate.num_replied == 1 and server.table.num_refused_throttled == 0
         # the connection that proved a valid key before the throttle keeps being served
         assert isinstance(final(await proven.request(req())), Done)
 
@@ -267,3 +274,55 @@ async def test_an_oversized_request_header_is_refused_and_its_body_stopped(serve
         await wait_until(lambda: sid not in streams or streams[sid].sender._reset_error_code is not None)
         assert server.budget.total == 0
         assert isinstance(final(await attacker.request(req())), Done)
+
+
+async def test_a_blocked_source_is_refused_before_its_handshake_and_reconnections_dropped(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(QuicLimits(gate=GateLimits(reply_interval_s=60.0)))
+    async with raw_client(server.port) as held:  # a connection the source held before its block
+        server.block_source("127.0.0.1", 30.0, "blocked for the test")
+        async with raw_client(server.port, wait_connected=False) as first:
+            first.transmit()  # the first Initial (not sent by connect without wait_connected)
+            await asyncio.wait_for(first.wait_closed(), 10)
+            assert "blocked for the test; retry in" in first._quic._close_event.reason_phrase  # type: ignore[union-attr]
+        # within the reply interval: dropped unanswered, no connection (no TLS work) created
+        async with raw_client(server.port, wait_connected=False) as second:
+            second.transmit()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(second.wait_connected(), 0.5)
+        assert server.gate.num_replied == 1 and server.gate.num_dropped >= 1
+        assert server.num_connections == 1
+        # packets of the connection the source already holds still pass
+        assert isinstance(final(await held.request(req())), Done)
+
+
+async def test_requests_refused_for_their_size_on_unproven_connections_throttle_the_source(serve) -> None:  # type: ignore[no-untyped-def]
+    strikes = ThrottleLimits(max_failures=3, window_s=600.0)
+    server = await serve(QuicLimits(receive=ReceiveLimits(max_request_size=1 * KiB), strikes=strikes))
+    big = req("x" * (4 * KiB))
+    async with raw_client(server.port) as proven, raw_client(server.port) as attacker:
+        assert isinstance(final(await proven.request(req())), Done)
+        for _ in range(4):  # a proven connection's refusals are not held against its address
+            assert final(await proven.request(big)).code == ErrorCode.PROMPT_TOO_LONG
+        assert server.strike_wait("127.0.0.1") == 0.0
+        for _ in range(3):
+            assert final(await attacker.request(big)).code == ErrorCode.PROMPT_TOO_LONG
+        # out of credit: the unproven connection is closed, its source refused at the gate
+        await asyncio.wait_for(attacker.wait_closed(), 10)
+        event = attacker._quic._close_event
+        assert event is not None and event.error_code == int(ErrorCode.RATE_LIMITED)
+        assert "refused requests" in event.reason_phrase
+        assert server.strike_wait("127.0.0.1") > 0 and len(server.gate) == 1
+        assert isinstance(final(await proven.request(req())), Done)
+
+
+async def test_streams_refused_for_holding_partial_frames_throttle_an_unproven_source(serve) -> None:  # type: ignore[no-untyped-def]
+    limits = ReceiveLimits(max_pending_streams_unproven=2)
+    server = await serve(QuicLimits(receive=limits, strikes=ThrottleLimits(max_failures=4, window_s=600.0)))
+    async with raw_client(server.port) as attacker:
+        await flood(attacker, num_streams=8, num_bytes=1 * KiB)  # 2 held, 6 refused: 6 strikes
+        await asyncio.wait_for(attacker.wait_closed(), 10)
+        event = attacker._quic._close_event
+        assert event is not None and "refused requests" in event.reason_phrase
+    # closing it freed the two partial frames it still held
+    await wait_until(lambda: server.budget.total == 0 and server.num_connections == 0)
+    assert server.strike_wait("127.0.0.1") > 0
