@@ -345,6 +345,6 @@ def test_runner_with_kernel_in_triton_interpreter(tiny_llama: Path) -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run(
         [sys.executable, "-c", _RUNNER_WITH_KERNEL, str(tiny_llama)],
-        env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2],
+        env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[3],
     )
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
