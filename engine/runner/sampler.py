@@ -7,18 +7,24 @@ sequences with ``do_sample``):
    logit is divided by the penalty when positive and multiplied by it when negative;
 2. presence / frequency penalties (OpenAI semantics, over generated tokens only):
    ``logit -= presence * (count > 0) + frequency * count``;
-3. temperature (greedy rows use 1 for what follows, and pick the argmax of step 2's logits);
-4. ``logprobs = log_softmax`` of that: the returned ``logprob`` of the chosen token, the
-   ``entropy`` (nats; NaN for requests with ``SamplingParams.entropy`` off) and the top-k
-   logprobs all come from this *unfiltered* distribution (greedy rows compute the first two from
-   one reduction over the logits instead, `engine/kernels/sample_stats.py`);
+3. temperature ``T`` (greedy rows use 1 for what follows, and pick the argmax of step 2's logits);
+4. the returned ``logprob`` of the chosen token (``x / T - logsumexp(x / T)``), the ``entropy``
+   (nats; NaN for requests with ``SamplingParams.entropy`` off) and the top-k logprobs all
+   describe the *unfiltered* distribution of ``x / T``;
 5. filters: top-k, then top-p on the top-k-renormalised distribution, and min-p relative to the
-   most likely token (always keeping that one); the draw is from what survives.
+   most likely token (always keeping that one); tokens tied with a filter's last kept token are
+   kept; the draw is from what survives (`engine/runner/sample_filters.py`).
 
-Seeded draws: the draw for a request's n-th generated token uses the Gumbel-max trick with
-noise computed by a counter-based hash of (seed, n, token id) in int64 tensor arithmetic. It
-depends on nothing else (not the batch, not the device's RNG state, not the device type), so a
-request's output is the same alone or in any batch, and can be resumed on another engine.
+No row builds float32 log-probabilities unless its request asked for top logprobs: greedy rows
+take their token, logprob and entropy from one pass over the logits in their own dtype
+(`engine/kernels/sample_stats.py`); random rows reduce their filters to one floor per row and
+draw with one pass that also yields the log-sum-exp and, where wanted, the entropy
+(`engine/kernels/gumbel_sample.py`).
+
+Seeded draws: the draw for a request's n-th generated token uses the Gumbel-max trick on
+``x / T`` with noise computed by a counter-based hash of (seed, n, token id). It depends on
+nothing else (not the batch, not the device's RNG state, not the device type), so a request's
+output is the same alone or in any batch, and can be resumed on another engine.
 """
 
 from __future__ import annotations
@@ -27,55 +33,11 @@ from collections.abc import Callable
 
 import torch
 from isthmus.engine.core.plan import SampledToken, ScheduledSeq
+from isthmus.engine.kernels.gumbel_sample import as_i64, gumbel_draw, row_key, uniform_noise
 from isthmus.engine.kernels.sample_stats import row_stats
+from isthmus.engine.runner.sample_filters import filter_floors, host_to_device
 
-_MASK64 = (1 << 64) - 1
-
-
-def _as_i64(x: int) -> int:
-    x &= _MASK64
-    return x - (1 << 64) if x >= 1 << 63 else x
-
-
-_GOLDEN = 0x9E3779B97F4A7C15
-_M1 = 0xBF58476D1CE4E5B9
-_M2 = 0x94D049BB133111EB
-_GOLDEN_I64, _M1_I64, _M2_I64 = _as_i64(_GOLDEN), _as_i64(_M1), _as_i64(_M2)
-
-
-def _splitmix64(x: int) -> int:
-    """Exact splitmix64 finaliser on a Python int (per-row keys)."""
-    x &= _MASK64
-    x = ((x ^ (x >> 30)) * _M1) & _MASK64
-    x = ((x ^ (x >> 27)) * _M2) & _MASK64
-    return x ^ (x >> 31)
-
-
-def _srl(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's >> is arithmetic)."""
-    return (x >> k) & ((1 << (64 - k)) - 1)
-
-
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """splitmix64 finaliser on an int64 tensor (multiplication wraps modulo 2**64)."""
-    x = x ^ _srl(x, 30)
-    x = x * _M1_I64
-    x = x ^ _srl(x, 27)
-    x = x * _M2_I64
-    return x ^ _srl(x, 31)
-
-
-def row_key(seed: int, n: int) -> int:
-    """The 64-bit key of the draw for the n-th generated token of a request with this seed."""
-    return _splitmix64(_splitmix64(seed) + n * _GOLDEN)
-
-
-def uniform_noise(keys: list[int], vocab_size: int, device: torch.device) -> torch.Tensor:
-    """Uniforms in (0, 1) of shape [len(keys), vocab_size]; element (i, v) depends on keys[i], v."""
-    k = torch.tensor([_as_i64(key) for key in keys], dtype=torch.int64, device=device)  # [n]
-    v = torch.arange(vocab_size, dtype=torch.int64, device=device) * _GOLDEN_I64  # [vocab]
-    x = _mix(k[:, None] + v[None, :])  # [n, vocab]
-    return (_srl(x, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 53))
+__all__ = ["apply_penalties", "row_key", "sample", "sample_async", "uniform_noise"]
 
 
 def apply_penalties(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> torch.Tensor:
@@ -116,32 +78,6 @@ def apply_penalties(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> torch.Ten
     return logits
 
 
-def filter_mask(
-    logprobs: torch.Tensor, top_k: list[int], top_p: list[float], min_p: list[float]
-) -> torch.Tensor:
-    """True where a token is filtered out. ``logprobs`` [n, vocab]; the argmax always survives."""
-    n, vocab = logprobs.shape
-    device = logprobs.device
-    probs = logprobs.exp()
-    mask = torch.zeros_like(probs, dtype=torch.bool)
-    if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
-        sorted_p, order = probs.sort(dim=-1, descending=True)  # [n, vocab]
-        k_row = torch.tensor([k if k > 0 else vocab for k in top_k], device=device)[:, None]
-        ranks = torch.arange(vocab, device=device)[None, :]
-        drop = ranks >= k_row
-        kept = sorted_p.masked_fill(drop, 0.0)
-        kept = kept / kept.sum(dim=-1, keepdim=True)
-        before = kept.cumsum(dim=-1) - kept  # mass of the more likely tokens
-        drop |= before >= torch.tensor(top_p, device=device)[:, None]
-        drop[:, 0] = False
-        mask.scatter_(1, order, drop)
-    if any(m > 0 for m in min_p):
-        floor = torch.tensor(min_p, device=device)[:, None] * probs.max(dim=-1, keepdim=True).values
-        mask |= probs < floor
-    mask[torch.arange(n, device=device), probs.argmax(dim=-1)] = False
-    return mask
-
-
 def _has_penalty(s: ScheduledSeq) -> bool:
     p = s.params
     return p.repetition_penalty != 1.0 or bool(p.presence_penalty) or bool(p.frequency_penalty)
@@ -149,7 +85,7 @@ def _has_penalty(s: ScheduledSeq) -> bool:
 
 def _rows(idx: list[int], n: int, device: torch.device) -> slice | torch.Tensor:
     """An index for rows ``idx`` of an [n, ...] tensor: a slice (no gather) when they are all rows."""
-    return slice(None) if len(idx) == n else torch.tensor(idx, device=device)
+    return slice(None) if len(idx) == n else host_to_device(idx, torch.int64, device)
 
 
 def sample(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> list[SampledToken]:
@@ -162,11 +98,11 @@ def sample_async(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> Callable[[],
     """Enqueue the sampling of ``logits`` [n, vocab] (any float dtype) for ``seqs`` (same order);
     returns a function giving the tokens.
 
-    Greedy rows never build float32 log-probabilities: their token, its logprob and (when the
-    request wants it, ``SamplingParams.entropy``) the entropy come from one pass over the logits
-    (`engine/kernels/sample_stats.py`). Random rows keep the exact arithmetic the seeded draw is defined
-    on (float32 log-softmax, filters, float64 Gumbel scores). Rows that ask for top logprobs get
-    them. Everything the host needs leaves the device in one copy.
+    Greedy rows read the logits once (`engine/kernels/sample_stats.py`); random rows turn their
+    filters into per-row floors (bounded candidate sets) and draw in one pass that also gives the
+    log-sum-exp and, for requests with ``SamplingParams.entropy``, the entropy
+    (`engine/kernels/gumbel_sample.py`). Only rows that ask for top logprobs get a log-softmax.
+    On CUDA nothing here waits for the device: everything the host needs leaves it in one copy.
     """
     if logits.dim() != 2 or logits.shape[0] != len(seqs):
         raise ValueError(f"logits shape {tuple(logits.shape)} does not match {len(seqs)} sequences")
@@ -180,13 +116,21 @@ def sample_async(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> Callable[[],
     entropy = torch.full((n,), float("nan"), dtype=torch.float32, device=device)
     greedy = [i for i, s in enumerate(seqs) if s.params.is_greedy]
     rand = [i for i, s in enumerate(seqs) if not s.params.is_greedy]
-    logprobs: dict[int, torch.Tensor] = {}  # row -> float32 log-probabilities, where built
     if greedy:
         _greedy_rows(logits, [seqs[i] for i in greedy], _rows(greedy, n, device), chosen, chosen_lp, entropy)
     if rand:
-        lp = _random_rows(logits, [seqs[i] for i in rand], _rows(rand, n, device), chosen, chosen_lp, entropy)
-        logprobs.update((i, lp[j]) for j, i in enumerate(rand))
-    return _collect(logits, seqs, chosen, chosen_lp, entropy, logprobs)
+        _random_rows(logits, [seqs[i] for i in rand], _rows(rand, n, device), chosen, chosen_lp, entropy)
+    return _collect(logits, seqs, chosen, chosen_lp, entropy)
+
+
+def _put_entropy(entropy: torch.Tensor, idx: slice | torch.Tensor, ent: torch.Tensor | None,
+                 want: list[bool]) -> None:
+    """Store the rows' entropies, NaN for the requests that did not ask for one."""
+    if ent is None:
+        return
+    if not all(want):
+        ent = ent.masked_fill(~host_to_device(want, torch.bool, ent.device), float("nan"))
+    entropy[idx] = ent
 
 
 def _greedy_rows(
@@ -203,10 +147,7 @@ def _greedy_rows(
     tok, lse, ent = row_stats(x, any(want))
     chosen[idx] = tok
     chosen_lp[idx] = x.gather(1, tok[:, None])[:, 0].float() - lse
-    if ent is not None:
-        if not all(want):
-            ent = ent.masked_fill(~torch.tensor(want, device=ent.device), float("nan"))
-        entropy[idx] = ent
+    _put_entropy(entropy, idx, ent, want)
 
 
 def _random_rows(
@@ -216,29 +157,33 @@ def _random_rows(
     chosen: torch.Tensor,
     chosen_lp: torch.Tensor,
     entropy: torch.Tensor,
-) -> torch.Tensor:
-    """Seeded draws for the non-greedy rows; returns their float32 log-probabilities [r, vocab]."""
+) -> None:
+    """Seeded draws for the non-greedy rows: filters as floors, then one Gumbel-max pass."""
     device = logits.device
-    x = logits[idx].float()
-    temps = [s.params.temperature for s in seqs]
-    if any(t != 1.0 for t in temps):
-        x = x / torch.tensor(temps, device=device)[:, None]
-    lp = torch.log_softmax(x, dim=-1)  # [r, vocab]
+    x = logits[idx]  # [r, vocab], the logits' own dtype
     p = [s.params for s in seqs]
-    mask = filter_mask(lp, [q.top_k for q in p], [q.top_p for q in p], [q.min_p for q in p])
-    keys = [row_key(q.seed or 0, s.num_generated) for q, s in zip(p, seqs, strict=True)]
-    u = uniform_noise(keys, lp.shape[1], device)  # [r, vocab] float64
-    gumbel = -torch.log(-torch.log(u))
-    tok = (lp.double().masked_fill(mask, float("-inf")) + gumbel).argmax(dim=-1)
-    chosen[idx] = tok
-    chosen_lp[idx] = lp.gather(1, tok[:, None])[:, 0]
+    temps = host_to_device([q.temperature for q in p], torch.float32, device)
+    floors = filter_floors(x, temps, p)
+    keys = [as_i64(row_key(q.seed or 0, s.num_generated)) for q, s in zip(p, seqs, strict=True)]
     want = [q.entropy for q in p]
-    if any(want):
-        ent = -torch.where(lp > float("-inf"), lp.exp() * lp, 0.0).sum(dim=-1)
-        if not all(want):
-            ent = ent.masked_fill(~torch.tensor(want, device=device), float("nan"))
-        entropy[idx] = ent
-    return lp
+    tok, lse, ent = gumbel_draw(x, temps, floors, host_to_device(keys, torch.int64, device), any(want))
+    chosen[idx] = tok
+    chosen_lp[idx] = x.gather(1, tok[:, None])[:, 0].float() / temps - lse
+    _put_entropy(entropy, idx, ent, want)
+
+
+def _top_logprobs(
+    logits: torch.Tensor, seqs: list[ScheduledSeq], tops: list[int], k: int
+) -> list[torch.Tensor]:
+    """[ids, values] of the k most likely tokens of each row in ``tops``, from a float32
+    log-softmax of those rows only (at the row's temperature; 1 for greedy rows)."""
+    device = logits.device
+    temps = [seqs[i].params.temperature or 1.0 for i in tops]
+    x = logits[host_to_device(tops, torch.int64, device)].float()  # [t, vocab]
+    if any(t != 1.0 for t in temps):
+        x = x / host_to_device(temps, torch.float32, device)[:, None]
+    tv, ti = torch.log_softmax(x, dim=-1).topk(k, dim=-1)
+    return [ti.double().flatten(), tv.double().flatten()]
 
 
 def _collect(
@@ -247,7 +192,6 @@ def _collect(
     chosen: torch.Tensor,
     chosen_lp: torch.Tensor,
     entropy: torch.Tensor,
-    logprobs: dict[int, torch.Tensor],
 ) -> Callable[[], list[SampledToken]]:
     """One device-to-host copy of every row's token, logprob, entropy and top logprobs.
 
@@ -256,14 +200,10 @@ def _collect(
     """
     max_top = min(max((s.params.logprobs or 0) for s in seqs), logits.shape[1])
     parts = [chosen.double(), chosen_lp.double(), entropy.double()]
-    if max_top > 0:
-        tops = [i for i, s in enumerate(seqs) if (s.params.logprobs or 0) > 0]
-        rows = torch.stack([
-            logprobs[i] if i in logprobs else torch.log_softmax(logits[i].float(), dim=-1) for i in tops
-        ])  # [t, vocab]: only the rows that asked for top logprobs
-        tv, ti = rows.topk(max_top, dim=-1)
-        parts += [ti.double().flatten(), tv.double().flatten()]
-    top_at = {i: j for j, i in enumerate(tops)} if max_top > 0 else {}  # row -> its top block
+    tops = [i for i, s in enumerate(seqs) if (s.params.logprobs or 0) > 0] if max_top > 0 else []
+    if tops:
+        parts += _top_logprobs(logits, seqs, tops, max_top)
+    top_at = {i: j for j, i in enumerate(tops)}  # row -> its top block
     flat_dev = torch.cat(parts)
     if not flat_dev.is_cuda:
         flat = flat_dev.cpu().tolist()

@@ -4,9 +4,31 @@ import pytest
 import torch
 from isthmus.engine.core.params import SamplingParams
 from isthmus.engine.core.plan import ScheduledSeq
-from isthmus.engine.runner.sampler import filter_mask, sample, uniform_noise
+from isthmus.engine.runner.sample_filters import filter_floors
+from isthmus.engine.runner.sampler import sample, uniform_noise
 
 V = 32
+
+
+def filter_mask(logprobs, top_k, top_p, min_p):
+    """The full-vocabulary filters of the sampler before floors (sort of float32 probabilities):
+    True where a token is filtered out; the argmax always survives. The oracle for the floors."""
+    n, vocab = logprobs.shape
+    probs = logprobs.exp()
+    mask = torch.zeros_like(probs, dtype=torch.bool)
+    if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
+        sorted_p, order = probs.sort(dim=-1, descending=True)  # [n, vocab]
+        k_row = torch.tensor([k if k > 0 else vocab for k in top_k])[:, None]
+        drop = torch.arange(vocab)[None, :] >= k_row
+        kept = sorted_p.masked_fill(drop, 0.0)
+        kept = kept / kept.sum(dim=-1, keepdim=True)
+        drop |= kept.cumsum(dim=-1) - kept >= torch.tensor(top_p)[:, None]
+        drop[:, 0] = False
+        mask.scatter_(1, order, drop)
+    if any(m > 0 for m in min_p):
+        mask |= probs < torch.tensor(min_p)[:, None] * probs.max(dim=-1, keepdim=True).values
+    mask[torch.arange(n), probs.argmax(dim=-1)] = False
+    return mask
 
 
 def seq(
