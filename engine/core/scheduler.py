@@ -72,6 +72,7 @@ class Scheduler:
         seed: int = 0,
         enable_prefix_caching: bool = True,
         cache_salt: str = "",
+        max_num_resume_tokens: int = 4096,
     ) -> None:
         if max_num_seqs < 1 or max_num_batched_tokens < 1 or max_waiting < 0:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1, max_waiting >= 0")
@@ -93,6 +94,7 @@ class Scheduler:
         self._next_seq_id = 0
         self._pending: list[SeqUpdate] = []  # out-of-step finishes (deadlines) for postprocess
         self.num_preemptions = 0
+        self.max_num_resume_tokens = max_num_resume_tokens  # per step, on top: see _resume_allowance
         self.kv_imports: dict[int, KVPayload] = {}  # seq_id -> the KV it brought, until admitted
         self.num_kv_imports = 0  # sequences admitted with imported KV (no prefill)
 
@@ -225,6 +227,7 @@ class Scheduler:
             budget -= chunk
 
         preempted_now = set(plan.preempted_seq_ids)
+        budget += self._resume_allowance()
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if seq.seq_id in preempted_now:
@@ -339,6 +342,17 @@ class Scheduler:
         self._by_seq_id.pop(seq.seq_id, None)
         self._by_request_id.pop(seq.request_id, None)
         self.kv_imports.pop(seq.seq_id, None)
+
+    def _resume_allowance(self) -> int:
+        """Tokens admitted this step on top of the budget: what waiting sequences that already
+        streamed tokens elsewhere (resumed here from another replica) must recompute, up to
+        ``max_num_resume_tokens``. Their clients see no token until that prefill ends, and one
+        large step costs less than many chunks of ``max_num_batched_tokens`` (each with the
+        running decodes in it)."""
+        if not self.max_num_resume_tokens:
+            return 0
+        pending = sum(len(s.all_ids) for s in self.waiting if s.num_generated and not s.num_preemptions)
+        return min(pending, self.max_num_resume_tokens)
 
     def _expire(self, now: float) -> None:
         expired = [s for s in (*self.waiting, *self.running) if s.deadline is not None and now >= s.deadline]
