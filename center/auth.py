@@ -222,64 +222,56 @@ class AdminGuard(grpc.aio.ServerInterceptor):
                      {**request_details(method, request), **extra})
 
     def _guarded(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        require, ended = self._require, self._ended
         kw = {"request_deserializer": handler.request_deserializer,
               "response_serializer": handler.response_serializer}
         if handler.unary_unary is not None:
-            uu: Behavior = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                actor = await require(method, request, context)
-                try:
-                    reply = await uu(request, context)
-                except BaseException as exc:
-                    ended(method, request, actor, context, "failed", {"error": type(exc).__name__})
-                    raise
-                ended(method, request, actor, context, *reply_outcome(reply))
-                return reply
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
+            uu = self._guard_reply(handler.unary_unary, method, streams_in=False)
+            return grpc.unary_unary_rpc_method_handler(uu, **kw)
         if handler.unary_stream is not None:
-            us: Behavior = handler.unary_stream
-
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                actor = await require(method, request, context)
-                num = 0
-                try:
-                    async for msg in us(request, context):
-                        num += 1
-                        yield msg
-                except BaseException as exc:  # GeneratorExit: the caller went away mid-stream
-                    ended(method, request, actor, context, "failed",
-                          {"error": type(exc).__name__, "num_chunks": num})
-                    raise
-                ended(method, request, actor, context, "ok", {"num_chunks": num})
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
+            us = self._guard_stream(handler.unary_stream, method, streams_in=False)
+            return grpc.unary_stream_rpc_method_handler(us, **kw)
         if handler.stream_unary is not None:
-            su: Behavior = handler.stream_unary
+            su = self._guard_reply(handler.stream_unary, method, streams_in=True)
+            return grpc.stream_unary_rpc_method_handler(su, **kw)
+        ss = self._guard_stream(handler.stream_stream, method, streams_in=True)
+        return grpc.stream_stream_rpc_method_handler(ss, **kw)
 
-            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                actor = await require(method, None, context)
-                try:
-                    reply = await su(requests, context)
-                except BaseException as exc:
-                    ended(method, None, actor, context, "failed", {"error": type(exc).__name__})
-                    raise
-                ended(method, None, actor, context, *reply_outcome(reply))
-                return reply
+    def _guard_reply(self, behavior: Behavior, method: str, streams_in: bool) -> Behavior:
+        """``behavior`` (one reply) behind the admin check, its outcome audited."""
+        require, ended = self._require, self._ended
 
-            return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
-        ss: Behavior = handler.stream_stream
-
-        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            actor = await require(method, None, context)
+        async def guarded(arg: Any, context: grpc.aio.ServicerContext) -> Any:
+            request = None if streams_in else arg  # a request stream is not read here
+            actor = await require(method, request, context)
             try:
-                async for msg in ss(requests, context):
-                    yield msg
+                reply = await behavior(arg, context)
             except BaseException as exc:
-                ended(method, None, actor, context, "failed", {"error": type(exc).__name__})
+                ended(method, request, actor, context, "failed", {"error": type(exc).__name__})
                 raise
-            ended(method, None, actor, context, "ok", {})
+            ended(method, request, actor, context, *reply_outcome(reply))
+            return reply
 
-        return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
+        return guarded
+
+    def _guard_stream(self, behavior: Behavior, method: str, streams_in: bool) -> Behavior:
+        """``behavior`` (a reply stream) behind the admin check; the audit counts its chunks
+        (a unary request's) or says only how it ended (a request stream's)."""
+        require, ended = self._require, self._ended
+
+        async def guarded(arg: Any, context: grpc.aio.ServicerContext) -> Any:
+            request = None if streams_in else arg
+            actor = await require(method, request, context)
+            num = 0
+            try:
+                async for msg in behavior(arg, context):
+                    num += 1
+                    yield msg
+            except BaseException as exc:  # GeneratorExit: the caller went away mid-stream
+                failed: dict[str, object] = {"error": type(exc).__name__}
+                if not streams_in:
+                    failed["num_chunks"] = num
+                ended(method, request, actor, context, "failed", failed)
+                raise
+            ended(method, request, actor, context, "ok", {} if streams_in else {"num_chunks": num})
+
+        return guarded

@@ -34,13 +34,12 @@ from isthmus.protocol import (
     decode,
     encode,
     error_message,
-    limits,
     rpc,
 )
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = limits.MAX_FRAME_SIZE + 64 * 1024  # bytes: one msgpack body plus gRPC slack
+MAX_MESSAGE_BYTES = rpc.MAX_MESSAGE_BYTES  # bytes (the limit both tiers share)
 KEEPALIVE_TIME_MS = 20_000  # ms between server pings on an idle connection
 KEEPALIVE_TIMEOUT_MS = 10_000  # ms to wait for the ping ack before closing the connection
 MIN_CLIENT_PING_INTERVAL_MS = 10_000  # ms: clients pinging faster than this are told off

@@ -23,7 +23,6 @@ from isthmus.protocol import (
     StatusRequest,
     decode,
     encode,
-    limits,
     rpc,
 )
 
@@ -31,7 +30,7 @@ from .breaker import CircuitBreaker
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = limits.MAX_FRAME_SIZE + 64 * 1024  # bytes: one msgpack body plus gRPC slack
+MAX_MESSAGE_BYTES = rpc.MAX_MESSAGE_BYTES  # bytes (the limit both tiers share)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,11 @@ import grpc, so the client SDK can depend on the protocol without pulling grpc i
 
 from __future__ import annotations
 
+from .limits import MAX_FRAME_SIZE
+
+# bytes: the largest gRPC message either side sends or accepts, one msgpack body plus gRPC slack
+MAX_MESSAGE_BYTES = MAX_FRAME_SIZE + 64 * 1024
+
 SERVICE_NAME = "isthmus.v1.Center"
 
 # unary request GenerateRequest -> server stream of TokenChunk ... ending in Done or Error
