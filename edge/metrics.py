@@ -78,6 +78,15 @@ class Metrics:
             registry=r,
         )
         self.connections = Gauge("quic_connections", "Open QUIC connections", namespace=ns, registry=r)
+        self._add_prefix_cache(r, ns)
+        self.slow_readers = Counter(
+            "slow_readers", "Requests cancelled for a slow reader", namespace=ns, registry=r
+        )
+        for when in ESCALATION_WHEN:
+            self.escalations.labels(when=when)  # export zeros so dashboards see every series
+        self._add_ab(r, ns)
+
+    def _add_prefix_cache(self, r: CollectorRegistry, ns: str) -> None:
         self.prefix_hit_rate = Gauge(
             "prefix_cache_hit_ratio", "Prompt tokens reused from the KV cache / prompt tokens",
             namespace=ns, registry=r,
@@ -88,12 +97,9 @@ class Metrics:
         self.prefix_evictions = Gauge(
             "prefix_cache_evictions", "Cached KV blocks reclaimed since start", namespace=ns, registry=r
         )
-        self.slow_readers = Counter(
-            "slow_readers", "Requests cancelled for a slow reader", namespace=ns, registry=r
-        )
-        for when in ESCALATION_WHEN:
-            self.escalations.labels(when=when)  # export zeros so dashboards see every series
-        # A/B split between center pools (ab_pools.py): per variant ("stable", "candidate")
+
+    def _add_ab(self, r: CollectorRegistry, ns: str) -> None:
+        """A/B split between center pools (ab_pools.py): per variant ("stable", "candidate")."""
         self.ab_requests = Counter("ab_requests", "Center requests by A/B variant", ["variant"],
                                    namespace=ns, registry=r)
         self.ab_errors = Counter("ab_errors", "Center requests that failed, by A/B variant", ["variant"],
