@@ -71,31 +71,16 @@ def make_tiny_checkpoint(
         tie_word_embeddings = arch == "qwen2"
     head_dim = hidden_size // num_heads
     _write_metadata(
-        out,
-        tokenizer_vocab_size or vocab_size,
-        arch=arch,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        intermediate_size=intermediate_size,
-        vocab_size=vocab_size,
-        rope_scaling=rope_scaling,
+        out, tokenizer_vocab_size or vocab_size, arch=arch, hidden_size=hidden_size,
+        num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size, vocab_size=vocab_size, rope_scaling=rope_scaling,
         rope_theta=rope_theta if rope_theta is not None else 10000.0,
-        tie_word_embeddings=tie_word_embeddings,
-        dtype=dtype,
+        tie_word_embeddings=tie_word_embeddings, dtype=dtype,
         max_position_embeddings=max_position_embeddings,
     )
-
     shapes = _tensor_shapes(
-        arch,
-        hidden_size,
-        num_layers,
-        num_heads * head_dim,
-        num_kv_heads * head_dim,
-        intermediate_size,
-        vocab_size,
-        tie_word_embeddings,
+        arch, hidden_size, num_layers, num_heads * head_dim, num_kv_heads * head_dim,
+        intermediate_size, vocab_size, tie_word_embeddings,
     )
     torch_dtype = DTYPES[dtype]
     files = _write_weights(out, shapes, seed, torch_dtype, max_shard_size, device)
