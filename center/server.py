@@ -39,15 +39,14 @@ from isthmus.protocol import (
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = rpc.MAX_MESSAGE_BYTES  # bytes (the limit both tiers share)
 KEEPALIVE_TIME_MS = 20_000  # ms between server pings on an idle connection
 KEEPALIVE_TIMEOUT_MS = 10_000  # ms to wait for the ping ack before closing the connection
 MIN_CLIENT_PING_INTERVAL_MS = 10_000  # ms: clients pinging faster than this are told off
 DEFAULT_GRACE_S = 30.0  # seconds in-flight requests get to finish on drain
 
 SERVER_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", rpc.MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", rpc.MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),

@@ -30,8 +30,6 @@ from .breaker import CircuitBreaker
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = rpc.MAX_MESSAGE_BYTES  # bytes (the limit both tiers share)
-
 
 @dataclass(frozen=True, slots=True)
 class CenterTls:
@@ -64,7 +62,7 @@ class PoolOptions:
     breaker_max_cooldown_s: float = 60.0  # seconds: cap of the doubling cool-down
     keepalive_time_ms: int = 20_000  # ms between pings (the center accepts >= 10 s)
     keepalive_timeout_ms: int = 10_000  # ms to wait for a ping ack
-    max_message_bytes: int = MAX_MESSAGE_BYTES  # bytes
+    max_message_bytes: int = rpc.MAX_MESSAGE_BYTES  # bytes
     health_service: str = ""  # "" = the whole server
     allow_mixed_weights: bool = False  # False: replicas with another weights digest are kept out
 
