@@ -133,13 +133,33 @@ def brute_mask(lp, k, p, m):
 
 
 @pytest.mark.parametrize(
-    "k,p,m", [(5, 1.0, 0.0), (0, 0.6, 0.0), (0, 1.0, 0.2), (8, 0.5, 0.05), (1, 1.0, 0.0)]
+    "k,p,m", [(5, 1.0, 0.0), (0, 0.6, 0.0), (0, 1.0, 0.2), (8, 0.5, 0.05), (1, 1.0, 0.0), (3, 0.3, 0.0)]
 )
-def test_filter_masks_match_brute_force(k, p, m):
-    lp = torch.log_softmax(rand_logits(3, seed=11), -1)
-    mask = filter_mask(lp, [k] * 3, [p] * 3, [m] * 3)
+@pytest.mark.parametrize("temp", [1.0, 0.6])
+def test_filter_floors_keep_what_brute_force_keeps(k, p, m, temp):
+    logits = rand_logits(3, seed=11)
+    lp = torch.log_softmax(logits / temp, -1)
+    params = [SamplingParams(temperature=temp, top_k=k, top_p=p, min_p=m)] * 3
+    floors = filter_floors(logits, torch.full((3,), temp), params)
     for i in range(3):
-        assert torch.equal(mask[i], brute_mask(lp[i], k, p, m))
+        assert torch.equal(logits[i] < floors[i], brute_mask(lp[i], k, p, m))
+        assert torch.equal(logits[i] < floors[i], filter_mask(lp[i : i + 1], [k], [p], [m])[0])
+
+
+def test_ties_with_the_last_kept_logit_are_kept():
+    """bf16 logits tie often: every token equal to the k-th (or to top-p's last) survives, so
+    the kept set does not depend on how a device orders equal values."""
+    x = torch.full((1, V), -4.0, dtype=torch.bfloat16)
+    x[0, [3, 9, 17, 20]] = torch.tensor([6.0, 5.0, 5.0, 5.0], dtype=torch.bfloat16)
+    floors = filter_floors(x, torch.ones(1), [SamplingParams(top_k=2)])
+    assert set((x[0].float() >= floors[0]).nonzero()[:, 0].tolist()) == {3, 9, 17, 20}
+    probs = torch.softmax(x[0].float(), -1)
+    p = float(probs[3] + probs[9]) - 1e-4  # reached at the first 5.0: all three ties stay
+    floors = filter_floors(x, torch.ones(1), [SamplingParams(top_k=3, top_p=p)])
+    assert float(floors[0]) == 5.0
+    params = SamplingParams(top_k=2, seed=4)
+    drawn = {sample(x, [seq(params, num_generated=n)])[0].token_id for n in range(300)}
+    assert drawn == {3, 9, 17, 20}
 
 
 def test_sampled_tokens_stay_inside_the_filters():
@@ -201,7 +221,7 @@ def _reference_sample(logits, seqs):
             continue
         p = s.params
         mask = filter_mask(lp[i : i + 1], [p.top_k], [p.top_p], [p.min_p])
-        u = uniform_noise([row_key(p.seed or 0, s.num_generated)], V, torch.device("cpu"))
+        u = uniform_noise([row_key(p.seed or 0, s.num_generated)], lp.shape[1], torch.device("cpu"))
         score = lp[i : i + 1].double().masked_fill(mask, float("-inf")) - torch.log(-torch.log(u))
         chosen[i] = score.argmax()
     return [(int(chosen[i]), float(lp[i, chosen[i]]), float(entropy[i])) for i in range(len(seqs))]
@@ -227,6 +247,66 @@ def test_same_tokens_logprobs_and_entropies_as_the_full_log_softmax_sampler():
             assert got.token_id == tok
             assert got.logprob == pytest.approx(lp, abs=1e-5)
             assert got.entropy == pytest.approx(ent, abs=1e-5)
+
+
+def test_deepseek_vocab_same_draws_as_the_full_log_softmax_sampler():
+    """Vocab 102,400 through the PyTorch paths: plain temperature, top-k with top-p (the bounded
+    candidates), top-p alone on a peaked row and on a flat one (its mass lies past the 1,024
+    candidates: the full-sort fallback), min-p, a penalty; float32 and bf16 logits."""
+    vocab = 102400
+    kinds = [
+        SamplingParams(temperature=0.8, seed=1),
+        SamplingParams(temperature=1.0, top_k=50, top_p=0.9, seed=2),
+        SamplingParams(temperature=0.7, top_p=0.95, seed=3),
+        SamplingParams(temperature=1.0, top_p=0.9, seed=4),
+        SamplingParams(temperature=1.1, min_p=0.05, seed=5),
+        SamplingParams(temperature=0.9, top_k=20, frequency_penalty=0.5, seed=6),
+    ]
+    g = torch.Generator().manual_seed(21)
+    logits = torch.randn(len(kinds), vocab, generator=g) * 4
+    logits[3] = torch.randn(vocab, generator=g) * 0.3  # flat: top-p keeps most of the vocabulary
+    for dtype in (torch.float32, torch.bfloat16):
+        x = logits.to(dtype)
+        for n in (0, 17):
+            seqs = [seq(p, history=[5, 9, 9, 12], prompt_len=2, num_generated=n, seq_id=i)
+                    for i, p in enumerate(kinds)]
+            got = sample(x.clone(), seqs)
+            for t, (tok, lp, ent) in zip(got, _reference_sample(x.float(), seqs), strict=True):
+                assert t.token_id == tok
+                assert t.logprob == pytest.approx(lp, abs=1e-4)
+                assert t.entropy == pytest.approx(ent, abs=1e-3)
+
+
+def test_log_softmax_only_for_rows_that_ask_for_top_logprobs(monkeypatch):
+    rows = []
+    real = torch.log_softmax
+
+    def counting(x, *a, **k):
+        rows.append(x.shape[0] if x.dim() == 2 else 1)
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(torch, "log_softmax", counting)
+    kinds = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, seed=1),
+             SamplingParams(top_k=4, top_p=0.7, seed=2), SamplingParams(top_p=0.5, min_p=0.1, seed=3)]
+    sample(rand_logits(4), [seq(p, seq_id=i) for i, p in enumerate(kinds)])
+    assert rows == []
+    kinds[2] = SamplingParams(top_k=4, top_p=0.7, seed=2, logprobs=3)
+    out = sample(rand_logits(4), [seq(p, seq_id=i) for i, p in enumerate(kinds)])
+    assert rows == [1] and len(out[2].top_logprobs) == 3
+    lp = real(rand_logits(4)[2], -1)  # temperature 1: the unfiltered distribution's top 3
+    assert [i for i, _ in out[2].top_logprobs] == lp.topk(3).indices.tolist()
+
+
+def test_entropy_is_computed_only_for_rows_that_want_it(monkeypatch):
+    from isthmus.engine.runner import sampler
+
+    wants = []
+    for name in ("row_stats", "gumbel_draw"):
+        real = getattr(sampler, name)
+        monkeypatch.setattr(sampler, name, lambda *a, _r=real, **k: wants.append(a[-1]) or _r(*a, **k))
+    off = [SamplingParams(temperature=0.0, entropy=False), SamplingParams(seed=1, entropy=False)]
+    out = sample(rand_logits(2), [seq(p, seq_id=i) for i, p in enumerate(off)])
+    assert wants == [False, False] and all(math.isnan(t.entropy) for t in out)
 
 
 def test_entropy_off_is_nan_and_changes_nothing_else():
