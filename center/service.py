@@ -23,11 +23,10 @@ from isthmus.center.prepare import RequestPreparer
 from isthmus.center.request import PreparedRequest
 from isthmus.center.seams import CenterEngine, CenterTokenizer
 from isthmus.engine.core.async_engine import EngineRequest
-from isthmus.engine.core.serving import ServingRun
+from isthmus.engine.core.serving import ServedMessage, ServingRun
 from isthmus.engine.core.serving_clock import RequestClock
 from isthmus.engine.core.state import RequestState
 from isthmus.protocol import (
-    Done,
     Error,
     ErrorCode,
     GenerateRequest,
@@ -107,7 +106,7 @@ class CenterService:
 
     async def generate(
         self, req: GenerateRequest | ProtocolError, time_remaining: float | None = None
-    ) -> AsyncGenerator[TokenChunk | Done | Error | Migrated, None]:
+    ) -> AsyncGenerator[ServedMessage | Migrated, None]:
         """Stream the answer: TokenChunk ... then Done, or one Error (or `Migrated`: `export`).
 
         ``req`` may be the `ProtocolError` its decoding raised (answered with that error).
