@@ -236,8 +236,9 @@ class Tokenizer:
         size = self.vocab_size
         out = list(ids)
         for i in out:
-            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < size:
-                raise TokenizerError(f"token id {i!r} out of range [0, {size})")
+            if type(i) is not int or not 0 <= i < size:  # the plain-int test first: once per token
+                if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < size:
+                    raise TokenizerError(f"token id {i!r} out of range [0, {size})")
         return out
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:

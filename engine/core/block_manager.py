@@ -83,6 +83,11 @@ class BlockManager:
         return len(self._free) + len(self._evictable)
 
     @property
+    def num_uncached_free_blocks(self) -> int:
+        """Free blocks that hold no cached prefix: handing them out evicts nothing."""
+        return len(self._free)
+
+    @property
     def num_cached_blocks(self) -> int:
         return len(self._block_of)
 
@@ -107,7 +112,10 @@ class BlockManager:
         return max(0, self.blocks_for(num_tokens) - have)
 
     def can_grow(self, seq_id: int, num_tokens: int) -> bool:
-        return self.can_allocate(self.num_extra_blocks(seq_id, num_tokens))
+        """True when the table can cover ``num_tokens`` positions now (inlined: once per row per step)."""
+        table = self._tables.get(seq_id)
+        need = -(-num_tokens // self.block_size) - (len(table) if table else 0)
+        return need <= 0 or need <= len(self._free) + len(self._evictable)
 
     # ---- prefix cache ----------------------------------------------------------------------
 
@@ -156,13 +164,15 @@ class BlockManager:
         A block whose hash is already cached elsewhere (two sequences computed the same prefix at
         once) stays private to its sequence and is freed uncached.
         """
-        if not self.enable_prefix_caching:
+        table = self._tables.get(seq_id)
+        if table is None or not self.enable_prefix_caching:
             return
-        table, chain = self._tables.get(seq_id), self._chains.setdefault(seq_id, [])
-        if table is None:
-            return
+        chain = self._chains.setdefault(seq_id, [])
         bs = self.block_size
-        for i in range(len(chain), min(num_computed // bs, len(table))):
+        full = min(num_computed // bs, len(table))
+        if full <= len(chain):  # no block filled since the last commit (most decode steps)
+            return
+        for i in range(len(chain), full):
             h = chain_hash(chain[-1] if chain else self._root, token_ids[i * bs : (i + 1) * bs])
             chain.append(h)
             block = table[i]
@@ -180,6 +190,9 @@ class BlockManager:
         """
         if num_tokens < 0:
             raise ValueError("num_tokens must be >= 0")
+        table = self._tables.get(seq_id)
+        if table is not None and len(table) * self.block_size >= num_tokens:
+            return table  # already covered (most decode steps)
         need = self.num_extra_blocks(seq_id, num_tokens)
         if need > self.num_free_blocks:
             raise OutOfBlocks(f"need {need} blocks, {self.num_free_blocks} free")

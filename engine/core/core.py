@@ -20,6 +20,7 @@ from isthmus.engine.core.plan import RunOutput, SchedulePlan
 from isthmus.engine.core.scheduler import Scheduler
 from isthmus.engine.core.sequence import Sequence, SeqUpdate
 from isthmus.engine.core.state import RequestState
+from isthmus.engine.core.step_handle import StepHandle
 
 TOKENS_PER_S_WINDOW = 5.0  # seconds
 
@@ -96,6 +97,11 @@ class EngineCore:
         # Updates of an overlapped step (see `step`), turned into outputs during the next one.
         self._deferred: list[SeqUpdate] = []
         self._ready: list[EngineOutput] = []  # outputs drained early (export_state), sent next
+        # Plan each step while the previous one runs on the device (see `step`); off, the engine
+        # still overlaps output processing (benchmarks compare the two).
+        self.plan_ahead = True
+        # A step launched at the end of the previous `step` (planned ahead), still on the device.
+        self._inflight: tuple[SchedulePlan, StepHandle] | None = None
 
     def add(
         self,
@@ -141,37 +147,45 @@ class EngineCore:
 
     @property
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished or bool(self._deferred or self._ready)
+        return self.scheduler.has_unfinished or bool(self._deferred or self._ready or self._inflight)
 
     def step(self, lock: Any = None) -> list[EngineOutput]:
         """One iteration: schedule, run, postprocess. ``lock`` is held except while running.
 
         Host work off the critical path: when the runner's `launch` returns with the device still
         busy (a decode step replayed from a CUDA graph), the previous such step's output processing
-        (detokenization, stop strings) runs meanwhile, and this step's is deferred to the next
-        step; its outputs come one step later. A stop string found then finishes the request
-        before its next token is accepted (that token, already computed, is dropped).
+        (detokenization, stop strings) and the planning of the next step (`Scheduler.schedule_ahead`)
+        run meanwhile; once this step's tokens are in, only `postprocess` and filling them into
+        the next plan come before the next launch, at the end of this call. This step's outputs
+        are deferred to the next step, so they come one step later. A stop string found then
+        finishes the request before its next token is accepted (that token, already computed,
+        is dropped).
         """
         guard = lock if lock is not None else contextlib.nullcontext()
-        with guard:
-            plan = self.scheduler.schedule(time.monotonic())
-            self.last_num_scheduled = plan.num_tokens
-        launch = getattr(self.runner, "launch", None)
-        handle = launch(plan) if launch is not None and not plan.is_empty else None
-        overlapped = handle is not None and handle.overlapped
-        early: list[EngineOutput] = []
-        if overlapped:
-            with guard:
-                early = self._drain()
-        if handle is not None:
-            out = handle.result()
+        if self._inflight is not None:
+            (plan, handle), self._inflight = self._inflight, None
         else:
-            out = self.runner.run(plan) if not plan.is_empty else RunOutput()
+            with guard:
+                plan = self.scheduler.schedule(time.monotonic())
+                self.last_num_scheduled = plan.num_tokens
+            handle = self._launch(plan)
+        overlapped = handle.overlapped
+        early: list[EngineOutput] = []
+        ahead: SchedulePlan | None = None
+        if overlapped:
+            with guard:  # drained first: a stop string found there keeps its request out of `ahead`
+                early = self._drain()
+                if self.plan_ahead:
+                    ahead = self.scheduler.schedule_ahead(plan, time.monotonic())
+        out = handle.result()
         with guard:
             now = time.monotonic()
             if not overlapped:  # before postprocess: a stop string found there drops this step's token
                 early = self._drain()
             updates = self.scheduler.postprocess(plan, out, now)
+            if ahead is not None:
+                self.scheduler.fill_ahead(ahead, now)
+                self.last_num_scheduled = ahead.num_tokens
             if overlapped:
                 self._deferred = updates
                 outputs = early
@@ -180,7 +194,19 @@ class EngineCore:
             num_new = sum(len(u.new_token_ids) for u in updates)
             if num_new:
                 self._generated.append((now, num_new))
+        if ahead is not None and not ahead.is_empty:
+            self._inflight = (ahead, self._launch(ahead))
         return outputs
+
+    def _launch(self, plan: SchedulePlan) -> StepHandle:
+        """Start the plan on the runner (`launch` when it has one, else `run` when waited for)."""
+        if plan.is_empty:
+            return StepHandle(RunOutput, overlapped=False)
+        launch = getattr(self.runner, "launch", None)
+        if launch is not None:
+            handle: StepHandle = launch(plan)
+            return handle
+        return StepHandle(lambda: self.runner.run(plan), overlapped=False)
 
     def _drain(self) -> list[EngineOutput]:
         """Outputs drained early plus those of the deferred updates (call under the lock)."""

@@ -25,10 +25,12 @@ import dataclasses
 import random
 import time
 
+from isthmus.engine.core import ahead
+from isthmus.engine.core.ahead import AHEAD_TOKEN
 from isthmus.engine.core.block_manager import BlockManager
 from isthmus.engine.core.kv_blocks import KVImport, KVPayload
 from isthmus.engine.core.params import SamplingParams
-from isthmus.engine.core.plan import RunOutput, ScheduledSeq, SchedulePlan
+from isthmus.engine.core.plan import RunOutput, SampledToken, ScheduledSeq, SchedulePlan
 from isthmus.engine.core.sequence import (
     FINISH_DEADLINE,
     FINISH_LENGTH,
@@ -94,6 +96,11 @@ class Scheduler:
         self._next_seq_id = 0
         self._pending: list[SeqUpdate] = []  # out-of-step finishes (deadlines) for postprocess
         self.num_preemptions = 0
+        # Planning ahead (`schedule_ahead`): sequences whose in-flight token counts as generated,
+        # those it will finish by length (not planned), and the rows waiting for `fill_ahead`.
+        self._ahead: frozenset[int] | set[int] = frozenset()
+        self._ahead_done: frozenset[int] | set[int] = frozenset()
+        self._unfilled: list[ScheduledSeq] = []
         self.max_num_resume_tokens = max_num_resume_tokens  # per step, on top: see _resume_allowance
         self.kv_imports: dict[int, KVPayload] = {}  # seq_id -> the KV it brought, until admitted
         self.num_kv_imports = 0  # sequences admitted with imported KV (no prefill)
@@ -199,20 +206,33 @@ class Scheduler:
         """Build the next step's plan (may be empty when nothing can run)."""
         now = time.monotonic() if now is None else now
         self._expire(now)
-        bm = self.block_manager
         plan = SchedulePlan()
+        budget = self._schedule_running(plan, now)
+        self._admit(plan, budget, now)
+        return plan
+
+    def _schedule_running(self, plan: SchedulePlan, now: float) -> int:
+        """Running sequences, decodes first then prefill chunks; returns the budget left.
+
+        Runs once per step over every running sequence, so `Sequence`'s properties are inlined.
+        """
+        bm = self.block_manager
         budget = self.max_num_batched_tokens
         scheduled: set[int] = set()
-        decodes = [s for s in self.running if s.is_decoding]
-        prefills = [s for s in self.running if not s.is_decoding]
+        decodes: list[Sequence] = []
+        prefills: list[Sequence] = []
+        for s in self.running:
+            (decodes if len(s.all_ids) - s.num_computed == 1 and s.num_computed else prefills).append(s)
+        running, ahead, ahead_done = SeqStatus.RUNNING, self._ahead, self._ahead_done
         for seq in decodes + prefills:
             if budget == 0:
                 break
-            if seq.status is not SeqStatus.RUNNING:  # preempted as a victim earlier this step
+            if seq.status is not running or seq.seq_id in ahead_done:  # preempted earlier this step
                 continue
-            chunk = min(seq.num_pending, budget)
-            while not bm.can_grow(seq.seq_id, seq.num_computed + chunk):
-                fit = bm.tokens_that_fit(seq.seq_id, seq.num_computed)
+            computed = seq.num_computed + (seq.seq_id in ahead)  # its in-flight token counts
+            chunk = min(len(seq.all_ids) - seq.num_computed, budget)
+            while not bm.can_grow(seq.seq_id, computed + chunk):
+                fit = bm.tokens_that_fit(seq.seq_id, computed)
                 if fit >= 1 and not seq.is_decoding:
                     chunk = min(chunk, fit)  # a smaller prefill chunk fits: no need to evict
                     continue
@@ -220,12 +240,16 @@ class Scheduler:
                 self._preempt(victim, plan)
                 if victim is seq:
                     break
-            if seq.status is not SeqStatus.RUNNING:
+            if seq.status is not running:
                 continue
             self._emit(seq, chunk, plan, now)
             scheduled.add(seq.seq_id)
             budget -= chunk
+        return budget
 
+    def _admit(self, plan: SchedulePlan, budget: int, now: float) -> None:
+        """Admit waiting sequences (in order, strictly) while budget, slots and blocks allow."""
+        bm = self.block_manager
         preempted_now = set(plan.preempted_seq_ids)
         budget += self._resume_allowance()
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
@@ -250,74 +274,91 @@ class Scheduler:
                 self.num_kv_imports += 1
                 plan.kv_imports.append(KVImport(seq.seq_id, bm.block_table(seq.seq_id)[:], kv))
             budget -= chunk
-        return plan
 
     def postprocess(self, plan: SchedulePlan, out: RunOutput, now: float | None = None) -> list[SeqUpdate]:
         """Apply the step's results: advance KV positions, append tokens, finish what is done."""
         now = time.monotonic() if now is None else now
         updates, self._pending = self._pending, []
+        by_id, commit, running = self._by_seq_id, self.block_manager.commit, SeqStatus.RUNNING
+        prompt_logprobs, sampled = out.prompt_logprobs, out.sampled
         for s in plan.seqs:
-            seq = self._by_seq_id.get(s.seq_id)
-            if seq is None or seq.status is not SeqStatus.RUNNING:
+            seq = by_id.get(s.seq_id)
+            if seq is None or seq.status is not running:
                 continue  # aborted or finished while the step ran
             seq.num_computed = s.start_pos + len(s.token_ids)
-            self.block_manager.commit(seq.seq_id, seq.all_ids, seq.num_computed)
-            pl = out.prompt_logprobs.get(s.seq_id)
+            commit(seq.seq_id, seq.all_ids, seq.num_computed)
+            pl = prompt_logprobs.get(s.seq_id) if prompt_logprobs else None
             if pl is not None:
                 seq.prompt_logprob_sum += pl[0]
                 seq.prompt_logprob_count += pl[1]
             if not s.do_sample:
                 continue
-            tok = out.sampled.get(s.seq_id)
+            tok = sampled.get(s.seq_id)
             if tok is None:
                 raise RuntimeError(f"runner returned no token for sequence {s.seq_id}")
-            seq.all_ids.append(tok.token_id)
-            if seq.first_token_at is None:
-                seq.first_token_at = now
-            upd = SeqUpdate(seq, [tok.token_id], [tok.logprob], [tok.entropy])
-            if tok.top_logprobs is not None:
-                upd.top_logprobs.append(tok.top_logprobs)
-            if seq.want_prompt_logprobs and not seq.is_prompt_logprob_reported:
-                seq.is_prompt_logprob_reported = True
-                if seq.prompt_logprob_count:
-                    upd.prompt_logprob_mean = seq.prompt_logprob_sum / seq.prompt_logprob_count
-            reason = self._stop_reason(seq, tok.token_id)
-            if reason is not None:
-                self._finish(seq, reason)
-                upd.finish_reason = reason
-            updates.append(upd)
+            updates.append(self._accept(seq, tok, now))
         return updates
+
+    def _accept(self, seq: Sequence, tok: SampledToken, now: float) -> SeqUpdate:
+        """Append a sampled token to the sequence; finish it when that stops it."""
+        seq.all_ids.append(tok.token_id)
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+        upd = SeqUpdate(seq, [tok.token_id], [tok.logprob], [tok.entropy])
+        if tok.top_logprobs is not None:
+            upd.top_logprobs.append(tok.top_logprobs)
+        if seq.want_prompt_logprobs and not seq.is_prompt_logprob_reported:
+            seq.is_prompt_logprob_reported = True
+            if seq.prompt_logprob_count:
+                upd.prompt_logprob_mean = seq.prompt_logprob_sum / seq.prompt_logprob_count
+        reason = self._stop_reason(seq, tok.token_id)
+        if reason is not None:
+            self._finish(seq, reason)
+            upd.finish_reason = reason
+        return upd
+
+    def schedule_ahead(self, inflight: SchedulePlan, now: float | None = None) -> SchedulePlan | None:
+        """Plan the step after ``inflight`` while it runs, before its tokens are sampled (`ahead`)."""
+        return ahead.schedule_ahead(self, inflight, now)
+
+    def fill_ahead(self, plan: SchedulePlan, now: float | None = None) -> None:
+        """Complete `schedule_ahead`'s plan after the in-flight step's `postprocess` (`ahead`)."""
+        ahead.fill_ahead(self, plan, now)
 
     # ---- internals -----------------------------------------------------------------------
 
     def _emit(self, seq: Sequence, chunk: int, plan: SchedulePlan, now: float) -> None:
-        start = seq.num_computed
+        ahead = seq.seq_id in self._ahead  # planned ahead: its input is the token still in flight
+        start = seq.num_computed + ahead
         end = start + chunk
         table = self.block_manager.grow(seq.seq_id, end)
         if seq.first_scheduled is None:
             seq.first_scheduled = now
-        plan.seqs.append(
-            ScheduledSeq(
-                seq_id=seq.seq_id,
-                token_ids=seq.all_ids[start:end],
-                start_pos=start,
-                block_table=list(table),
-                do_sample=end == len(seq.all_ids),
-                params=seq.params,
-                prompt_len=seq.prompt_len,
-                history_ids=seq.all_ids,
-                num_generated=seq.num_generated,
-                want_prompt_logprobs=(
-                    seq.want_prompt_logprobs and not seq.is_prompt_logprob_reported and start < seq.prompt_len
-                ),
-            )
+        all_ids = seq.all_ids
+        num_all, prompt_len = len(all_ids) + ahead, len(seq.prompt_ids)
+        want_logprobs = seq.want_prompt_logprobs and not seq.is_prompt_logprob_reported and start < prompt_len
+        row = ScheduledSeq(  # positional: this runs once per row per step
+            seq.seq_id,  # seq_id
+            [AHEAD_TOKEN] if ahead else all_ids[start:end],  # token_ids
+            start,  # start_pos
+            table[:],  # block_table
+            end == num_all,  # do_sample
+            seq.params,  # params
+            prompt_len,  # prompt_len
+            all_ids,  # history_ids
+            num_all - prompt_len,  # num_generated
+            want_logprobs,  # want_prompt_logprobs
         )
+        plan.seqs.append(row)
+        if ahead:
+            self._unfilled.append(row)
 
     def _stop_reason(self, seq: Sequence, token_id: int) -> str | None:
         p = seq.params
-        if (not p.ignore_eos and token_id in self.eos_token_ids) or token_id in p.stop_token_ids:
+        if token_id in p.stop_token_ids or (not p.ignore_eos and token_id in self.eos_token_ids):
             return FINISH_STOP
-        if seq.num_generated >= p.max_tokens or len(seq.all_ids) >= self.max_model_len:
+        num_all = len(seq.all_ids)
+        if num_all - len(seq.prompt_ids) >= p.max_tokens or num_all >= self.max_model_len:
             return FINISH_LENGTH
         return None
 
