@@ -69,9 +69,16 @@ def _mix_(x: torch.Tensor) -> torch.Tensor:
 
 def noise_at(keys: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Uniforms in (0, 1), float64: element (i, j) is u(keys[i], cols[i, j]) (cols [m] broadcasts)."""
-    x = keys[:, None] + cols.to(torch.int64) * _GOLDEN_I64  # [n, m]
-    x = _mix_(x)
-    return (((x >> 11) & ((1 << 53) - 1)).to(torch.float64) + 0.5) * (1.0 / (1 << 53))
+    x = cols.to(torch.int64) * _GOLDEN_I64
+    x = _mix_(x + keys[:, None])  # [n, m]
+    x >>= 11
+    x &= (1 << 53) - 1
+    return x.to(torch.float64).add_(0.5).mul_(1.0 / (1 << 53))
+
+
+def gumbel(u: torch.Tensor) -> torch.Tensor:
+    """-log(-log(u)), in place on the float64 uniforms ``u``."""
+    return u.log_().neg_().log_().neg_()
 
 
 def uniform_noise(keys: list[int], vocab_size: int, device: torch.device) -> torch.Tensor:
@@ -113,15 +120,18 @@ def _draw_torch(x: torch.Tensor, temps: torch.Tensor, thr: torch.Tensor, keys: t
         if ent is not None:
             lp = s - lse[a:b, None]
             ent[a:b] = -torch.where(lp > float("-inf"), lp.exp() * lp, 0.0).sum(dim=-1)
-        if x.is_cuda or bool(torch.isneginf(thr[a:b]).all()):
-            u = noise_at(keys[a:b], torch.arange(x.shape[1], device=x.device))
-            score = s.double().masked_fill(xf < thr[a:b, None], float("-inf")) - torch.log(-torch.log(u))
+        unfiltered = bool(torch.isneginf(thr[a:b]).all()) if not x.is_cuda else False
+        if x.is_cuda or unfiltered:
+            score = gumbel(noise_at(keys[a:b], torch.arange(x.shape[1], device=x.device)))
+            score += s
+            if not unfiltered:
+                score.masked_fill_(xf < thr[a:b, None], float("-inf"))
             tok[a:b] = score.argmax(dim=-1)
         else:  # CPU, filtered rows: hash only the tokens that survive the filters
             for i in range(a, b):
                 cols = (xf[i - a] >= thr[i]).nonzero()[:, 0]
-                g = -torch.log(-torch.log(noise_at(keys[i : i + 1], cols)[0]))
-                tok[i] = cols[(s[i - a, cols].double() + g).argmax()]
+                score = gumbel(noise_at(keys[i : i + 1], cols)[0]) + s[i - a, cols]
+                tok[i] = cols[score.argmax()]
     return tok, lse, ent
 
 
