@@ -50,6 +50,9 @@ CLOSE_FLUSH_TIMEOUT_S = 1.0  # seconds close() waits for unacknowledged frames b
 TRIM_AFTER_PEAK = 4 * 1024 * 1024  # bytes: held received bytes that make a heap trim worth it
 TRIM_BELOW = 1024 * 1024  # bytes: trim once the held bytes have fallen back under this
 TRIM_MIN_INTERVAL_S = 1.0  # seconds between heap trims
+# aioquic logs at INFO on its "quic" logger for every handshake, stream reset and close: under a
+# flood of connections that is hundreds of lines a second written by the edge's one event loop
+QUIC_LOGGER = "quic"
 
 
 class KeyThrottle(Protocol):
@@ -108,6 +111,9 @@ class EdgeQuicServer:
         self.max_stream_buffered = 0  # bytes: highest unacknowledged count any stream reached
 
     async def start(self) -> None:
+        quic_log = logging.getLogger(QUIC_LOGGER)
+        if quic_log.level == logging.NOTSET:  # not configured by the operator: warnings only
+            quic_log.setLevel(logging.WARNING)
         config = QuicConfiguration(
             is_client=False,
             alpn_protocols=[ALPN_PROTOCOL],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -326,3 +327,16 @@ async def test_streams_refused_for_holding_partial_frames_throttle_an_unproven_s
     # closing it freed the two partial frames it still held
     await wait_until(lambda: server.budget.total == 0 and server.num_connections == 0)
     assert server.strike_wait("127.0.0.1") > 0
+
+
+async def test_aioquic_per_connection_info_lines_are_off_unless_configured(serve) -> None:  # type: ignore[no-untyped-def]
+    quic_log = logging.getLogger("quic")
+    try:
+        quic_log.setLevel(logging.NOTSET)
+        await serve(QuicLimits())
+        assert quic_log.level == logging.WARNING  # one line per handshake/reset/close: off
+        quic_log.setLevel(logging.INFO)  # an operator who asked for them keeps them
+        await serve(QuicLimits())
+        assert quic_log.level == logging.INFO
+    finally:
+        quic_log.setLevel(logging.NOTSET)
