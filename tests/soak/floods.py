@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import multiprocessing
+import os
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -87,7 +88,8 @@ async def idle_connections(port: int, stop: asyncio.Event, stats: AttackStats, r
 
 
 async def huge_prompts(port: int, stop: asyncio.Event, stats: AttackStats, ready: Ready) -> None:
-    """Authenticated clients sending 1M-character prompts back to back."""
+    """Authenticated clients sending 1M-character prompts back to back (a connection the edge
+    closes is replaced by a new one, as soon as the edge admits one)."""
     req = GenerateRequest(
         id="huge", prompt=HUGE_PROMPT, api_key=API_KEY, tier="edge", sampling=SamplingOptions(max_tokens=1)
     )
@@ -98,9 +100,15 @@ async def huge_prompts(port: int, stop: asyncio.Event, stats: AttackStats, ready
             ready()  # the attackers are connected and sending
             try:
                 sid = c.send_message(req)
-                stats.note_end(await c.wait_end(sid, 60.0), sid in c.resets)
+                messages = await c.wait_end(sid, 60.0)
             except TimeoutError:
                 stats.num_no_answer += 1
+                continue
+            if not messages and c._closed.is_set():
+                # the edge closed the connection (its source is throttled) before answering
+                stats.codes["CLOSED_BY_EDGE"] += 1
+            else:
+                stats.note_end(messages, sid in c.resets)
 
     await asyncio.gather(*(_connected(port, 100 + i, stop, stats, one) for i in range(NUM_PROMPT_ATTACKERS)))
 
@@ -204,13 +212,15 @@ def _child(name: str, port: int, stop: Any, ready: Any, out: Any) -> None:
 class ChildFlood:
     """`FLOODS[name]` against 127.0.0.1:`port` in a spawned process; `stop()` returns its summary."""
 
-    def __init__(self, name: str, port: int) -> None:
+    def __init__(self, name: str, port: int, cpus: set[int] | None = None) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._stop, self._ready = ctx.Event(), ctx.Event()
         self._out = ctx.Queue()
         args = (name, port, self._stop, self._ready, self._out)
         self._proc = ctx.Process(target=_child, args=args, daemon=True)
         self._proc.start()
+        if cpus is not None and self._proc.pid is not None:
+            pin(self._proc.pid, cpus)  # before its event loop starts: its threads inherit it
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the attacker process has used so far."""
@@ -229,6 +239,13 @@ class ChildFlood:
             if self._proc.is_alive():
                 self._proc.kill()
         return summary
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Restrict every thread of process `pid` to `cpus` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cpus)
 
 
 def _cpu_s(pid: int | None) -> float:

@@ -73,6 +73,13 @@ class Proc:
                 total += t.user + t.system
         return total
 
+    def child_pids(self) -> list[int]:
+        """The pids of the process's children (recursively)."""
+        try:
+            return [c.pid for c in psutil.Process(self.popen.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
     def rank_pid(self, rank: int) -> int:
         """The pid of tensor-parallel rank `rank` under torchrun (read from its RANK variable)."""
         for child in psutil.Process(self.popen.pid).children(recursive=True):

@@ -25,6 +25,7 @@ NUM_OVER_QUIC = pick(2_000, 50_000)
 STREAMS_PER_CONNECTION = 200  # then a fresh connection (several run at once)
 NUM_CONNECTIONS = 8  # connections fuzzing at once
 IN_FLIGHT_PER_CONNECTION = 16
+FUZZ_SOURCES = 10_000  # the fuzzing connections' attacker addresses start at source(10_000)
 pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.timeout(pick(300, 3600))]
 
 
@@ -80,7 +81,9 @@ async def test_fuzz_frames_over_quic(fuzz_edge: Proc) -> None:
         n = 0
         while budget[0] > 0:
             n += 1
-            await _fuzz_connection(fuzz_edge, fuzzer, budget, stats, lane_id * 1000 + n + rng.randrange(3))
+            # sources apart from the floods' attackers (which an earlier test may have got blocked)
+            i = FUZZ_SOURCES + lane_id * 1000 + n + rng.randrange(3)
+            await _fuzz_connection(fuzz_edge, fuzzer, budget, stats, i)
 
     await asyncio.gather(*(lane(k) for k in range(NUM_CONNECTIONS)))
     figures = {
