@@ -53,16 +53,20 @@ class _Batch:
     starts: list[int]  # token offset of each seq's first token in the batch
 
 
+def _check_options(options: EngineOptions) -> None:
+    if options.quantization is not None and options.quantization not in QUANTIZATIONS:
+        raise UnsupportedQuantizationError(
+            f"quantization must be one of {QUANTIZATIONS} or None, got {options.quantization!r}"
+        )
+    if options.block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {options.block_size}")
+
+
 class ModelRunner:
     """Owns the model weights and the KV cache on one device (one rank under tensor parallelism)."""
 
     def __init__(self, options: EngineOptions, *, rewrites: Sequence[Rewrite] = ()) -> None:
-        if options.quantization is not None and options.quantization not in QUANTIZATIONS:
-            raise UnsupportedQuantizationError(
-                f"quantization must be one of {QUANTIZATIONS} or None, got {options.quantization!r}"
-            )
-        if options.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {options.block_size}")
+        _check_options(options)
         self.options = options
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype, self.device)
@@ -83,19 +87,6 @@ class ModelRunner:
         )
         # From the loaded module, not the config: a tensor-parallel rank holds a slice of the heads.
         self.num_kv_heads = int(self.model.model.layers[0].self_attn.num_kv_heads)
-        block_bytes = kv_block_bytes(
-            self.config.num_layers, self.num_kv_heads, self.config.head_dim, self.block_size, self.dtype
-        )
-        max_useful = options.max_num_seqs * math.ceil(self.max_model_len / self.block_size)
-        self.num_kv_blocks = choose_num_blocks(
-            block_bytes=block_bytes,
-            device=self.device,
-            num_kv_blocks=options.num_kv_blocks,
-            kv_cache_memory=options.kv_cache_memory,
-            kv_memory_fraction=options.kv_memory_fraction,
-            max_useful_blocks=max_useful,
-        )
-        self.kv_cache_bytes = block_bytes * self.num_kv_blocks
         # Under tensor parallelism too: every rank captures the same sizes in the same order, so
         # the all-reduces inside the graphs pair up, and replays in lockstep (`forward_step`).
         # Only where the Triton decode handles the heads: the portable fallback would gather the
@@ -106,33 +97,52 @@ class ModelRunner:
             and decode_attention.available(self.device)
             and decode_attention.supports_shape(*heads)
         )
+        self._allocate_kv_cache(extra_blocks=1 if use_graphs else 0)  # + the graphs' scratch block
+        self.graphs: DecodeGraphs | None = self._capture_graphs(bool(rewrites)) if use_graphs else None
+
+    def _allocate_kv_cache(self, extra_blocks: int) -> None:
+        """Size the paged KV cache (options, device memory) and allocate it, plus ``extra_blocks``."""
+        opts, cfg = self.options, self.config
+        heads, size = self.num_kv_heads, self.block_size
+        block_bytes = kv_block_bytes(cfg.num_layers, heads, cfg.head_dim, size, self.dtype)
+        self.num_kv_blocks = choose_num_blocks(
+            block_bytes=block_bytes,
+            device=self.device,
+            num_kv_blocks=opts.num_kv_blocks,
+            kv_cache_memory=opts.kv_cache_memory,
+            kv_memory_fraction=opts.kv_memory_fraction,
+            max_useful_blocks=opts.max_num_seqs * math.ceil(self.max_model_len / self.block_size),
+        )
+        self.kv_cache_bytes = block_bytes * self.num_kv_blocks
         self.kv_caches = allocate_kv_cache(
-            self.config.num_layers,
-            self.num_kv_blocks + (1 if use_graphs else 0),  # + the graphs' scratch block
+            cfg.num_layers,
+            self.num_kv_blocks + extra_blocks,
             self.block_size,
             self.num_kv_heads,
-            self.config.head_dim,
+            cfg.head_dim,
             self.dtype,
             self.device,
         )
-        self.graphs: DecodeGraphs | None = None
-        if use_graphs:
-            try:
-                self.graphs = DecodeGraphs(
-                    self.model,
-                    self.kv_caches,
-                    max_batch=options.max_num_seqs,
-                    max_model_len=self.max_model_len,
-                    block_size=self.block_size,
-                    scratch_block=self.num_kv_blocks,
-                )
-            except RuntimeError as exc:  # a layer that cannot be captured: decode stays eager
-                if rewrites:  # one rank eager and another replaying would pair up wrong collectives
-                    raise RuntimeError(
-                        f"CUDA graph capture failed under rewrites (tensor parallelism): {exc}; "
-                        "start every rank with use_cuda_graphs=False"
-                    ) from exc
-                warnings.warn(f"CUDA graph capture failed, decoding eagerly: {exc}", stacklevel=2)
+
+    def _capture_graphs(self, sharded: bool) -> DecodeGraphs | None:
+        """Decode CUDA graphs over the cache's last block as scratch; None when capture fails."""
+        try:
+            return DecodeGraphs(
+                self.model,
+                self.kv_caches,
+                max_batch=self.options.max_num_seqs,
+                max_model_len=self.max_model_len,
+                block_size=self.block_size,
+                scratch_block=self.num_kv_blocks,
+            )
+        except RuntimeError as exc:  # a layer that cannot be captured: decode stays eager
+            if sharded:  # one rank eager and another replaying would pair up wrong collectives
+                raise RuntimeError(
+                    f"CUDA graph capture failed under rewrites (tensor parallelism): {exc}; "
+                    "start every rank with use_cuda_graphs=False"
+                ) from exc
+            warnings.warn(f"CUDA graph capture failed, decoding eagerly: {exc}", stacklevel=3)
+            return None
 
     @property
     def vocab_size(self) -> int:
