@@ -1,4 +1,5 @@
-"""API keys: configured as sha256 hashes, checked in constant time, with per-key concurrency limits.
+"""API keys: configured as sha256 hashes, checked in constant time, with per-key concurrency and
+request-rate limits.
 
 The edge never stores a key, only ``sha256(key).hexdigest()``. A presented key is hashed and
 compared with every configured hash using `hmac.compare_digest`, without stopping at a match, so
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import time
 from collections.abc import Iterable
@@ -39,12 +41,35 @@ class ApiKey:
     sha256: str
     name: str = ""
     max_concurrent: int = 0  # requests at once; 0 = unlimited
+    max_requests_per_s: float = 0.0  # requests admitted a second, sustained; 0 = unlimited
+    burst: int = 0  # requests admitted at once above that rate; 0 = one second's worth
 
     def __post_init__(self) -> None:
         if not _HEX64.match(self.sha256):
             raise ValueError("sha256: expected 64 lowercase hex characters")
         if self.max_concurrent < 0:
             raise ValueError("max_concurrent: expected an integer >= 0")
+        if self.max_requests_per_s < 0 or self.burst < 0:
+            raise ValueError("max_requests_per_s: expected a number >= 0 (and burst an integer >= 0)")
+
+
+class RequestRate:
+    """A token bucket of requests per key name (sans-IO): `rate` a second, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst or max(1, math.ceil(rate)))
+        self._tokens, self._at = self.burst, float("-inf")
+
+    def take(self, now: float) -> float:
+        """Admit one request (0.0), or say how many seconds until one is admitted."""
+        tokens = min(self.burst, self._tokens + max(0.0, now - self._at) * self.rate)
+        self._at = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return 0.0
+        self._tokens = tokens
+        return (1.0 - tokens) / self.rate
 
 
 def hash_key(key: str) -> str:
@@ -102,6 +127,11 @@ class ApiKeyStore:
         self._digests = [bytes.fromhex(k.sha256) for k in self._keys]
         self._limits = {name: k.max_concurrent for name, k in zip(names, self._keys, strict=True)}
         self._limits[ANONYMOUS] = max(0, anonymous_max_concurrent)
+        self._rates = {
+            name: RequestRate(k.max_requests_per_s, k.burst)
+            for name, k in zip(names, self._keys, strict=True)
+            if k.max_requests_per_s > 0
+        }
         for tenant, limit in (jwt.tenants if jwt is not None else {}).items():
             if tenant in self._limits:
                 raise ValueError(f"jwt.tenants: {tenant!r} is also the name of a key")
@@ -133,8 +163,11 @@ class ApiKeyStore:
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, "api_key: not recognised")
         return self._names[match]
 
-    def acquire(self, key: str | None) -> Lease:
-        """Admit one request: a `Lease`, or ProtocolError(UNAUTHENTICATED / RATE_LIMITED)."""
+    def acquire(self, key: str | None, now: float | None = None) -> Lease:
+        """Admit one request: a `Lease`, or ProtocolError(UNAUTHENTICATED / RATE_LIMITED).
+
+        RATE_LIMITED (retryable) when the key is at its concurrency limit or over its request
+        rate (the message says how long to wait)."""
         name = self.identify(key)
         limit = self._limits.get(name, 0)
         in_use = self._in_use.get(name, 0)
@@ -142,6 +175,14 @@ class ApiKeyStore:
             raise ProtocolError(
                 ErrorCode.RATE_LIMITED,
                 f"api_key: {limit} concurrent requests allowed for this key",
+                retryable=True,
+            )
+        rate = self._rates.get(name)
+        wait = 0.0 if rate is None else rate.take(time.monotonic() if now is None else now)
+        if rate is not None and wait > 0.0:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"api_key: {rate.rate:g} requests a second allowed for this key; retry in {wait:.2f} s",
                 retryable=True,
             )
         self._in_use[name] = in_use + 1
@@ -194,7 +235,7 @@ class ApiKeyStore:
         """`acquire(key)` for a request from address `source`, throttled like `identify_from`."""
         self.check_throttle(source, now)
         try:
-            return self.acquire(key)
+            return self.acquire(key, now)
         except ProtocolError as exc:
             if exc.code is ErrorCode.UNAUTHENTICATED:
                 self.record_failure(source, now, exc.message)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from isthmus.edge.auth import ANONYMOUS, ApiKey, ApiKeyStore, hash_key
 from isthmus.edge.auth_throttle import FailureThrottle, ThrottleLimits, source_key
+from isthmus.edge.config import EdgeConfig
 from isthmus.protocol import ErrorCode, ProtocolError
 
 
@@ -146,3 +149,33 @@ def test_a_source_out_of_credit_again_before_refilling_backs_off_exponentially()
     for _ in range(3):
         t.record_failure("10.0.0.1", now)
     assert t.retry_after("10.0.0.1", now) == pytest.approx(10.0)
+
+
+def test_a_key_over_its_request_rate_is_refused_with_the_wait() -> None:
+    rated = ApiKey(hash_key("alpha"), name="a", max_requests_per_s=2.0, burst=3)
+    keys = [rated, ApiKey(hash_key("beta"), name="b")]
+    s = ApiKeyStore(keys)
+    for _ in range(3):  # the burst
+        s.acquire("alpha", now=10.0).release()
+    with pytest.raises(ProtocolError) as info:
+        s.acquire("alpha", now=10.0)
+    assert info.value.code == ErrorCode.RATE_LIMITED and info.value.retryable
+    assert "2 requests a second" in info.value.message and "retry in 0.50 s" in info.value.message
+    assert s.num_in_use("a") == 0  # a refused request holds no slot
+    for _ in range(20):  # keys without a rate are not limited
+        s.acquire("beta", now=10.0).release()
+    s.acquire("alpha", now=10.5).release()  # one credit back after 1 / rate seconds
+    with pytest.raises(ProtocolError):
+        s.acquire("alpha", now=10.5)
+    with pytest.raises(ValueError, match="max_requests_per_s"):
+        ApiKey(hash_key("x"), max_requests_per_s=-1.0)
+
+
+def test_request_rate_is_read_from_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text(
+        f'[model]\npath = "/m"\n[auth]\n[[auth.keys]]\nsha256 = "{hash_key("k")}"\n'
+        'name = "app"\nmax_requests_per_s = 50\nburst = 100\n'
+    )
+    key = EdgeConfig.load(path).auth.keys[0]
+    assert (key.max_requests_per_s, key.burst) == (50.0, 100)
