@@ -31,6 +31,13 @@ from isthmus.engine.core.block_manager import BlockManager
 from isthmus.engine.core.kv_blocks import KVImport, KVPayload
 from isthmus.engine.core.params import SamplingParams
 from isthmus.engine.core.plan import RunOutput, SampledToken, ScheduledSeq, SchedulePlan
+from isthmus.engine.core.requests import (  # the errors are imported from here too
+    InvalidRequest,
+    PromptTooLong,
+    QueueFull,
+    SchedulerError,
+    checked_ids,
+)
 from isthmus.engine.core.sequence import (
     FINISH_DEADLINE,
     FINISH_LENGTH,
@@ -40,21 +47,7 @@ from isthmus.engine.core.sequence import (
     SeqUpdate,
 )
 
-
-class SchedulerError(Exception):
-    """Base of the scheduler's typed refusals."""
-
-
-class QueueFull(SchedulerError):
-    """The waiting queue holds ``max_waiting`` requests already."""
-
-
-class PromptTooLong(SchedulerError, ValueError):
-    """Prompt (plus resumed output) leaves no room for a token under ``max_model_len``."""
-
-
-class InvalidRequest(SchedulerError, ValueError):
-    """Empty prompt, token id out of range, duplicate id, or an already complete resume."""
+__all__ = ["AHEAD_TOKEN", "InvalidRequest", "PromptTooLong", "QueueFull", "Scheduler", "SchedulerError"]
 
 
 class Scheduler:
@@ -126,22 +119,8 @@ class Scheduler:
         """
         if request_id in self._by_request_id:
             raise InvalidRequest(f"request {request_id!r} is already in the engine")
-        if not prompt_ids:
-            raise InvalidRequest("prompt is empty")
         outputs = list(output_ids or [])
-        all_ids = [*prompt_ids, *outputs]
-        if self.vocab_size is not None:
-            bad = [t for t in all_ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise InvalidRequest(f"token id {bad[0]} outside the vocabulary [0, {self.vocab_size})")
-        if len(outputs) >= params.max_tokens:
-            raise InvalidRequest("resumed request already generated max_tokens tokens")
-        if len(all_ids) >= self.max_model_len:
-            raise PromptTooLong(
-                f"{len(all_ids)} tokens leave no room under max_model_len {self.max_model_len}"
-            )
-        if kv is not None and kv.num_tokens != len(all_ids) - 1:
-            raise InvalidRequest(f"kv: {kv.num_tokens} positions, the sequence needs {len(all_ids) - 1}")
+        all_ids = checked_ids(prompt_ids, outputs, params, kv, self.vocab_size, self.max_model_len)
         if len(self.waiting) >= self.max_waiting:
             raise QueueFull(f"{len(self.waiting)} requests waiting (max_waiting)")
         if params.seed is None:
