@@ -22,6 +22,7 @@ recomputes its cache from the ids, so a mismatch costs time, never the answer.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,10 +31,13 @@ from isthmus.engine.core.kv_blocks import KVPayload, KVSpec
 from isthmus.protocol import GenerateRequest, Migrated, encode, limits, num_ids
 from isthmus.protocol.messages import KVBlocks
 
+log = logging.getLogger(__name__)
+
 KVMode = Literal["auto", "tokens", "kv"]
 KV_MODES: tuple[KVMode, ...] = ("auto", "tokens", "kv")
 # Context tokens from which shipping the KV beats recomputing it (auto mode). Measured on the tiny
-# CPU model (docs/migration.md): KV was never slower from 32 tokens on and saved the most at 1024+.
+# CPU model (docs/migration.md): at 32-256 tokens the two modes were within run-to-run noise, from
+# 512 on KV was clearly shorter (4-17x); 256 is where it stopped losing.
 DEFAULT_KV_MIN_TOKENS = 256
 FRAME_SLACK = 16 * 1024  # bytes kept free in the frame: the edge's resumed request adds a few fields
 
@@ -84,7 +88,11 @@ def with_kv(migrated: Migrated, engine: Any, engine_id: str, policy: KVPolicy) -
     room = limits.MAX_FRAME_SIZE - FRAME_SLACK - len(encode(migrated))
     if choose_mode(num_tokens, spec.bytes_per_token, policy, room) != "kv":
         return migrated
-    payload: KVPayload | None = export(engine_id, num_tokens)
+    try:
+        payload: KVPayload | None = export(engine_id, num_tokens)
+    except Exception:  # e.g. out of host memory for the copy: the ids alone still migrate it
+        log.exception("exporting the KV of %s failed; it migrates by tokens", migrated.id)
+        return migrated
     if payload is None:
         return migrated
     kv = to_wire(payload)

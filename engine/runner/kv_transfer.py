@@ -15,7 +15,7 @@ import torch
 from isthmus.engine.core.kv_blocks import DTYPE_SIZES, LAYOUT, KVMismatch, KVPayload, KVSpec
 from isthmus.engine.model.causal_lm import KVCaches
 
-FINGERPRINT_SAMPLE = 1024 * 1024  # bytes read from each end of each weights file
+FINGERPRINT_SAMPLE = 64 * 1024  # bytes read from each end of each weights file (header + some weights)
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

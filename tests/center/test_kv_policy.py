@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,3 +103,24 @@ def test_with_kv_leaves_tokens_alone() -> None:
     huge = _migrated(limits.MAX_FRAME_SIZE // PER_TOKEN + 10, 1)
     engine = _Engine(SPEC)
     assert with_kv(huge, engine, "e", KVPolicy(mode="kv")) is huge and not engine.asked  # over a frame
+
+
+def test_a_failed_kv_export_migrates_by_tokens() -> None:
+    class _Failing(_Engine):
+        def export_kv(self, engine_id: str, num_tokens: int) -> KVPayload | None:
+            raise MemoryError("no room for the copy")
+
+    msg = _migrated(300, 5)
+    assert with_kv(msg, _Failing(SPEC), "e", KVPolicy()) is msg
+
+
+def test_center_flags(tp_llama: Path) -> None:
+    from isthmus.center.main import parse_args
+
+    a = parse_args(["--model", str(tp_llama)])
+    assert (a.migrate_kv, a.migrate_kv_min_tokens) == ("auto", DEFAULT_KV_MIN_TOKENS)
+    a = parse_args(["--model", str(tp_llama), "--migrate-kv", "kv", "--migrate-kv-min-tokens", "64"])
+    assert (a.migrate_kv, a.migrate_kv_min_tokens) == ("kv", 64)
+    for bad in (["--migrate-kv", "blocks"], ["--migrate-kv-min-tokens", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--model", str(tp_llama), *bad])
