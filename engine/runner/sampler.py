@@ -41,39 +41,40 @@ __all__ = ["apply_penalties", "row_key", "sample", "sample_async", "uniform_nois
 
 
 def apply_penalties(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> torch.Tensor:
-    """Repetition / presence / frequency penalties, in place on ``logits`` [n, vocab]."""
+    """Repetition / presence / frequency penalties, in place on ``logits`` [n, vocab].
+
+    Index lists go to the device from pinned memory without blocking, so on CUDA nothing here
+    waits for the queued forward pass."""
     device = logits.device
-    vocab = logits.shape[1]
-    rep_rows, rep_ids, rep_vals = [], [], []
+    rows: list[int] = []
+    ids: list[int] = []
+    pens: list[float] = []
     for i, s in enumerate(seqs):
         rp = s.params.repetition_penalty
         if rp != 1.0 and s.history_ids:
-            rep_rows.append(torch.full((len(s.history_ids),), i, dtype=torch.int64))
-            rep_ids.append(torch.tensor(s.history_ids, dtype=torch.int64))
-            rep_vals.append(rp)
-    if rep_rows:
-        rows = torch.cat(rep_rows).to(device)
-        ids = torch.cat(rep_ids).to(device)
-        rp_row = torch.ones(len(seqs), device=device)
-        for i, val in zip([int(r[0]) for r in rep_rows], rep_vals, strict=True):
-            rp_row[i] = val
-        picked = logits[rows, ids]
-        pen = rp_row[rows]
+            rows += [i] * len(s.history_ids)
+            ids += s.history_ids
+            pens += [rp] * len(s.history_ids)
+    if rows:
+        r, t = host_to_device(rows, torch.int64, device), host_to_device(ids, torch.int64, device)
+        pen = host_to_device(pens, logits.dtype, device)
+        picked = logits[r, t]
         # Duplicated ids write the same value, so scattering is idempotent.
-        logits[rows, ids] = torch.where(picked > 0, picked / pen, picked * pen)
+        logits[r, t] = torch.where(picked > 0, picked / pen, picked * pen)
     pf = [
         (i, s)
         for i, s in enumerate(seqs)
         if (s.params.presence_penalty or s.params.frequency_penalty) and len(s.history_ids) > s.prompt_len
     ]
     if pf:
-        counts = torch.zeros(len(pf), vocab, device=device)  # [rows, vocab]
-        for j, (_, s) in enumerate(pf):
-            gen = torch.tensor(s.history_ids[s.prompt_len :], dtype=torch.int64, device=device)
-            counts[j].index_add_(0, gen, torch.ones(len(gen), device=device))
-        pres = torch.tensor([s.params.presence_penalty for _, s in pf], device=device)[:, None]
-        freq = torch.tensor([s.params.frequency_penalty for _, s in pf], device=device)[:, None]
-        idx = torch.tensor([i for i, _ in pf], device=device)
+        gen = [s.history_ids[s.prompt_len :] for _, s in pf]
+        at = host_to_device([j for j, g in enumerate(gen) for _ in g], torch.int64, device)
+        tok = host_to_device([t for g in gen for t in g], torch.int64, device)
+        counts = torch.zeros(len(pf), logits.shape[1], dtype=logits.dtype, device=device)  # [rows, vocab]
+        counts.index_put_((at, tok), torch.ones_like(tok, dtype=logits.dtype), accumulate=True)
+        pres = host_to_device([s.params.presence_penalty for _, s in pf], logits.dtype, device)[:, None]
+        freq = host_to_device([s.params.frequency_penalty for _, s in pf], logits.dtype, device)[:, None]
+        idx = host_to_device([i for i, _ in pf], torch.int64, device)
         logits[idx] -= pres * (counts > 0) + freq * counts
     return logits
 

@@ -398,3 +398,42 @@ def test_greedy_on_cuda_matches_cpu_reference():
         assert a.token_id == b.token_id
         assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
         assert a.entropy == pytest.approx(b.entropy, abs=1e-3)
+
+
+_CUDA_KINDS = [
+    SamplingParams(temperature=0.0, logprobs=2),
+    SamplingParams(temperature=0.8, seed=1),
+    SamplingParams(temperature=1.0, top_k=50, top_p=0.9, seed=2, entropy=False),
+    SamplingParams(temperature=0.7, top_p=0.95, seed=3),
+    SamplingParams(temperature=1.1, min_p=0.05, seed=4, logprobs=3),
+    SamplingParams(temperature=0.9, top_k=20, repetition_penalty=1.2, frequency_penalty=0.3, seed=5),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sampled_rows_on_cuda_match_cpu_without_a_sync():
+    """Every kind of row through the kernels on bf16 logits: the CPU's tokens, and nothing in
+    `sample_async` synchronises with the device (the one copy is asynchronous, into pinned memory)."""
+    from isthmus.engine.runner.sampler import sample_async
+
+    g = torch.Generator().manual_seed(5)
+    logits = (torch.randn(len(_CUDA_KINDS), 102400, generator=g) * 4).to(torch.bfloat16)
+    seqs = [seq(p, history=[5, 9, 9, 12], prompt_len=2, num_generated=3, seq_id=i)
+            for i, p in enumerate(_CUDA_KINDS)]
+    dev = logits.cuda()
+    sample(dev, seqs)  # compile the kernels first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        finish = sample_async(dev, seqs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    gpu, cpu = finish(), sample(logits, seqs)
+    for a, b in zip(gpu, cpu, strict=True):
+        assert a.token_id == b.token_id
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+        if math.isnan(b.entropy):
+            assert math.isnan(a.entropy)
+        else:
+            assert a.entropy == pytest.approx(b.entropy, abs=1e-3)
