@@ -18,8 +18,12 @@ from .source_gate import GateLimits
 
 def default_strike_limits() -> ThrottleLimits:
     """Requests refused for breaking the limits, per source, on connections that proved nothing:
-    a burst of 32, then 2 a second; out of credit again before refilling, the wait doubles."""
-    return ThrottleLimits(max_failures=32, window_s=16.0, max_backoff_s=300.0)
+    a burst of 32, then one every 10 s; out of credit again before refilling, the wait doubles.
+
+    The first wait is long enough to matter: with 0.5 s (2 a second), a partial-frame attacker
+    whose connection was closed reconnected as soon as its drain was over, each time costing a
+    handshake and 32 more refusals, and the attackers' reconnections came in bursts."""
+    return ThrottleLimits(max_failures=32, window_s=320.0, max_backoff_s=600.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from aioquic.quic.packet import QuicErrorCode
 from isthmus.edge.auth import ApiKey, ApiKeyStore, hash_key
-from isthmus.edge.auth_throttle import ThrottleLimits
+from isthmus.edge.auth_throttle import FailureThrottle, ThrottleLimits
+from isthmus.edge.quic_limits import default_strike_limits
 from isthmus.edge.quic_server import EdgeQuicServer, QuicLimits
 from isthmus.edge.receive_budget import ReceiveLimits
 from isthmus.edge.source_gate import GateLimits
@@ -340,3 +341,15 @@ async def test_aioquic_per_connection_info_lines_are_off_unless_configured(serve
         assert quic_log.level == logging.INFO
     finally:
         quic_log.setLevel(logging.NOTSET)
+
+
+def test_a_source_out_of_strikes_waits_long_enough_to_matter_by_default() -> None:
+    # a partial-frame attacker whose connection was closed came straight back when the first
+    # wait was 0.5 s: a handshake and 32 more refusals each time
+    strikes = FailureThrottle(default_strike_limits())
+    for _ in range(31):
+        strikes.record_failure("10.0.0.1", now=0.0)
+    assert strikes.retry_after("10.0.0.1", now=0.0) == 0.0  # a burst of 32 refusals is allowed
+    strikes.record_failure("10.0.0.1", now=0.0)
+    assert strikes.retry_after("10.0.0.1", now=0.0) >= 10.0
+    assert strikes.retry_after("10.0.0.1", now=9.0) > 0.0
