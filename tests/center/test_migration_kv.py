@@ -193,3 +193,36 @@ async def test_drain_with_migrate_ships_kv(pair: tuple[Center, Center]) -> None:
     assert isinstance(first[-1], Migrated) and first[-1].continuation.kv is not None
     second = await b.generate(resume_request(req, first[-1]))
     assert _ids(first) + _ids(second) == _ids(whole) and _imports(b) == 1
+
+
+async def test_kv_passes_through_the_edge_pool_unchanged(tp_llama: Path) -> None:
+    """A migrating drain under a real `CenterPool` with `follow_migrations`, as the edge relays:
+    the KV reaches B inside the resumed request, and the app's stream is the unmigrated answer."""
+    import asyncio
+
+    from isthmus.edge.migration import MigrationStats, follow_migrations
+    from isthmus.edge.pool import CenterPool
+    from isthmus.edge.replica import PoolOptions
+
+    async with running_center(tp_llama, admin=POLICY) as a, running_center(tp_llama, admin=POLICY) as b:
+        for c in (a, b):
+            c.service.kv_policy = KVPolicy(mode="kv")
+        sampling = SamplingOptions(max_tokens=30, temperature=0.7, seed=4, ignore_eos=True)
+        req = GenerateRequest(id="pool", prompt_ids=PROMPT, sampling=sampling)
+        whole = await b.generate(req)
+        pool = CenterPool([f"127.0.0.1:{c.server.port}" for c in (a, b)],
+                          options=PoolOptions(health_interval_s=3600))
+        await pool.start()
+        stats = MigrationStats()
+        target = None
+        try:
+            got: list[Any] = []
+            async for msg in follow_migrations(pool.generate, req, stats=stats):
+                got.append(msg)
+                if len(got) == 4:  # drain whichever replica the pool picked
+                    source, target = (a, b) if a.service.in_flight else (b, a)
+                    await asyncio.wait_for(source.server.drain(grace_s=5.0, migrate=True), timeout=10)
+        finally:
+            await pool.close()
+        assert target is not None and stats.finished == 1 and _imports(target) == 1
+        assert isinstance(got[-1], Done) and _ids(got) == _ids(whole) and _text(got) == _text(whole)
