@@ -124,9 +124,9 @@ class EngineCore:
         output_ids = None
         if resume is not None:
             prompt_ids, params, output_ids = resume.prompt_ids, resume.params, resume.output_ids
-        # A migration's KV cache (all positions but the last); one that does not fit is dropped
-        kv = usable_payload(getattr(self.runner, "kv_spec", None), kv,
-                            len(prompt_ids) + len(output_ids or ()) - 1, request_id)
+        if kv is not None:  # a migration's KV cache (all positions but the last): dropped if it does not fit
+            kv = usable_payload(getattr(self.runner, "kv_spec", None), kv,
+                                len(prompt_ids) + len(output_ids or ()) - 1, request_id)
         seq = self.scheduler.add(
             request_id,
             prompt_ids,
