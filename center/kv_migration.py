@@ -85,7 +85,9 @@ def with_kv(migrated: Migrated, engine: Any, engine_id: str, policy: KVPolicy) -
         return migrated
     cont = migrated.continuation
     num_tokens = num_ids(migrated.prompt_ids) + num_ids(cont.token_ids) - 1  # the last one is computed
-    room = limits.MAX_FRAME_SIZE - FRAME_SLACK - len(encode(migrated))
+    if choose_mode(num_tokens, spec.bytes_per_token, policy) != "kv":
+        return migrated
+    room = limits.MAX_FRAME_SIZE - FRAME_SLACK - len(encode(migrated))  # encoded only when KV may go
     if choose_mode(num_tokens, spec.bytes_per_token, policy, room) != "kv":
         return migrated
     try:
