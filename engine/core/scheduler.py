@@ -184,6 +184,7 @@ class Scheduler:
     def schedule(self, now: float | None = None) -> SchedulePlan:
         """Build the next step's plan (may be empty when nothing can run)."""
         now = time.monotonic() if now is None else now
+        self._unfilled = []  # a plan made ahead and never filled (its step failed) is abandoned
         self._expire(now)
         plan = SchedulePlan()
         budget = self._schedule_running(plan, now)

@@ -170,3 +170,5 @@ def test_a_plan_made_ahead_must_be_filled_before_the_next() -> None:
     assert sched.schedule_ahead(plan, 1.0) is not None
     with pytest.raises(RuntimeError, match="fill_ahead"):
         sched.schedule_ahead(plan, 1.0)
+    sched.schedule(2.0)  # a fresh schedule abandons it (the engine after a failed step)
+    assert sched.schedule_ahead(plan, 2.0) is not None
