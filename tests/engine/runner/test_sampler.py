@@ -3,54 +3,9 @@ import math
 import pytest
 import torch
 from isthmus.engine.core.params import SamplingParams
-from isthmus.engine.core.plan import ScheduledSeq
-from isthmus.engine.runner.sample_filters import filter_floors
 from isthmus.engine.runner.sampler import sample, uniform_noise
 
-V = 32
-
-
-def filter_mask(logprobs, top_k, top_p, min_p):
-    """The full-vocabulary filters of the sampler before floors (sort of float32 probabilities):
-    True where a token is filtered out; the argmax always survives. The oracle for the floors."""
-    n, vocab = logprobs.shape
-    probs = logprobs.exp()
-    mask = torch.zeros_like(probs, dtype=torch.bool)
-    if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
-        sorted_p, order = probs.sort(dim=-1, descending=True)  # [n, vocab]
-        k_row = torch.tensor([k if k > 0 else vocab for k in top_k])[:, None]
-        drop = torch.arange(vocab)[None, :] >= k_row
-        kept = sorted_p.masked_fill(drop, 0.0)
-        kept = kept / kept.sum(dim=-1, keepdim=True)
-        drop |= kept.cumsum(dim=-1) - kept >= torch.tensor(top_p)[:, None]
-        drop[:, 0] = False
-        mask.scatter_(1, order, drop)
-    if any(m > 0 for m in min_p):
-        mask |= probs < torch.tensor(min_p)[:, None] * probs.max(dim=-1, keepdim=True).values
-    mask[torch.arange(n), probs.argmax(dim=-1)] = False
-    return mask
-
-
-def seq(
-    params: SamplingParams, history=(1, 2, 3), prompt_len=None, num_generated=0, seq_id=0
-) -> ScheduledSeq:
-    history = list(history)
-    return ScheduledSeq(
-        seq_id=seq_id,
-        token_ids=history[-1:],
-        start_pos=len(history) - 1,
-        block_table=[0],
-        do_sample=True,
-        params=params,
-        prompt_len=len(history) if prompt_len is None else prompt_len,
-        history_ids=history,
-        num_generated=num_generated,
-    )
-
-
-def rand_logits(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, V, generator=g) * 3
+from ._sampling_ref import V, rand_logits, reference_sample, seq
 
 
 def test_greedy_is_argmax_and_logprob_entropy_are_exact():
@@ -114,63 +69,6 @@ def test_penalties_match_reference(rp, pres, freq):
         assert all(got[t] == pytest.approx(float(ref_lp[t]), abs=1e-5) for t in range(V))
 
 
-def brute_mask(lp, k, p, m):
-    probs = lp.exp()
-    order = sorted(range(V), key=lambda t: -float(probs[t]))
-    keep = set(order[:k] if k > 0 else order)
-    kept = [t for t in order if t in keep]
-    total = sum(float(probs[t]) for t in kept)
-    mass, keep_p = 0.0, set()
-    for t in kept:
-        if mass >= p:
-            break
-        keep_p.add(t)
-        mass += float(probs[t]) / total
-    keep_m = {t for t in range(V) if float(probs[t]) >= m * float(probs.max())}
-    keep = keep_p & keep_m
-    keep.add(order[0])
-    return torch.tensor([t not in keep for t in range(V)])
-
-
-@pytest.mark.parametrize(
-    "k,p,m", [(5, 1.0, 0.0), (0, 0.6, 0.0), (0, 1.0, 0.2), (8, 0.5, 0.05), (1, 1.0, 0.0), (3, 0.3, 0.0)]
-)
-@pytest.mark.parametrize("temp", [1.0, 0.6])
-def test_filter_floors_keep_what_brute_force_keeps(k, p, m, temp):
-    logits = rand_logits(3, seed=11)
-    lp = torch.log_softmax(logits / temp, -1)
-    params = [SamplingParams(temperature=temp, top_k=k, top_p=p, min_p=m)] * 3
-    floors = filter_floors(logits, torch.full((3,), temp), params)
-    for i in range(3):
-        assert torch.equal(logits[i] < floors[i], brute_mask(lp[i], k, p, m))
-        assert torch.equal(logits[i] < floors[i], filter_mask(lp[i : i + 1], [k], [p], [m])[0])
-
-
-def test_ties_with_the_last_kept_logit_are_kept():
-    """bf16 logits tie often: every token equal to the k-th (or to top-p's last) survives, so
-    the kept set does not depend on how a device orders equal values."""
-    x = torch.full((1, V), -4.0, dtype=torch.bfloat16)
-    x[0, [3, 9, 17, 20]] = torch.tensor([6.0, 5.0, 5.0, 5.0], dtype=torch.bfloat16)
-    floors = filter_floors(x, torch.ones(1), [SamplingParams(top_k=2)])
-    assert set((x[0].float() >= floors[0]).nonzero()[:, 0].tolist()) == {3, 9, 17, 20}
-    probs = torch.softmax(x[0].float(), -1)
-    p = float(probs[3] + probs[9]) - 1e-4  # reached at the first 5.0: all three ties stay
-    floors = filter_floors(x, torch.ones(1), [SamplingParams(top_k=3, top_p=p)])
-    assert float(floors[0]) == 5.0
-    params = SamplingParams(top_k=2, seed=4)
-    drawn = {sample(x, [seq(params, num_generated=n)])[0].token_id for n in range(300)}
-    assert drawn == {3, 9, 17, 20}
-
-
-def test_sampled_tokens_stay_inside_the_filters():
-    logits = rand_logits(1, seed=2)
-    lp = torch.log_softmax(logits[0], -1)
-    allowed = set(lp.topk(3).indices.tolist())
-    for n in range(200):
-        t = sample(logits, [seq(SamplingParams(top_k=3, seed=9), num_generated=n)])[0]
-        assert t.token_id in allowed
-
-
 def test_seeded_draw_independent_of_batch_composition_and_position():
     logits = rand_logits(6, seed=3)
     params = SamplingParams(temperature=0.9, top_p=0.95, seed=1234)
@@ -207,26 +105,6 @@ def test_shape_mismatch_is_a_clear_error():
         sample(rand_logits(2), [seq(SamplingParams())])
 
 
-def _reference_sample(logits, seqs):
-    """The sampler before the greedy fast path (float32 log-softmax of every row): the oracle."""
-    from isthmus.engine.runner.sampler import apply_penalties, row_key
-
-    logits = apply_penalties(logits.float().clone(), seqs)
-    temps = torch.tensor([s.params.temperature if s.params.temperature > 0 else 1.0 for s in seqs])
-    lp = torch.log_softmax(logits / temps[:, None], dim=-1)
-    entropy = -torch.where(lp > float("-inf"), lp.exp() * lp, 0.0).sum(-1)
-    chosen = lp.argmax(-1)
-    for i, s in enumerate(seqs):
-        if s.params.is_greedy:
-            continue
-        p = s.params
-        mask = filter_mask(lp[i : i + 1], [p.top_k], [p.top_p], [p.min_p])
-        u = uniform_noise([row_key(p.seed or 0, s.num_generated)], lp.shape[1], torch.device("cpu"))
-        score = lp[i : i + 1].double().masked_fill(mask, float("-inf")) - torch.log(-torch.log(u))
-        chosen[i] = score.argmax()
-    return [(int(chosen[i]), float(lp[i, chosen[i]]), float(entropy[i])) for i in range(len(seqs))]
-
-
 def test_same_tokens_logprobs_and_entropies_as_the_full_log_softmax_sampler():
     kinds = [
         SamplingParams(temperature=0.0),
@@ -243,38 +121,10 @@ def test_same_tokens_logprobs_and_entropies_as_the_full_log_softmax_sampler():
             for i, p in enumerate(kinds)
         ]
         ours = sample(logits.clone(), seqs)
-        for got, (tok, lp, ent) in zip(ours, _reference_sample(logits, seqs), strict=True):
+        for got, (tok, lp, ent) in zip(ours, reference_sample(logits, seqs), strict=True):
             assert got.token_id == tok
             assert got.logprob == pytest.approx(lp, abs=1e-5)
             assert got.entropy == pytest.approx(ent, abs=1e-5)
-
-
-def test_deepseek_vocab_same_draws_as_the_full_log_softmax_sampler():
-    """Vocab 102,400 through the PyTorch paths: plain temperature, top-k with top-p (the bounded
-    candidates), top-p alone on a peaked row and on a flat one (its mass lies past the 1,024
-    candidates: the full-sort fallback), min-p, a penalty; float32 and bf16 logits."""
-    vocab = 102400
-    kinds = [
-        SamplingParams(temperature=0.8, seed=1),
-        SamplingParams(temperature=1.0, top_k=50, top_p=0.9, seed=2),
-        SamplingParams(temperature=0.7, top_p=0.95, seed=3),
-        SamplingParams(temperature=1.0, top_p=0.9, seed=4),
-        SamplingParams(temperature=1.1, min_p=0.05, seed=5),
-        SamplingParams(temperature=0.9, top_k=20, frequency_penalty=0.5, seed=6),
-    ]
-    g = torch.Generator().manual_seed(21)
-    logits = torch.randn(len(kinds), vocab, generator=g) * 4
-    logits[3] = torch.randn(vocab, generator=g) * 0.3  # flat: top-p keeps most of the vocabulary
-    for dtype in (torch.float32, torch.bfloat16):
-        x = logits.to(dtype)
-        for n in (0, 17):
-            seqs = [seq(p, history=[5, 9, 9, 12], prompt_len=2, num_generated=n, seq_id=i)
-                    for i, p in enumerate(kinds)]
-            got = sample(x.clone(), seqs)
-            for t, (tok, lp, ent) in zip(got, _reference_sample(x.float(), seqs), strict=True):
-                assert t.token_id == tok
-                assert t.logprob == pytest.approx(lp, abs=1e-4)
-                assert t.entropy == pytest.approx(ent, abs=1e-3)
 
 
 def test_log_softmax_only_for_rows_that_ask_for_top_logprobs(monkeypatch):
