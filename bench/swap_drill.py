@@ -7,7 +7,11 @@ Hooks (wrappers, no change to the code under test) time, from the moment the swa
 receiving them, B's Generate handler starting, B's engine steps (tokens, sequences), B's first
 token per stream, the edge's first message from B, and the app's longest gap between two chunks.
 
-    .venv/bin/python bench/swap_drill.py [--runs 3]
+    .venv/bin/python bench/swap_drill.py [--runs 3] [--resume-tokens 0,4096]
+
+``--resume-tokens``: B's scheduler allowance for resumed requests (`max_num_resume_tokens`; 0:
+none, the recompute prefill is chunked by the 512-token step budget), one run of each value in
+turn, so the values are compared under the same machine load.
 """
 
 from __future__ import annotations
@@ -98,13 +102,14 @@ class Trace:
         migration.MigrationStats.record_finish = traced_finish  # type: ignore[method-assign]
 
 
-async def one_run(models: tuple[Path, Path], work: Path) -> tuple[Trace, list[Any]]:
+async def one_run(models: tuple[Path, Path], work: Path, resume_tokens: int) -> tuple[Trace, list[Any]]:
     trace = Trace()
     trace.hook_edge()
     center = drill.in_process_center
     async with center(models[1], step_delay_s=0.05) as a, center(models[1]) as b:
         trace.hook_center(a, "a")
         trace.hook_center(b, "b")
+        b.service.engine.core.scheduler.max_num_resume_tokens = resume_tokens
         src, dst = f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"
         async with drill.edge_node(models[0], work, [src]) as node:
             progress: list[Any] = []
@@ -159,15 +164,19 @@ def report(trace: Trace, outcomes: list[Any]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--resume-tokens", default="4096", help="comma-separated values, one run each in turn")
     args = p.parse_args()
+    values = [int(v) for v in args.resume_tokens.split(",")]
     root = Path(tempfile.mkdtemp(prefix="swap-drill-"))
     models = (make_tiny_checkpoint(root / "edge", "llama", seed=11),
               make_tiny_checkpoint(root / "center", "llama", seed=12))
     for i in range(args.runs):
-        work = root / f"run{i}"
-        work.mkdir()
-        print(f"run {i + 1}/{args.runs} (load average {os.getloadavg()[0]:.1f} before it)")
-        report(*asyncio.run(one_run(models, work)))
+        for value in values:
+            work = root / f"run{i}-{value}"
+            work.mkdir()
+            print(f"run {i + 1}/{args.runs}, B's max_num_resume_tokens {value} "
+                  f"(load average {os.getloadavg()[0]:.1f} before it)")
+            report(*asyncio.run(one_run(models, work, value)))
 
 
 if __name__ == "__main__":

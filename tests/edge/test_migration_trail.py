@@ -43,9 +43,9 @@ def test_trail_marks_only_the_replica_that_sent_migrated() -> None:
 
 
 async def test_follow_migrations_marks_each_source_left() -> None:
-    migrated = Migrated(id="r", prompt_ids=pack_ids([1, 2]), sampling=SamplingOptions(max_tokens=8, seed=3),
-                        continuation=Continuation(text="a", token_ids=pack_ids([7]), tokenizer_fingerprint="f",
-                                                  is_migration=True))
+    cont = Continuation(text="a", token_ids=pack_ids([7]), tokenizer_fingerprint="f", is_migration=True)
+    sampling = SamplingOptions(max_tokens=8, seed=3)
+    migrated = Migrated(id="r", prompt_ids=pack_ids([1, 2]), sampling=sampling, continuation=cont)
     trail = ReplicaTrail()
     seen: list[set[str]] = []
 
@@ -74,7 +74,9 @@ def _ids(msgs: list[Any]) -> list[int]:
     return [t for m in msgs if isinstance(m, TokenChunk) for t in unpack_ids(m.token_ids)]
 
 
-async def _exported_midway(pool: CenterPool, centers: list[Any], req: GenerateRequest) -> tuple[list[Any], Any]:
+async def _exported_midway(
+    pool: CenterPool, centers: list[Any], req: GenerateRequest
+) -> tuple[list[Any], ReplicaTrail]:
     """Stream ``req``; after 4 ids, a bare `Export` on whichever replica has it (it keeps serving)."""
     trail = ReplicaTrail()
     msgs: list[Any] = []
