@@ -372,7 +372,12 @@ class Scheduler:
         running decodes in it)."""
         if not self.max_num_resume_tokens:
             return 0
-        pending = sum(len(s.all_ids) for s in self.waiting if s.num_generated and not s.num_preemptions)
+        imports = self.kv_imports  # those bring their KV: no prefill to make room for
+        pending = sum(
+            len(s.all_ids)
+            for s in self.waiting
+            if s.num_generated and not s.num_preemptions and s.seq_id not in imports
+        )
         return min(pending, self.max_num_resume_tokens)
 
     def _expire(self, now: float) -> None:
