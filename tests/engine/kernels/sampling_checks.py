@@ -45,7 +45,7 @@ def check_nucleus(device: str) -> None:
     bf16 rows with ties."""
     from isthmus.engine.kernels.nucleus import nucleus_floor
 
-    cases = [(2, 102400, 6.0, torch.bfloat16), (2, 102400, 0.5, torch.float32), (3, 4097, 3.0, torch.float32),
+    cases = [(1, 102400, 6.0, torch.bfloat16), (1, 102400, 0.5, torch.float32), (3, 4097, 3.0, torch.float32),
              (4, 32, 3.0, torch.bfloat16)]
     for n, vocab, scale, dtype in cases:
         x = _logits(n, vocab, scale, dtype, seed=n * vocab)
