@@ -103,7 +103,10 @@ def sample_async(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> Callable[[],
     filters into per-row floors (bounded candidate sets) and draw in one pass that also gives the
     log-sum-exp and, for requests with ``SamplingParams.entropy``, the entropy
     (`engine/kernels/gumbel_sample.py`). Only rows that ask for top logprobs get a log-softmax.
-    On CUDA nothing here waits for the device: everything the host needs leaves it in one copy.
+    On CUDA nothing here waits for the device: everything the host needs leaves it in one copy
+    (checked by the GPU test under ``torch.cuda.set_sync_debug_mode("error")``). Only a CUDA
+    install without Triton would read back, for top-p, which rows need the full-sort fallback.
+    A batch with penalties is copied to float32 first (penalties are defined in float32).
     """
     if logits.dim() != 2 or logits.shape[0] != len(seqs):
         raise ValueError(f"logits shape {tuple(logits.shape)} does not match {len(seqs)} sequences")
