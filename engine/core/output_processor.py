@@ -92,7 +92,9 @@ class OutputProcessor:
                 ids = upd.new_token_ids
                 if finish == FINISH_STOP and ids:
                     ids = ids[:-1]  # the EOS / stop token itself is not text
-                delta += "".join(tr.detok.push(t) for t in self._known(ids))
+                push = tr.detok.push  # a loop, not a join over a generator: mostly one id per step
+                for t in self._known(ids):
+                    delta += push(t)
                 if finish is not None:
                     delta += tr.detok.flush()
             if tr.matcher is not None:
