@@ -9,9 +9,11 @@ token under a `KVPolicy` (the center's ``--migrate-kv`` and ``--migrate-kv-min-t
 
 - tokens when the policy says so, or when this replica cannot export KV (tensor parallelism: each
   rank holds a head shard; those requests always migrate by tokens);
-- tokens when the KV does not fit: ``context * bytes_per_token`` above ``policy.max_bytes`` or
-  above the room left in one frame (the edge relays the message over gRPC and every decoder caps
-  a body at `limits.MAX_FRAME_SIZE`);
+- inside the message when ``context * bytes_per_token`` is within ``policy.max_bytes`` and the
+  room left in one frame (the edge relays the message over gRPC and every decoder caps a body at
+  `limits.MAX_FRAME_SIZE`); else by ticket when the replica has a `KVTicketDesk` whose budget
+  can hold it (the message carries a reference, the target fetches the bytes directly from this
+  replica: center/kv_fetch.py); else tokens;
 - otherwise KV when the policy says ``kv``, and with ``auto`` when the context has at least
   ``policy.min_tokens`` tokens (the measured break-even, docs/migration.md).
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
+from isthmus.center.kv_fetch import KVTicketDesk
 from isthmus.engine.core.kv_blocks import KVPayload, KVSpec
 from isthmus.protocol import GenerateRequest, Migrated, encode, limits, num_ids
 from isthmus.protocol.messages import KVBlocks
@@ -48,7 +51,7 @@ class KVPolicy:
 
     mode: KVMode = "auto"
     min_tokens: int = DEFAULT_KV_MIN_TOKENS  # auto: ship the KV from this many context tokens on
-    max_bytes: int = limits.MAX_KV_PAYLOAD_BYTES  # never ship more KV than this
+    max_bytes: int = limits.MAX_KV_PAYLOAD_BYTES  # never ship more KV than this inside the message
 
     def __post_init__(self) -> None:
         if self.mode not in KV_MODES:
@@ -58,26 +61,32 @@ class KVPolicy:
 
 
 def choose_mode(num_tokens: int, bytes_per_token: int, policy: KVPolicy,
-                room_bytes: int = limits.MAX_KV_PAYLOAD_BYTES) -> Literal["tokens", "kv"]:
+                room_bytes: int = limits.MAX_KV_PAYLOAD_BYTES,
+                inline: bool = True) -> Literal["tokens", "kv"]:
     """"kv" or "tokens" for a request whose KV covers ``num_tokens`` positions.
 
     ``bytes_per_token``: the cache's bytes per position (0: this replica cannot export KV);
-    ``room_bytes``: what the message has room for besides its other fields.
+    ``room_bytes``: what the message has room for besides its other fields (``inline``, capped
+    by ``policy.max_bytes`` too), or what the ticket store can still hold (``inline=False``).
     """
     if policy.mode == "tokens" or bytes_per_token <= 0 or num_tokens < 1:
         return "tokens"
-    if num_tokens * bytes_per_token > min(policy.max_bytes, room_bytes):
+    cap = min(policy.max_bytes, room_bytes) if inline else room_bytes
+    if num_tokens * bytes_per_token > cap:
         return "tokens"
     if policy.mode == "kv" or num_tokens >= policy.min_tokens:
         return "kv"
     return "tokens"
 
 
-def with_kv(migrated: Migrated, engine: Any, engine_id: str, policy: KVPolicy) -> Migrated:
+def with_kv(migrated: Migrated, engine: Any, engine_id: str, policy: KVPolicy,
+            desk: KVTicketDesk | None = None) -> Migrated:
     """``migrated`` with its KV attached when `choose_mode` picks KV and the engine has it.
 
     ``engine`` is the `AsyncEngine` (its ``kv_spec`` / ``export_kv``; an engine without them, or
-    whose request no longer holds the positions, leaves the message as it is: tokens).
+    whose request no longer holds the positions, leaves the message as it is: tokens). KV that
+    does not fit the message goes by ticket when ``desk`` can hold it (center/kv_fetch.py): the
+    message then carries `KVBlocks.remote`, and the target fetches the bytes from this replica.
     """
     spec: KVSpec | None = getattr(engine, "kv_spec", None)
     export = getattr(engine, "export_kv", None)
@@ -85,10 +94,13 @@ def with_kv(migrated: Migrated, engine: Any, engine_id: str, policy: KVPolicy) -
         return migrated
     cont = migrated.continuation
     num_tokens = num_ids(migrated.prompt_ids) + num_ids(cont.token_ids) - 1  # the last one is computed
-    if choose_mode(num_tokens, spec.bytes_per_token, policy) != "kv":
+    ticket_room = desk.store.room_bytes() if desk is not None and desk.address else 0
+    by_ticket = choose_mode(num_tokens, spec.bytes_per_token, policy, ticket_room, inline=False) == "kv"
+    if not by_ticket and choose_mode(num_tokens, spec.bytes_per_token, policy) != "kv":
         return migrated
     room = limits.MAX_FRAME_SIZE - FRAME_SLACK - len(encode(migrated))  # encoded only when KV may go
-    if choose_mode(num_tokens, spec.bytes_per_token, policy, room) != "kv":
+    inline = choose_mode(num_tokens, spec.bytes_per_token, policy, room) == "kv"
+    if not inline and not by_ticket:
         return migrated
     try:
         payload: KVPayload | None = export(engine_id, num_tokens)
@@ -98,6 +110,11 @@ def with_kv(migrated: Migrated, engine: Any, engine_id: str, policy: KVPolicy) -
     if payload is None:
         return migrated
     kv = to_wire(payload)
+    if not inline:
+        remote = desk.offer(payload.data) if desk is not None else None
+        if remote is None:
+            return migrated
+        kv = msgspec.structs.replace(kv, data=b"", remote=remote)
     return msgspec.structs.replace(migrated, continuation=msgspec.structs.replace(cont, kv=kv))
 
 

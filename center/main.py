@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ from isthmus.center.distributed import (
     destroy_tp_group,
     init_tp_group,
 )
+from isthmus.center.kv_fetch import DEFAULT_FETCH_TIMEOUT_S, KVFetcher, KVTicketDesk, PeerAuth
 from isthmus.center.kv_migration import DEFAULT_KV_MIN_TOKENS, KV_MODES, KVPolicy
+from isthmus.center.kv_tickets import DEFAULT_TICKET_BUDGET_BYTES, DEFAULT_TICKET_TTL_S, KVTicketStore
 from isthmus.center.seams import CenterEngine
 from isthmus.center.server import DEFAULT_GRACE_S, CenterServer, TLSFiles
 from isthmus.center.service import CenterService
@@ -89,14 +92,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "its state, and the edge continues it on another replica (instead of --grace-s)")
     p.add_argument("--migrate-kv", choices=KV_MODES, default="auto",
                    help="how a migrating request moves: tokens (the target recomputes its KV cache), kv "
-                        "(its KV blocks go with it when they fit one message; not under tensor "
-                        "parallelism), auto (kv from --migrate-kv-min-tokens of context on; default)")
+                        "(its KV blocks go with it: in the message, or fetched by the target from here "
+                        "when larger; not under tensor parallelism), auto (kv from "
+                        "--migrate-kv-min-tokens of context on; default)")
     p.add_argument("--migrate-kv-min-tokens", type=int, default=DEFAULT_KV_MIN_TOKENS, metavar="N",
                    help=f"auto: ship the KV from N context tokens on (default {DEFAULT_KV_MIN_TOKENS})")
+    _add_kv_channel_flags(p)
     p.add_argument("--collective-timeout-s", type=float, default=DEFAULT_COLLECTIVE_TIMEOUT_S,
                    help=f"timeout of every collective (default {DEFAULT_COLLECTIVE_TIMEOUT_S:g})")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return p
+
+
+def _add_kv_channel_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the replica-to-replica KV channel (KV too large for the migration message)."""
+    p.add_argument("--migrate-kv-ticket-mib", type=int, default=DEFAULT_TICKET_BUDGET_BYTES >> 20,
+                   metavar="N",
+                   help="KV too large for the migration message waits here for the target replica to "
+                        "fetch it (FetchKV), up to N MiB in all; over that, or 0, it migrates by tokens "
+                        f"(default {DEFAULT_TICKET_BUDGET_BYTES >> 20})")
+    p.add_argument("--migrate-kv-ticket-ttl-s", type=float, default=DEFAULT_TICKET_TTL_S, metavar="S",
+                   help=f"drop KV nobody fetched after S seconds (default {DEFAULT_TICKET_TTL_S:g})")
+    p.add_argument("--migrate-kv-fetch-timeout-s", type=float, default=DEFAULT_FETCH_TIMEOUT_S, metavar="S",
+                   help="as target: give up fetching KV (and recompute) after S seconds plus 1 s per "
+                        f"128 MiB (default {DEFAULT_FETCH_TIMEOUT_S:g})")
+    p.add_argument("--advertise", metavar="HOST:PORT",
+                   help="the address other replicas fetch migrated KV from (default: --host:--port, this "
+                        "host's name for a wildcard --host); with TLS, one the certificate is valid for")
+    p.add_argument("--peer-tls-cert", type=Path,
+                   help="client certificate (PEM) this replica presents when it fetches KV from another "
+                        "(mutual TLS; the peer's server certificate is checked against --tls-client-ca)")
+    p.add_argument("--peer-tls-key", type=Path, help="private key (PEM) of --peer-tls-cert")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,13 +146,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--audit-backups must be >= 0, got {a.audit_backups}")
     if a.migrate_kv_min_tokens < 1:
         parser.error(f"--migrate-kv-min-tokens must be >= 1, got {a.migrate_kv_min_tokens}")
+    _check_kv_channel(parser, a)
     if a.collective_timeout_s <= 0:
         parser.error(f"--collective-timeout-s must be > 0, got {a.collective_timeout_s}")
     if (a.tls_cert is None) != (a.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
     if a.tls_client_ca is not None and a.tls_cert is None:
         parser.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
-    tls = (("--tls-cert", a.tls_cert), ("--tls-key", a.tls_key), ("--tls-client-ca", a.tls_client_ca))
+    tls = (("--tls-cert", a.tls_cert), ("--tls-key", a.tls_key), ("--tls-client-ca", a.tls_client_ca),
+           ("--peer-tls-cert", a.peer_tls_cert), ("--peer-tls-key", a.peer_tls_key))
     for flag, path in tls:
         if path is not None and not path.is_file():
             parser.error(f"{flag}: no such file {path}")
@@ -144,6 +172,49 @@ def admin_policy(a: argparse.Namespace) -> AdminPolicy:
     """Who may make admin calls, from the parsed arguments."""
     cns = frozenset(a.admin_cn) if a.admin_cn else None
     return AdminPolicy(token=a.admin_token, mutual_tls=a.tls_client_ca is not None, allowed_cns=cns)
+
+
+def _check_kv_channel(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """The replica-to-replica KV channel's flags (exit 2 with the flag's name when wrong)."""
+    if a.migrate_kv_ticket_mib < 0:
+        parser.error(f"--migrate-kv-ticket-mib must be >= 0, got {a.migrate_kv_ticket_mib}")
+    if a.migrate_kv_ticket_ttl_s <= 0 or a.migrate_kv_fetch_timeout_s <= 0:
+        parser.error("--migrate-kv-ticket-ttl-s and --migrate-kv-fetch-timeout-s must be > 0")
+    if a.advertise is not None and not _is_host_port(a.advertise):
+        parser.error(f"--advertise must be HOST:PORT, got {a.advertise!r}")
+    if (a.peer_tls_cert is None) != (a.peer_tls_key is None):
+        parser.error("--peer-tls-cert and --peer-tls-key go together")
+    if a.peer_tls_cert is not None and a.tls_cert is None:
+        parser.error("--peer-tls-cert needs TLS (--tls-cert, --tls-key): peers dial each other alike")
+
+
+def _is_host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 1 <= int(port) <= 65535)
+
+
+def advertised(a: argparse.Namespace, port: int) -> str:
+    """Where other replicas reach this one (``--advertise``, else the bind address and port)."""
+    if a.advertise:
+        return str(a.advertise)
+    host = socket.getfqdn() if a.host in ("0.0.0.0", "::", "") else a.host
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def kv_channel(a: argparse.Namespace, port: int) -> tuple[KVTicketDesk | None, KVFetcher]:
+    """This replica's side of the replica-to-replica KV channel (center/kv_fetch.py): the desk
+    that holds exported KV too large for the message (none with ``--migrate-kv-ticket-mib 0``),
+    and the fetcher that takes such KV from other replicas with this replica's credentials."""
+    budget = a.migrate_kv_ticket_mib << 20
+    desk = None
+    if budget > 0 and a.migrate_kv != "tokens":
+        desk = KVTicketDesk(KVTicketStore(budget, a.migrate_kv_ticket_ttl_s), advertised(a, port))
+    auth = PeerAuth(tls=a.tls_cert is not None,
+                    ca=a.tls_client_ca.read_bytes() if a.tls_client_ca is not None else None,
+                    cert=a.peer_tls_cert.read_bytes() if a.peer_tls_cert is not None else None,
+                    key=a.peer_tls_key.read_bytes() if a.peer_tls_key is not None else None,
+                    token=a.admin_token)
+    return desk, KVFetcher(auth, timeout_s=a.migrate_kv_fetch_timeout_s, max_bytes=max(budget, 1 << 30))
 
 
 def engine_options(a: argparse.Namespace, local_rank: int = 0) -> EngineOptions:
@@ -176,6 +247,7 @@ async def serve(a: argparse.Namespace, opts: EngineOptions, runner: Any = None) 
     server = CenterServer(service, host=a.host, port=a.port, tls=tls, default_grace_s=a.grace_s,
                           admin=admin_policy(a), allow_insecure=a.insecure, audit=audit)
     port = await server.start()
+    service.kv_desk, service.kv_fetcher = kv_channel(a, port)
     failure: list[str] = []
     try:
         await warm_up(engine)

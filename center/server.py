@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from isthmus.center.auth import AdminGuard, AdminPolicy, check_exposure
+from isthmus.center.kv_fetch import decode_fetch_kv
 from isthmus.center.service import CenterService
 from isthmus.center.weights_service import WeightsServer
 from isthmus.engine.audit import AuditLog
@@ -174,6 +175,9 @@ class CenterServer:
                 rpc.EXPORT_METHOD: grpc.unary_unary_rpc_method_handler(
                     self._export, request_deserializer=_decoder(ExportRequest), response_serializer=encode
                 ),
+                rpc.FETCH_KV_METHOD: grpc.unary_stream_rpc_method_handler(
+                    self._fetch_kv, request_deserializer=decode_fetch_kv, response_serializer=bytes
+                ),
             },
         )
 
@@ -204,6 +208,14 @@ class CenterServer:
             return error_message("", req)
         return self.service.export(req.id)
 
+    async def _fetch_kv(self, req: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        desk = getattr(self.service, "kv_desk", None)  # KV held for other replicas (center/kv_fetch.py)
+        if desk is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "this replica holds no KV tickets")
+            return
+        async for chunk in desk.fetch(req, context):
+            yield chunk
+
     async def drain(self, grace_s: float | None = None, migrate: bool = False) -> int:
         """Begin a graceful drain (idempotent): NOT_SERVING now, stop once in-flight work is done.
 
@@ -225,6 +237,9 @@ class CenterServer:
             num_aborted = await self.service.finish_in_flight(grace_s)
             if num_aborted:
                 log.warning("drain: %d request(s) did not finish within %.1fs", num_aborted, grace_s)
+            desk = getattr(self.service, "kv_desk", None)
+            if desk is not None:  # migrated KV not fetched yet: keep serving it (at most its TTL)
+                await desk.wait_idle()
         finally:
             await self.stop(grace_s=1.0)
             if self.on_drained is not None:
@@ -235,6 +250,11 @@ class CenterServer:
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace_s)
+        desk, fetcher = getattr(self.service, "kv_desk", None), getattr(self.service, "kv_fetcher", None)
+        if desk is not None:
+            desk.close()
+        if fetcher is not None:
+            await fetcher.close()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from isthmus.center.kv_fetch import KVFetcher, KVTicketDesk, resolve_kv
 from isthmus.center.kv_migration import KVPolicy, kv_of, with_kv
 from isthmus.center.meter import RateMeter
 from isthmus.center.migration import StreamedSoFar, is_migration, migrated_message, resume_state
@@ -93,6 +94,8 @@ class CenterService:
         self.meter = RateMeter()
         self.in_flight: dict[str, InFlight] = {}
         self.kv_policy = KVPolicy()  # how `export` migrates: ids only, or with KV blocks (--migrate-kv)
+        self.kv_desk: KVTicketDesk | None = None  # holds exported KV too large for the message
+        self.kv_fetcher: KVFetcher | None = None  # fetches such KV from the exporting replica
         self._ids = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
         # large prompts are tokenized in worker threads: Status and other calls keep being answered
@@ -121,6 +124,7 @@ class CenterService:
             yield refusal
             return
         clock = RequestClock(self.clock, req.timeout_ms, time_remaining_s=time_remaining)
+        req = await resolve_kv(req, self.kv_fetcher, getattr(self.engine, "kv_spec", None))
         flight = InFlight(engine_id=f"{req.id}#{next(self._ids)}", request_id=req.id, sampling=req.sampling)
         try:
             prepared = await self.preparer.prepare(req)
@@ -198,7 +202,8 @@ class CenterService:
         flight.migrated = migrated_message(
             request_id, state, flight.sampling, self.tokenizer.fingerprint, flight.sent.handover_text
         )
-        flight.migrated = with_kv(flight.migrated, self.engine, flight.engine_id, self.kv_policy)
+        flight.migrated = with_kv(flight.migrated, self.engine, flight.engine_id, self.kv_policy,
+                                  self.kv_desk)
         self._spawn(self._abort(flight.engine_id))
         return flight.migrated
 

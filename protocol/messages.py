@@ -66,6 +66,19 @@ class ChatMessage(msgspec.Struct):
 
 
 KVName = Annotated[str, Meta(max_length=L.MAX_KV_NAME_LEN)]
+MAX_KV_SOURCE_LEN = 300  # chars: "host:port" of the replica holding a KV ticket
+MAX_KV_TICKET_LEN = 128  # chars: a KV ticket
+MAX_KV_REMOTE_BYTES = 1 << 40  # bytes: KV held behind one ticket (1 TiB; the holder's budget is lower)
+
+
+class KVRemote(msgspec.Struct, kw_only=True):
+    """Where a migration's KV waits when it is too large for the message: the exporting replica
+    (``address``, its gRPC ``host:port``) holds ``num_bytes`` of it under ``ticket`` for a short
+    while; the target fetches them over ``FetchKV`` (admin-authenticated) and else recomputes."""
+
+    address: Annotated[str, Meta(min_length=1, max_length=MAX_KV_SOURCE_LEN)]
+    ticket: Annotated[str, Meta(min_length=1, max_length=MAX_KV_TICKET_LEN)]
+    num_bytes: Annotated[int, Meta(ge=1, le=MAX_KV_REMOTE_BYTES)]
 
 
 class KVBlocks(msgspec.Struct, kw_only=True):
@@ -88,6 +101,9 @@ class KVBlocks(msgspec.Struct, kw_only=True):
     block_size: Annotated[int, Meta(ge=1, le=L.MAX_KV_BLOCK_SIZE)]
     num_tokens: Annotated[int, Meta(ge=1, le=L.MAX_PROMPT_TOKENS + L.MAX_TOKENS)]
     data: Annotated[bytes, Meta(max_length=L.MAX_KV_PAYLOAD_BYTES)]
+    # set (and ``data`` empty) when the KV did not fit the message: fetch it from there. An older
+    # receiver ignores the field, finds ``data`` short and recomputes: the answer still goes on
+    remote: KVRemote | None = None
 
 
 class Continuation(msgspec.Struct, kw_only=True):

@@ -22,11 +22,14 @@ STATUS_METHOD = "Status"
 DRAIN_METHOD = "Drain"
 # unary ExportRequest -> Migrated (or Error NOT_FOUND): admin; the request's stream ends with Migrated
 EXPORT_METHOD = "Export"
+# unary KV ticket (msgpack {"ticket": str}) -> stream of raw KV byte chunks: admin, replica to replica
+FETCH_KV_METHOD = "FetchKV"
 
 GENERATE = f"/{SERVICE_NAME}/{GENERATE_METHOD}"
 STATUS = f"/{SERVICE_NAME}/{STATUS_METHOD}"
 DRAIN = f"/{SERVICE_NAME}/{DRAIN_METHOD}"
 EXPORT = f"/{SERVICE_NAME}/{EXPORT_METHOD}"
+FETCH_KV = f"/{SERVICE_NAME}/{FETCH_KV_METHOD}"
 
 # The standard health service that runs beside ours.
 HEALTH_SERVICE_NAME = "grpc.health.v1.Health"

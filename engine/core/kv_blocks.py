@@ -71,18 +71,23 @@ class KVImport:
 def check_payload(own: KVSpec, payload: KVPayload, num_tokens: int) -> None:
     """Raise `KVMismatch` unless ``payload`` can be written into a cache of ``own``'s kind as
     positions ``[0, num_tokens)``. The block size may differ (the payload is token-major)."""
-    got = payload.spec
+    check_spec(own, payload.spec, payload.num_tokens, num_tokens, payload.num_bytes)
+
+
+def check_spec(own: KVSpec, got: KVSpec, got_tokens: int, num_tokens: int, num_bytes: int) -> None:
+    """`check_payload` on a payload's description alone (``got_tokens`` positions in ``num_bytes``):
+    a replica checks KV held elsewhere this way before fetching it, and again once it has it."""
     for name in ("fingerprint", "dtype", "layout", "num_layers", "num_kv_heads", "head_dim", "tp_size"):
         if getattr(got, name) != getattr(own, name):
             raise KVMismatch(f"kv.{name}: {getattr(got, name)!r} does not match this engine's "
                              f"{getattr(own, name)!r}")
     if own.dtype not in DTYPE_SIZES:
         raise KVMismatch(f"kv.dtype: {own.dtype!r} cannot be imported")
-    if payload.num_tokens != num_tokens:
-        raise KVMismatch(f"kv.num_tokens: {payload.num_tokens}, the resumed sequence needs {num_tokens}")
+    if got_tokens != num_tokens:
+        raise KVMismatch(f"kv.num_tokens: {got_tokens}, the resumed sequence needs {num_tokens}")
     expected = num_tokens * own.bytes_per_token
-    if payload.num_bytes != expected:
-        raise KVMismatch(f"kv.data: {payload.num_bytes} bytes, {num_tokens} positions take {expected}")
+    if num_bytes != expected:
+        raise KVMismatch(f"kv.data: {num_bytes} bytes, {num_tokens} positions take {expected}")
 
 
 def usable_payload(

@@ -26,7 +26,7 @@ from isthmus.protocol import (
     Usage,
     pack_ids,
 )
-from isthmus.protocol.messages import KVBlocks
+from isthmus.protocol.messages import KVBlocks, KVRemote
 
 STOP_IDS = pack_ids([2, 100000])
 PROMPT_IDS = pack_ids([1, 15, 300, 2**31 - 1])
@@ -318,7 +318,40 @@ SAMPLES: list[tuple[Message, dict[str, Any]]] = [
                 "kv": {
                     "model_fingerprint": "cd" * 32, "dtype": "float16", "layout": "layer,kv,token,head,dim",
                     "num_layers": 1, "num_kv_heads": 1, "head_dim": 2, "tp_size": 1, "block_size": 16,
-                    "num_tokens": 2, "data": b"\x00\x3c" * 8,
+                    "num_tokens": 2, "data": b"\x00\x3c" * 8, "remote": None,
+                },
+            },
+        },
+    ),
+    (
+        Migrated(
+            id="req-kv-ticket",
+            prompt_ids=pack_ids([1, 2]),
+            sampling=SamplingOptions(seed=3),
+            continuation=Continuation(
+                token_ids=pack_ids([5]), tokenizer_fingerprint="ab" * 32, is_migration=True,
+                kv=KVBlocks(model_fingerprint="cd" * 32, dtype="float16", layout="layer,kv,token,head,dim",
+                            num_layers=1, num_kv_heads=1, head_dim=2, block_size=16, num_tokens=2, data=b"",
+                            remote=KVRemote(address="10.0.1.1:50051", ticket="t" * 32, num_bytes=16)),
+            ),
+        ),
+        {
+            "type": "migrated",
+            "id": "req-kv-ticket",
+            "prompt_ids": pack_ids([1, 2]),
+            "sampling": {
+                "max_tokens": 256, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+                "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                "seed": 3, "stop": [], "stop_token_ids": b"", "logprobs": None, "ignore_eos": False,
+            },
+            "continuation": {
+                "text": "", "token_ids": pack_ids([5]), "tokenizer_fingerprint": "ab" * 32,
+                "reason": "", "is_migration": True,
+                "kv": {
+                    "model_fingerprint": "cd" * 32, "dtype": "float16", "layout": "layer,kv,token,head,dim",
+                    "num_layers": 1, "num_kv_heads": 1, "head_dim": 2, "tp_size": 1, "block_size": 16,
+                    "num_tokens": 2, "data": b"",
+                    "remote": {"address": "10.0.1.1:50051", "ticket": "t" * 32, "num_bytes": 16},
                 },
             },
         },
