@@ -1,22 +1,16 @@
 """The model runner: the only part of the engine loop that touches tensors.
 
 `ModelRunner(options)` loads the checkpoint (quantized or not) on the device, allocates the paged
-KV cache and, per step, turns a `SchedulePlan` into flat input tensors plus `AttentionMetadata`,
-runs the model, samples the sequences that asked for a token and scores prompt chunks.
-
-Token layout of a step: every multi-token (prefill) chunk first, then every single-token query
-(decodes, and one-token prefill chunks, which attend the same way), so the latter are attended
-in one batched call.
+KV cache and, per step, turns a `SchedulePlan` into flat input tensors plus `AttentionMetadata`
+(`batch`), runs the model, samples the sequences that asked for a token and scores prompt chunks.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from isthmus.engine.core.kv_blocks import KVMismatch, KVSpec
@@ -24,33 +18,21 @@ from isthmus.engine.core.options import EngineOptions
 from isthmus.engine.core.plan import RunOutput, ScheduledSeq, SchedulePlan
 from isthmus.engine.core.step_handle import StepHandle
 from isthmus.engine.kernels import decode_attention
-from isthmus.engine.model.attention import AttentionMetadata
 from isthmus.engine.model.config import ModelConfig
 from isthmus.engine.model.loader import Rewrite, load_model
 from isthmus.engine.model.quant import QUANTIZATIONS, UnsupportedQuantizationError
 from isthmus.engine.runner import kv_transfer
+from isthmus.engine.runner.batch import Batch, build_batch
 from isthmus.engine.runner.cuda_graph import DecodeGraphs
 from isthmus.engine.runner.device import resolve_device, resolve_dtype
 from isthmus.engine.runner.kv_cache import allocate_kv_cache, choose_num_blocks, kv_block_bytes
 from isthmus.engine.runner.sampler import sample, sample_async
 
 PROMPT_LOGPROB_ROWS = 256  # rows of full-vocab logits materialised at once when scoring prompts
-# Portable decode attention (CPU): at most this many length groups, each of at least ~this many rows.
-DECODE_GROUPS = 4
-DECODE_GROUP_ROWS = 8
 
 
 class PlanError(ValueError):
     """A plan the runner cannot execute (positions past the cache, unknown blocks, bad ids)."""
-
-
-@dataclass(slots=True)
-class _Batch:
-    input_ids: torch.Tensor  # [num_tokens]
-    positions: torch.Tensor  # [num_tokens]
-    attn: AttentionMetadata
-    seqs: list[ScheduledSeq]  # in batch order
-    starts: list[int]  # token offset of each seq's first token in the batch
 
 
 def _check_options(options: EngineOptions) -> None:
@@ -196,7 +178,7 @@ class ModelRunner:
         return out
 
     @torch.inference_mode()
-    def forward(self, plan: SchedulePlan) -> tuple[_Batch, torch.Tensor]:
+    def forward(self, plan: SchedulePlan) -> tuple[Batch, torch.Tensor]:
         """The eager forward pass over a non-empty plan: writes its KV, returns the batch and hidden.
 
         The plan is validated before the model runs, so in tensor parallelism every rank refuses a
@@ -297,12 +279,6 @@ class ModelRunner:
             total += float(torch.log_softmax(logits, -1).gather(1, target_t).sum())
         return total, max(num_rows, 0)
 
-    def _slots(self, seq: ScheduledSeq) -> list[int]:
-        bs, table = self.block_size, seq.block_table
-        return [
-            table[p // bs] * bs + p % bs for p in range(seq.start_pos, seq.start_pos + len(seq.token_ids))
-        ]
-
     def _validate(self, seq: ScheduledSeq) -> None:
         n = len(seq.token_ids)
         end = seq.start_pos + n
@@ -322,66 +298,9 @@ class ModelRunner:
         if min(seq.token_ids) < 0 or max(seq.token_ids) >= self.config.vocab_size:
             raise PlanError(f"seq {seq.seq_id}: token id outside [0, {self.config.vocab_size})")
 
-    def _decode_groups(self, lens: list[int]) -> list[tuple[int, int, int]]:
-        """Split decodes (sorted by context length) into up to 4 row ranges of about 8+ rows.
-
-        (start, stop, blocks to read): each range is padded only to its own longest context.
-        """
-        n = len(lens)
-        num_groups = min(DECODE_GROUPS, max(1, n // DECODE_GROUP_ROWS))
-        cuts = [round(i * n / num_groups) for i in range(num_groups + 1)]
-        bs = self.block_size
-        return [(a, b, math.ceil(lens[b - 1] / bs)) for a, b in itertools.pairwise(cuts) if b > a]
-
-    def _prepare(self, plan: SchedulePlan) -> _Batch:
+    def _prepare(self, plan: SchedulePlan) -> Batch:
+        """Validate the plan, write its imported KV, and build its input tensors (`batch`)."""
         for seq in plan.seqs:
             self._validate(seq)
         self._write_imports(plan)
-        prefills = [s for s in plan.seqs if len(s.token_ids) > 1]
-        # Decodes shortest context first: rows of similar length form the portable decode's groups.
-        decodes = sorted((s for s in plan.seqs if len(s.token_ids) == 1), key=lambda s: s.start_pos)
-        ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        starts: list[int] = []
-        query_start = [0]
-        for seq in [*prefills, *decodes]:
-            starts.append(len(ids))
-            ids.extend(seq.token_ids)
-            positions.extend(range(seq.start_pos, seq.start_pos + len(seq.token_ids)))
-            slots.extend(self._slots(seq))
-            if len(seq.token_ids) > 1:
-                query_start.append(len(ids))
-        bs = self.block_size
-        lens = [s.start_pos + 1 for s in decodes]  # cached length including this step's token
-        max_blocks = math.ceil(max(lens, default=0) / bs)
-        tables = [s.block_table[: math.ceil(n / bs)] for s, n in zip(decodes, lens, strict=True)]
-        tables = [t + [t[0]] * (max_blocks - len(t)) for t in tables]  # padding is masked out
-        prefill_tables = [s.block_table[: math.ceil((s.start_pos + len(s.token_ids)) / bs)] for s in prefills]
-        # Every int64 input of the step in one host buffer and one copy (pinned and asynchronous on
-        # CUDA), then views: one transfer per step instead of one per tensor and per prefill layer.
-        parts = [ids, positions, slots, lens, [b for t in tables for b in t], *prefill_tables]
-        host = torch.tensor([x for part in parts for x in part], dtype=torch.long)
-        if self.device.type == "cuda":
-            host = host.pin_memory()
-        views = torch.split(host.to(self.device, non_blocking=True), [len(p) for p in parts])
-        input_ids, pos_t, slot_t, ctx_t, table_t = views[:5]
-        attn = AttentionMetadata(
-            slot_mapping=slot_t,
-            num_prefills=len(prefills),
-            num_prefill_tokens=query_start[-1],
-            prefill_query_start_cpu=query_start,
-            prefill_start_pos_cpu=[s.start_pos for s in prefills],
-            prefill_block_ids=list(views[5:]),
-            decode_block_tables=table_t.view(len(decodes), max_blocks),
-            decode_context_lens=ctx_t,
-            block_size=self.block_size,
-            decode_groups_cpu=self._decode_groups(lens),
-        )
-        return _Batch(
-            input_ids=input_ids,
-            positions=pos_t,
-            attn=attn,
-            seqs=[*prefills, *decodes],
-            starts=starts,
-        )
+        return build_batch(plan, self.block_size, self.device)
