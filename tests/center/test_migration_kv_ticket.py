@@ -200,3 +200,31 @@ async def test_migrating_drain_serves_tickets_until_fetched(pair: tuple[Center, 
     assert _imports(b) == 1 and isinstance(second[-1], Done)
     assert _ids(first) + _ids(second) == await _reference(b, first[-1], 30)
     await asyncio.wait_for(a.server.wait_stopped(), timeout=30)
+
+
+async def test_fetch_over_mutual_tls_with_the_peer_certificate(tp_llama: Path, tmp_path: Path) -> None:
+    """What `launch-center.sh --tls-dir` sets up: B presents its `center-peer` client certificate;
+    A lets only that CN make admin calls, so a certificate of another CN is refused (B recomputes)."""
+    import grpc
+    from isthmus.center.server import TLSFiles
+    from isthmus.edge.tls import ensure_mutual_tls
+
+    ensure_mutual_tls(tmp_path, hosts=["localhost"], clients=["edge", "center-peer"])
+    tls = TLSFiles(tmp_path / "center.crt", tmp_path / "center.key", client_ca=tmp_path / "ca.crt")
+    ca, key, crt = ((tmp_path / n).read_bytes() for n in ("ca.crt", "edge.key", "edge.crt"))
+    policy = AdminPolicy(token=ADMIN_TOKEN, mutual_tls=True, allowed_cns=frozenset({"center-peer"}))
+    creds = grpc.ssl_channel_credentials(ca, key, crt)
+    async with (running_center(tp_llama, tls=tls, channel_credentials=creds, admin=policy) as a,
+                running_center(tp_llama, tls=tls, channel_credentials=creds, admin=policy) as b):
+        _give_channel(a, b, Clock())
+        a.service.kv_desk.address = f"localhost:{a.server.port}"  # a name the certificate is valid for
+        for client, fetched in (("edge", False), ("center-peer", True)):
+            peer = PeerAuth(tls=True, ca=ca, cert=(tmp_path / f"{client}.crt").read_bytes(),
+                            key=(tmp_path / f"{client}.key").read_bytes())
+            b.service.kv_fetcher = KVFetcher(peer, timeout_s=10.0)
+            req, first = await _exported(a, f"mtls-{client}")
+            second = await b.generate(resume_request(req, first[-1]))
+            assert isinstance(second[-1], Done) and b.service.kv_fetcher.num_fetched == int(fetched)
+            assert _ids(first) + _ids(second) == await _reference(b, first[-1], 24)
+            await b.service.kv_fetcher.close()
+        assert _imports(b) == 1 and len(a.service.kv_desk.store) == 1  # the refused one waits for its TTL
