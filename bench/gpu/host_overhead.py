@@ -4,7 +4,8 @@ A runner that returns at once isolates the host work of a step: scheduling, post
 output processing (detokenization, stop strings) and the offline loop around them. Printed:
   host     ms per step with that runner (every host cost on the critical path), at 1/32/64
            streams of 128-token prompts; wall time and the process's CPU time
-  inputs   building a CUDA graph step's input tensor (ids, positions, slots, lens, tables)
+  inputs   building a CUDA graph step's input tensor (ids, positions, slots, lens, tables) as
+           `DecodeGraphs.run` does, on the critical path too (it precedes each replay)
   device   a runner whose decode steps keep a simulated device busy for --device-ms after launch,
            three engine loops in the same run, ms per step and the host time left exposed
            (ms per step - device ms):
@@ -186,7 +187,9 @@ def main() -> None:
         runs = [engine_run(n) for _ in range(args.repeats)]
         wall, cpu = min(r[0] for r in runs), min(r[1] for r in runs)
         print(f"  {n:2d} streams: {wall:.3f} ms/step wall, {cpu:.3f} ms/step CPU")
-    print(f"graph input build, 32 rows x 16 blocks: {input_build():.3f} ms")
+    for rows, width in ((32, 16), (64, 16), (64, 128)):  # 128 blocks of 16: a 2,048-token context
+        cost = min(input_build(rows, width) for _ in range(args.repeats))
+        print(f"graph input build, {rows} rows x {width} blocks: {cost:.3f} ms")
     print("simulated device: host CPU ms per step on the critical path (exposed) / overlapped (hidden)")
     for n in (1, 32, 64):
         runs = [device_loops(n) for _ in range(args.repeats)]
