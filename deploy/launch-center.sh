@@ -68,6 +68,28 @@ Serving (node rank 0):
   --drain-migrate         On SIGTERM, drain with migrate instead: every in-flight request ends
                           at once with its state and the edge continues it on another replica
                           (the edge answers DRAINING only when no other replica can take it).
+  --migrate-kv MODE       How a migrating request moves: tokens (the target recomputes its KV
+                          cache), kv (its KV blocks go too), auto (kv from --migrate-kv-min-tokens
+                          of context on). Default auto. Not under tensor parallelism: TP > 1
+                          replicas migrate by tokens.
+  --migrate-kv-min-tokens N
+                          auto: ship the KV from N context tokens on. Default 256.
+  --migrate-kv-ticket-mib N
+                          KV too large for the migration message waits here, up to N MiB in all,
+                          until the target replica fetches it directly (FetchKV, an admin call);
+                          over that, or 0, the request migrates by tokens. Default 4096.
+  --migrate-kv-ticket-ttl-s S
+                          Drop such KV if nobody fetched it within S seconds. Default 30.
+  --migrate-kv-fetch-timeout-s S
+                          As target: give up a fetch after S seconds plus 1 s per 128 MiB and
+                          recompute instead. Default 5.
+  --advertise HOST:PORT   Address other replicas fetch KV from (default --host:--port, this
+                          host's name for 0.0.0.0); with TLS, one the certificate is valid for
+                          (--tls-host).
+  --peer-tls-cert FILE    Client certificate this replica presents to fetch KV from another
+  --peer-tls-key FILE     (mutual TLS). --tls-dir makes and uses center-peer.crt/.key; with
+                          --admin-cn, list center-peer too. Replicas sharing one
+                          --admin-token-file also authenticate with the token.
 
 Restarts:
   --restart N             Start the replica again, up to N times, when it fails (exit status
@@ -100,6 +122,8 @@ MODEL="" TP_SIZE="" NPROC="" NNODES=1 NODE_RANK=0 RDZV="127.0.0.1:29500" DEVICE=
 NUM_KV_BLOCKS="" MAX_NUM_SEQS="" COLL_TIMEOUT=60 HOST=127.0.0.1 PORT=50051 TLS_CERT="" TLS_KEY=""
 TLS_CLIENT_CA="" GRACE_S=30 PYTHON="" DRY_RUN=0 TLS_DIR="" INSECURE=0 ADMIN_TOKEN_FILE="" RESTARTS=0
 RESTART_DELAY=5 DRAIN_MIGRATE=0 AUDIT_LOG="" AUDIT_MAX_BYTES="" AUDIT_BACKUPS=""
+MIGRATE_KV="" KV_MIN_TOKENS="" KV_TICKET_MIB="" KV_TICKET_TTL="" KV_FETCH_TIMEOUT="" ADVERTISE=""
+PEER_TLS_CERT="" PEER_TLS_KEY=""
 TLS_HOSTS=() ADMIN_CNS=()
 
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value"; }
@@ -132,6 +156,14 @@ while [[ $# -gt 0 ]]; do
         --restart-delay) need_value "$@"; RESTART_DELAY="$2"; shift 2 ;;
         --grace-s) need_value "$@"; GRACE_S="$2"; shift 2 ;;
         --drain-migrate) DRAIN_MIGRATE=1; shift ;;
+        --migrate-kv) need_value "$@"; MIGRATE_KV="$2"; shift 2 ;;
+        --migrate-kv-min-tokens) need_value "$@"; KV_MIN_TOKENS="$2"; shift 2 ;;
+        --migrate-kv-ticket-mib) need_value "$@"; KV_TICKET_MIB="$2"; shift 2 ;;
+        --migrate-kv-ticket-ttl-s) need_value "$@"; KV_TICKET_TTL="$2"; shift 2 ;;
+        --migrate-kv-fetch-timeout-s) need_value "$@"; KV_FETCH_TIMEOUT="$2"; shift 2 ;;
+        --advertise) need_value "$@"; ADVERTISE="$2"; shift 2 ;;
+        --peer-tls-cert) need_value "$@"; PEER_TLS_CERT="$2"; shift 2 ;;
+        --peer-tls-key) need_value "$@"; PEER_TLS_KEY="$2"; shift 2 ;;
         --audit-log) need_value "$@"; AUDIT_LOG="$2"; shift 2 ;;
         --audit-max-bytes) need_value "$@"; AUDIT_MAX_BYTES="$2"; shift 2 ;;
         --audit-backups) need_value "$@"; AUDIT_BACKUPS="$2"; shift 2 ;;
@@ -178,6 +210,18 @@ is_number "$GRACE_S" || die "--grace-s must be a non-negative number of seconds"
 is_uint "$PORT" && (( PORT >= 1 && PORT <= 65535 )) || die "--port must be 1..65535, got '$PORT'"
 [[ -z "$AUDIT_MAX_BYTES" ]] || is_pos_int "$AUDIT_MAX_BYTES" || die "--audit-max-bytes must be a positive integer"
 [[ -z "$AUDIT_BACKUPS" ]] || is_uint "$AUDIT_BACKUPS" || die "--audit-backups must be a non-negative integer"
+case "$MIGRATE_KV" in ""|auto|tokens|kv) ;; *) die "--migrate-kv must be auto|tokens|kv, got '$MIGRATE_KV'" ;; esac
+[[ -z "$KV_MIN_TOKENS" ]] || is_pos_int "$KV_MIN_TOKENS" || die "--migrate-kv-min-tokens must be a positive integer"
+[[ -z "$KV_TICKET_MIB" ]] || is_uint "$KV_TICKET_MIB" || die "--migrate-kv-ticket-mib must be a non-negative integer"
+[[ -z "$KV_TICKET_TTL" ]] || is_number "$KV_TICKET_TTL" || die "--migrate-kv-ticket-ttl-s must be a positive number of seconds"
+[[ -z "$KV_FETCH_TIMEOUT" ]] || is_number "$KV_FETCH_TIMEOUT" || die "--migrate-kv-fetch-timeout-s must be a positive number of seconds"
+[[ -z "$ADVERTISE" || "$ADVERTISE" =~ ^.+:[0-9]+$ ]] || die "--advertise must be HOST:PORT, got '$ADVERTISE'"
+if [[ -n "$PEER_TLS_CERT$PEER_TLS_KEY" ]]; then
+    [[ -n "$PEER_TLS_CERT" && -n "$PEER_TLS_KEY" ]] || die "--peer-tls-cert and --peer-tls-key go together"
+    [[ -r "$PEER_TLS_CERT" ]] || die "--peer-tls-cert: cannot read '$PEER_TLS_CERT'"
+    [[ -r "$PEER_TLS_KEY" ]] || die "--peer-tls-key: cannot read '$PEER_TLS_KEY'"
+    [[ -n "$TLS_CERT$TLS_DIR" ]] || die "--peer-tls-cert needs TLS (--tls-dir or --tls-cert/--tls-key)"
+fi
 is_uint "$RESTARTS" || die "--restart must be a non-negative integer, got '$RESTARTS'"
 is_number "$RESTART_DELAY" || die "--restart-delay must be a non-negative number of seconds"
 if [[ -n "$TLS_DIR" ]]; then
@@ -211,9 +255,13 @@ if [[ -n "$TLS_DIR" ]]; then
     [[ -z "$h" || "$h" == localhost ]] || CERT_HOSTS+=(--host "$h")
     [[ "$HOST" == 0.0.0.0 || "$HOST" == "::" ]] || is_loopback_host "$HOST" || CERT_HOSTS+=(--host "$HOST")
     for h in "${TLS_HOSTS[@]}"; do CERT_HOSTS+=(--host "$h"); done
-    "$PYTHON" -m isthmus.edge.tls --mutual-tls-dir "$TLS_DIR" "${CERT_HOSTS[@]}" >&2 \
+    "$PYTHON" -m isthmus.edge.tls --mutual-tls-dir "$TLS_DIR" "${CERT_HOSTS[@]}" \
+        --client edge --client center-peer >&2 \
         || die "--tls-dir: could not make certificates in '$TLS_DIR' (the cryptography package is needed: pip install cryptography)"
     TLS_CERT="$TLS_DIR/center.crt" TLS_KEY="$TLS_DIR/center.key" TLS_CLIENT_CA="$TLS_DIR/ca.crt"
+    if [[ -z "$PEER_TLS_CERT" ]]; then  # the certificate this replica fetches migrated KV with
+        PEER_TLS_CERT="$TLS_DIR/center-peer.crt" PEER_TLS_KEY="$TLS_DIR/center-peer.key"
+    fi
 fi
 if [[ -n "$ADMIN_TOKEN_FILE" ]] && (( NODE_RANK == 0 )); then
     "$PYTHON" -c 'import sys; from isthmus.center.auth import write_admin_token as w; w(sys.argv[1])' \
@@ -289,6 +337,13 @@ if (( NODE_RANK == 0 )); then  # serving options; the other nodes' ranks never s
     [[ -n "$TLS_CLIENT_CA" ]] && CMD+=(--tls-client-ca "$TLS_CLIENT_CA")
     (( INSECURE )) && CMD+=(--insecure)
     (( DRAIN_MIGRATE )) && CMD+=(--drain-migrate)
+    [[ -n "$MIGRATE_KV" ]] && CMD+=(--migrate-kv "$MIGRATE_KV")
+    [[ -n "$KV_MIN_TOKENS" ]] && CMD+=(--migrate-kv-min-tokens "$KV_MIN_TOKENS")
+    [[ -n "$KV_TICKET_MIB" ]] && CMD+=(--migrate-kv-ticket-mib "$KV_TICKET_MIB")
+    [[ -n "$KV_TICKET_TTL" ]] && CMD+=(--migrate-kv-ticket-ttl-s "$KV_TICKET_TTL")
+    [[ -n "$KV_FETCH_TIMEOUT" ]] && CMD+=(--migrate-kv-fetch-timeout-s "$KV_FETCH_TIMEOUT")
+    [[ -n "$ADVERTISE" ]] && CMD+=(--advertise "$ADVERTISE")
+    [[ -n "$PEER_TLS_CERT" ]] && CMD+=(--peer-tls-cert "$PEER_TLS_CERT" --peer-tls-key "$PEER_TLS_KEY")
     [[ -n "$ADMIN_TOKEN_FILE" ]] && CMD+=(--admin-token-file "$ADMIN_TOKEN_FILE")
     for cn in "${ADMIN_CNS[@]}"; do CMD+=(--admin-cn "$cn"); done
     [[ -n "$AUDIT_LOG" ]] && CMD+=(--audit-log "$AUDIT_LOG")
