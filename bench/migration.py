@@ -5,13 +5,17 @@ requests at once through one edge `CenterPool` (real gRPC on 127.0.0.1) with
 `edge.migration.follow_migrations` in front, as the edge's relay does. Once every stream has
 ``--after`` tokens, replica A gets ``Drain(migrate=true)``: each of its requests ends with its
 state and goes on on B: ``--mode tokens`` (B recomputes the KV cache in one prefill) or
-``--mode kv`` (A ships the KV blocks with the state, B writes them and computes one token).
+``--mode kv`` (A ships the KV blocks with the state, B writes them and computes one token) or
+``--mode ticket`` (A keeps the KV under a ticket and the state carries a reference; B fetches the
+bytes from A over ``FetchKV`` before it writes them: the path of every real model's KV, which does
+not fit the message).
 Printed: streams moved, how many B resumed from shipped KV, answers identical to an unmigrated
 run, and per stream the gap between the last token before the move and the first after (the
 stall), beside the longest gap between two tokens on streams that did not move.
 
     .venv/bin/python bench/migration.py                    # 8 streams, 64 tokens, prompt 32, tokens
     .venv/bin/python bench/migration.py --mode kv --prompt 1024
+    .venv/bin/python bench/migration.py --mode ticket --prompt 2048
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from isthmus.center.auth import AdminPolicy
+from isthmus.center.kv_fetch import KVFetcher, KVTicketDesk, PeerAuth
 from isthmus.center.kv_migration import KVPolicy
+from isthmus.center.kv_tickets import KVTicketStore
 from isthmus.center.server import CenterServer
 from isthmus.center.service import CenterService
 from isthmus.edge.migration import MigrationStats, follow_migrations
@@ -35,7 +42,17 @@ from isthmus.edge.replica import PoolOptions
 from isthmus.engine.core.async_engine import AsyncEngine
 from isthmus.engine.core.options import EngineOptions
 from isthmus.models.tiny_checkpoint import make_tiny_checkpoint
-from isthmus.protocol import GenerateRequest, Migrated, SamplingOptions, TokenChunk, pack_ids, unpack_ids
+from isthmus.protocol import (
+    GenerateRequest,
+    Migrated,
+    SamplingOptions,
+    TokenChunk,
+    limits,
+    pack_ids,
+    unpack_ids,
+)
+
+BENCH_TOKEN = "bench-admin-token-0123456789"  # A's FetchKV is an admin call; B authenticates with it
 
 
 async def _replica(model: Path, args: argparse.Namespace) -> tuple[AsyncEngine, CenterService, CenterServer]:
@@ -44,9 +61,14 @@ async def _replica(model: Path, args: argparse.Namespace) -> tuple[AsyncEngine, 
                                        block_size=16, max_num_seqs=32, max_num_batched_tokens=4096))
     await engine.start()
     service = CenterService(engine, engine.tokenizer, engine.model_name, max_model_len=engine.max_model_len)
-    service.kv_policy = KVPolicy(mode=args.mode)
-    server = CenterServer(service, host="127.0.0.1", port=0, default_grace_s=30.0)
+    service.kv_policy = KVPolicy(mode="tokens" if args.mode == "tokens" else "kv",
+                                 max_bytes=0 if args.mode == "ticket" else limits.MAX_KV_PAYLOAD_BYTES)
+    server = CenterServer(service, host="127.0.0.1", port=0, default_grace_s=30.0,
+                          admin=AdminPolicy(token=BENCH_TOKEN))
     await server.start()
+    if args.mode == "ticket":  # the replica-to-replica KV channel (center/kv_fetch.py)
+        service.kv_desk = KVTicketDesk(KVTicketStore(), address=f"127.0.0.1:{server.port}")
+        service.kv_fetcher = KVFetcher(PeerAuth(token=BENCH_TOKEN))
     await server.set_ready()
     return engine, service, server
 
@@ -94,6 +116,8 @@ async def run(args: argparse.Namespace) -> None:
         drained_at = time.monotonic()
         runs = await asyncio.gather(*tasks)
         imported = b[0].core.scheduler.num_kv_imports
+        fetcher = b[1].kv_fetcher
+        fetched = (fetcher.num_fetched, fetcher.num_failed) if fetcher is not None else None
         reference = await asyncio.gather(*(_stream(pool, r, MigrationStats()) for r in reqs))  # all on B
     finally:
         await pool.close()
@@ -104,6 +128,10 @@ async def run(args: argparse.Namespace) -> None:
     _report(args, reqs, reference, runs, moved_ids, stats)
     _report_gaps(reqs, runs, moved_ids, marks, drained_at)
     print(f"resumed on B from shipped KV blocks: {imported} of {len(moved_ids)} moved")
+    if fetched is not None:
+        spec = b[0].kv_spec
+        per = (args.prompt + args.after) * spec.bytes_per_token if spec is not None else 0
+        print(f"KV fetched by ticket: {fetched[0]} ok, {fetched[1]} failed; about {per / 2**20:.2f} MiB each")
 
 
 async def _drain_when_ready(
@@ -172,8 +200,9 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens per request")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per answer")
     parser.add_argument("--after", type=int, default=16, help="drain A once its streams have this many")
-    parser.add_argument("--mode", choices=["tokens", "kv"], default="tokens",
-                        help="tokens: B recomputes the KV cache; kv: A ships its KV blocks (default tokens)")
+    parser.add_argument("--mode", choices=["tokens", "kv", "ticket"], default="tokens",
+                        help="tokens: B recomputes the KV cache; kv: A ships its KV blocks in the message; "
+                             "ticket: B fetches them from A over FetchKV (default tokens)")
     asyncio.run(run(parser.parse_args()))
 
 
