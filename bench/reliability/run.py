@@ -4,6 +4,7 @@
     .venv/bin/python bench/reliability/run.py --long     # 10-minute soak, 1M frames, 50k over QUIC
     .venv/bin/python bench/reliability/run.py --long -k soak   # one part (a pytest -k expression)
     .venv/bin/python bench/reliability/run.py --report   # only print the last results
+    .venv/bin/python bench/reliability/run.py --long --pin -k flood   # attackers on their own core
 
 Each test writes its figures as JSON under bench/reliability/results/ (`<test>[-long].json`);
 this script runs pytest with ISTHMUS_SOAK_LONG set as asked and prints those files' main figures.
@@ -24,8 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(os.environ.get("ISTHMUS_SOAK_RESULTS", REPO / "bench" / "reliability" / "results"))
 
 
-def run_suite(long: bool, select: str | None) -> int:
+def run_suite(long: bool, select: str | None, pin: bool = False) -> int:
     env = dict(os.environ, ISTHMUS_SOAK_LONG="1" if long else "0", ISTHMUS_SOAK_RESULTS=str(RESULTS))
+    env["ISTHMUS_FLOOD_PIN"] = "1" if pin else "0"
     cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "tests/soak"]
     if select:
         cmd += ["-k", select]
@@ -75,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long", action="store_true", help="the long variants (ISTHMUS_SOAK_LONG=1)")
     p.add_argument("-k", dest="select", help="pytest -k expression: run part of the suite")
     p.add_argument("--report", action="store_true", help="print the last results without running")
+    p.add_argument(
+        "--pin", action="store_true", help="floods: attackers on core 0, edge + legit client on core 1"
+    )
     a = p.parse_args(argv)
-    rc = 0 if a.report else run_suite(a.long, a.select)
+    rc = 0 if a.report else run_suite(a.long, a.select, a.pin)
     report(a.long)
     return rc
 
