@@ -4,9 +4,12 @@ It reports to its `EdgeQuicServer` what the server's sans-IO tables need: the pe
 (admission), when streams open and close (idle eviction), the bytes it holds before requests are
 read (receive budgets), and wrong keys (throttling: a throttled address is refused before its key
 is looked at, except on connections that have already been answered with a valid key, so
-clients sharing an address with a guesser, or a NAT, keep the connections they have). It also
-answers the session's questions on unacknowledged bytes, which the watermarks in `buffers.py`
-act on.
+clients sharing an address with a guesser, or a NAT, keep the connections they have), and
+requests refused for breaking the limits while the connection has proved nothing (strikes against
+its address, `EdgeQuicServer.strike`). A connection whose address runs out of either credit is
+closed after its answers, and the address's new connections are refused at the gate
+(`source_gate.py`). It also answers the session's questions on unacknowledged bytes, which the
+watermarks in `buffers.py` act on.
 """
 
 from __future__ import annotations
