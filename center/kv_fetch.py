@@ -112,6 +112,7 @@ class KVTicketDesk:
         data = self.store.take(req.ticket)
         if data is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such KV ticket (fetched or expired)")
+            return
         self.num_streaming += 1
         try:
             view = memoryview(data)
