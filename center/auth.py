@@ -5,8 +5,8 @@ Two rules, both secure by default:
 - **Exposure** (`check_exposure`): a center listens on loopback unless told otherwise; beyond
   loopback it needs mutual TLS, or an explicit ``insecure`` that the operator typed.
 - **Admin calls** (`AdminPolicy`, `AdminGuard`): every method of the center's service other than the
-  data plane (`Generate`, `Status`) is an admin call: `Drain` today, the migration and control calls
-  to come. An admin call needs an authenticated peer: a verified client certificate (mutual TLS;
+  data plane (`Generate`, `Status`) is an admin call: `Drain`, `Export`, `FetchWeights`, and
+  `FetchKV` (another replica fetching a migration's KV, center/kv_fetch.py), and any added later. An admin call needs an authenticated peer: a verified client certificate (mutual TLS;
   optionally only some common names), or the admin token sent as gRPC metadata
   ``authorization: Bearer <token>``. A method added to the service later is guarded without being
   listed anywhere, because only the data plane is listed (fail closed).
