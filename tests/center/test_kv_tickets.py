@@ -158,3 +158,10 @@ def test_reference_round_trips_and_an_old_peer_ignores_it() -> None:
     assert back.continuation.kv.remote == remote
     old = msgspec.msgpack.decode(msgspec.msgpack.encode(kv), type=OldKVBlocks)
     assert old.data == b"" and old.num_tokens == 32  # no `remote` there: data too short, it recomputes
+
+
+def test_fetch_kv_is_an_admin_call() -> None:
+    from isthmus.center.auth import is_admin_method
+    from isthmus.protocol import rpc
+
+    assert rpc.FETCH_KV == "/isthmus.v1.Center/FetchKV" and is_admin_method(rpc.FETCH_KV)
