@@ -1,5 +1,5 @@
 """`python -m isthmus.cli.demo_swap` (scripts/demo-swap): two in-process center replicas and an
-edge on 127.0.0.1, a live swap from A to B while answers stream. Bounded: 3 answers of 32 tokens."""
+edge on 127.0.0.1, a live swap from A to B while answers stream. Bounded: 3 answers of 40 tokens."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 async def test_demo_swap_moves_every_answer_and_says_so(tmp_path: Path) -> None:
     out = io.StringIO()
-    assert await run_demo_swap(out, num_streams=3, max_tokens=32, work=tmp_path) == 0
+    # A's steps slowed 80 ms: 40 tokens take >= 3.2 s, so the swap's set-up (B added, awaited
+    # healthy, two weight steps) ends well before the answers are half done, even on a busy host
+    assert await run_demo_swap(out, num_streams=3, max_tokens=40, slow_s=0.08, work=tmp_path) == 0
     text = out.getvalue()
     assert "requests moved A -> B mid-answer: 3 of 3 in flight on A at the drain" in text
     assert "answers complete: 3/3; identical to the run without a swap: 3/3" in text
