@@ -22,7 +22,12 @@ from aioquic.quic.connection import QuicConnection
 # what a QuicConnectionProtocol subclass may use of its base (checked by the compat test)
 PROTOCOL_ATTRIBUTES = ("_quic", "_loop", "_transmit_soon", "_transport")
 # what the functions below read of a QuicConnection, a stream's sender and its receiver
-CONNECTION_ATTRIBUTES = ("_streams", "_local_max_streams_bidi", "_local_max_streams_uni")
+CONNECTION_ATTRIBUTES = (
+    "_streams",
+    "_local_max_streams_bidi",
+    "_local_max_streams_uni",
+    "_write_stream_limits",
+)
 SENDER_ATTRIBUTES = ("_buffer_start", "_buffer_stop")
 RECEIVER_ATTRIBUTES = ("_buffer",)
 LIMIT_ATTRIBUTES = ("used", "value", "sent")
@@ -41,6 +46,32 @@ def set_local_stream_limits(quic: QuicConnection, max_bidi: int, max_uni: int) -
         if limit.used:
             raise RuntimeError("stream limits must be set before the peer opens a stream")
         limit.value = limit.sent = num
+
+
+def freeze_receive_credit(quic: QuicConnection, stream_id: int) -> None:
+    """Grant no more flow-control credit (MAX_STREAM_DATA) on `stream_id`.
+
+    aioquic doubles a stream's receive window whenever the peer has used half of it, whatever
+    the application thinks of the stream, so a peer that ignores the STOP_SENDING of a refused
+    stream could keep sending on it at line rate. Frozen, it can send only what the last window
+    allowed. aioquic writes the stream limits in `_write_stream_limits(builder, space, stream)`
+    for every stream it holds; the connection's copy of that method is wrapped once to skip
+    frozen streams.
+    """
+    frozen: set[int] | None = getattr(quic, "_isthmus_frozen_streams", None)
+    if frozen is None:
+        frozen = set()
+        original = quic._write_stream_limits
+
+        def write_stream_limits(builder: Any, space: Any, stream: Any) -> None:
+            if stream.stream_id not in frozen:
+                original(builder=builder, space=space, stream=stream)
+
+        quic._isthmus_frozen_streams = frozen  # type: ignore[attr-defined]
+        quic._write_stream_limits = write_stream_limits  # type: ignore[method-assign]
+    if len(frozen) > 4096:  # ids of streams aioquic has dropped since: forget them
+        frozen.intersection_update(quic._streams)
+    frozen.add(stream_id)
 
 
 def stream_send_buffered(quic: QuicConnection, stream_id: int) -> int:

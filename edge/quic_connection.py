@@ -21,7 +21,12 @@ from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection, QuicErrorCode
 from isthmus.protocol import Done, Error, ErrorCode, GenerateRequest, ProtocolError
 
-from .quic_compat import connection_receive_buffered, connection_send_buffered, stream_send_buffered
+from .quic_compat import (
+    connection_receive_buffered,
+    connection_send_buffered,
+    freeze_receive_credit,
+    stream_send_buffered,
+)
 from .quic_limits import set_stream_limits
 from .session import StreamHooks, StreamSession
 from .source_gate import REFUSED_REQUESTS, WRONG_KEYS
@@ -111,7 +116,9 @@ class ServerConnection(QuicConnectionProtocol):
         try:
             self._quic.stop_stream(stream_id, int(ErrorCode.OVERLOADED))
         except (ValueError, AssertionError):
-            pass
+            return
+        # and no more credit on it: a peer ignoring STOP_SENDING sends at most the last window
+        freeze_receive_credit(self._quic, stream_id)
 
     # --- aioquic --------------------------------------------------------------------------------
     def datagram_received(self, data: bytes | str, addr: Any) -> None:

@@ -353,3 +353,23 @@ def test_a_source_out_of_strikes_waits_long_enough_to_matter_by_default() -> Non
     strikes.record_failure("10.0.0.1", now=0.0)
     assert strikes.retry_after("10.0.0.1", now=0.0) >= 10.0
     assert strikes.retry_after("10.0.0.1", now=9.0) > 0.0
+
+
+async def test_a_refused_stream_gets_no_more_credit_when_its_peer_ignores_stop_sending(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(QuicLimits(receive=ReceiveLimits(max_request_size=1 * KiB)))
+    async with raw_client(server.port) as attacker, raw_client(server.port) as honest:
+        sid = attacker._quic.get_next_available_stream_id()
+        attacker._quic.send_stream_data(sid, encode_frame(req("x" * (3 * MiB))), end_stream=True)
+        # a peer that ignores STOP_SENDING: its side of the stream is never reset
+        stream = attacker._quic._streams[sid]
+        stream.sender.reset = lambda error_code: None  # type: ignore[method-assign]
+        attacker.transmit()
+        assert final(await attacker.wait_end(sid)).code == ErrorCode.PROMPT_TOO_LONG
+        await asyncio.sleep(1.0)  # it keeps sending what its window allows
+        # the edge never raised the stream's window past the first 64 KiB (aioquic alone doubles
+        # it each time half is used, so the whole 3 MiB would have come)
+        assert stream.max_stream_data_remote == QuicLimits().max_stream_data
+        assert stream.sender._buffer_stop - stream.sender.next_offset > 2 * MiB  # still waiting to go
+        # other streams, and other connections, are served as before
+        assert isinstance(final(await attacker.request(req())), Done)
+        assert isinstance(final(await honest.request(req())), Done)
