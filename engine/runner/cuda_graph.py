@@ -60,6 +60,9 @@ class DecodeGraphs:
         self.slot_mapping = torch.full((max_batch,), scratch_block * block_size, **long)
         self.context_lens = torch.ones(max_batch, **long)
         self.block_tables = torch.full((max_batch, self.max_blocks), scratch_block, **long)
+        self._pad_row = [scratch_block]  # a padded row's table: its one slot is in the scratch block
+        self._known: list[list[int]] = []  # per row, the leading blocks block_tables holds (`stage`)
+        self.forget_tables()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}  # batch size -> static [bs, vocab] output
         if self.captured:
@@ -125,32 +128,91 @@ class DecodeGraphs:
 
         `tables[i]` are the blocks covering sequence i's context (positions[i] + 1 tokens).
         """
+        bs = self.stage(input_ids, positions, slots, tables)
+        n = len(input_ids)
+        if not self.captured:
+            return self._forward(bs)[:n]
+        self.graphs[bs].replay()
+        return self.logits[bs][:n]
+
+    def stage(
+        self, input_ids: list[int], positions: list[int], slots: list[int], tables: list[list[int]]
+    ) -> int:
+        """Fill the static input buffers for one step (what `run` does before it replays) -> the
+        padded batch size.
+
+        Block tables are written incrementally: `_known` remembers, per row, the blocks the device
+        buffer holds in its first columns, and only rows whose table differs are written (a
+        sequence that got a new block: that one entry; a row taken by another sequence, or a table
+        rewritten under the same sequence after preemption or a prefix-cache hit: its whole
+        table). The comparison is by content, not by (seq_id, length): a preempted sequence can
+        resume as a one-token decode with the same id and length but other blocks. Entries past a
+        row's context stay as they were: always a valid block id, never read (context_lens).
+        """
         n = len(input_ids)
         bs = self.padded_size(n)
         if bs is None or n == 0:
             raise ValueError(f"{n} decodes: graphs are captured for 1..{self.max_batch}")
+        if not len(positions) == len(slots) == len(tables) == n:
+            raise ValueError("input_ids, positions, slots and tables must have one entry per row")
         pad = bs - n
-        width = max(len(t) for t in tables)
         scratch_slot = self.scratch_block * self.block_size
         # One host tensor, one copy: ids, positions, slots, context lens ([bs] each), then the
-        # [bs, width] tables (padded rows and columns point at the scratch block).
+        # table writes: flat indices and values, or (dense) the [bs, width] tables.
         flat = [*input_ids, *[0] * pad, *positions, *[0] * pad, *slots, *[scratch_slot] * pad]
         flat += [p + 1 for p in positions] + [1] * pad
-        for t in tables:
-            flat += t
-            flat += [self.scratch_block] * (width - len(t))
-        flat += [self.scratch_block] * (width * pad)
+        rows = [*tables, *[self._pad_row] * pad]
+        changed = self._changed_rows(rows)
+        num_writes = sum(len(rows[r]) - k for r, k in changed)
+        width = max(len(t) for t in rows)
+        dense = 2 * num_writes > bs * width  # index + value per entry vs one cell per entry
+        if dense:
+            for t in rows:
+                flat += t
+                flat += [self.scratch_block] * (width - len(t))
+        elif num_writes:
+            flat += _sparse_writes(rows, changed, self.max_blocks)
         host = torch.tensor(flat, dtype=torch.long)
         dev = host.pin_memory().to(self.device, non_blocking=True) if self.captured else host
         self.input_ids[:bs].copy_(dev[:bs])
         self.positions[:bs].copy_(dev[bs : 2 * bs])
         self.slot_mapping[:bs].copy_(dev[2 * bs : 3 * bs])
         self.context_lens[:bs].copy_(dev[3 * bs : 4 * bs])
-        self.block_tables[:bs, :width].copy_(dev[4 * bs :].view(bs, width))
-        if not self.captured:
-            return self._forward(bs)[:n]
-        self.graphs[bs].replay()
-        return self.logits[bs][:n]
+        if dense:
+            self.block_tables[:bs, :width].copy_(dev[4 * bs :].view(bs, width))
+        elif num_writes:
+            writes = dev[4 * bs :]
+            self.block_tables.view(-1).index_copy_(0, writes[:num_writes], writes[num_writes:])
+        for r in range(bs) if dense else [r for r, _ in changed]:
+            self._known[r] = list(rows[r])  # a copy: the caller's lists may change later
+        return bs
+
+    def _changed_rows(self, rows: list[list[int]]) -> list[tuple[int, int]]:
+        """(row, first column to write) for each row whose table the device buffer lacks."""
+        known, changed = self._known, []
+        for r, t in enumerate(rows):
+            k = known[r]
+            if t != k:  # unequal lengths compare in O(1); equal lists mostly share their int objects
+                if len(t) > self.max_blocks:
+                    raise ValueError(f"row {r}: {len(t)} blocks, the tables hold {self.max_blocks}")
+                # A sequence that grew keeps its known prefix: write only the new blocks.
+                changed.append((r, len(k) if len(t) > len(k) and t[: len(k)] == k else 0))
+        return changed
+
+    def forget_tables(self) -> None:
+        """Forget what the block-table buffer holds: the next step writes every row in full."""
+        self._known = [[] for _ in range(self.max_batch)]
+
+
+def _sparse_writes(rows: list[list[int]], changed: list[tuple[int, int]], stride: int) -> list[int]:
+    """Flat indices into the [max_batch, stride] tables, then the block ids to write there."""
+    index: list[int] = []
+    values: list[int] = []
+    for r, k in changed:
+        t = rows[r]
+        index.extend(range(r * stride + k, r * stride + len(t)))
+        values.extend(t[k:] if k else t)
+    return index + values
 
 
 def _check_replay(bs: int, graph: torch.cuda.CUDAGraph, logits: torch.Tensor, eager: torch.Tensor) -> None:

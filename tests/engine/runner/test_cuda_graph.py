@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from isthmus.engine.core.llm import LLM
 from isthmus.engine.core.options import EngineOptions
+from isthmus.engine.core.params import SamplingParams
 from isthmus.engine.core.plan import SchedulePlan
 from isthmus.engine.model.attention import _decode_batch
 from isthmus.engine.runner.cuda_graph import DecodeGraphs
@@ -348,3 +350,108 @@ def test_runner_with_kernel_in_triton_interpreter(tiny_llama: Path) -> None:
         env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[3],
     )
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+# ---- incremental block tables (`DecodeGraphs.stage`) ------------------------------------------
+
+
+def _stage_tables(graphs: DecodeGraphs, tables: list[list[int]], planted: int | None = None) -> int:
+    """Stage a decode step whose rows have `tables`; check every live row's buffer (but the row
+    `planted` with a sentinel), return bs."""
+    n = len(tables)
+    bs = graphs.stage([1] * n, [4 * len(t) - 1 for t in tables], [4 * t[-1] for t in tables], tables)
+    buf = graphs.block_tables
+    for r, t in enumerate(tables):
+        assert r == planted or buf[r, : len(t)].tolist() == t, f"row {r} is stale"
+    for r in range(n, bs):  # padded rows attend the scratch block alone
+        assert buf[r, 0] == SCRATCH and graphs.context_lens[r] == 1
+    assert graphs.context_lens[:n].tolist() == [4 * len(t) for t in tables]
+    return bs
+
+
+def test_block_tables_are_written_incrementally(tiny_llama: Path) -> None:
+    """Rows whose table did not change are not written: a sentinel planted in such a row survives.
+    Rows that did change, including the ways a row can change under the same sequence id and
+    length (preemption, a prefix-cache hit), are rewritten."""
+    graphs = _cpu_graphs(_cpu_runner(tiny_llama))
+    a, b, c = [5, 9, 2], [7, 1], [11, 12, 13, 14]
+    assert _stage_tables(graphs, [a, b, c]) == 4
+    graphs.block_tables[0, 2] = 40  # behind its back: row 0 is unchanged, so it must stay 40
+    _stage_tables(graphs, [a, [*b, 30], c], planted=0)  # a new block appended mid-run
+    assert graphs.block_tables[0, 2] == 40
+    graphs.block_tables[0, 2] = 2
+    _stage_tables(graphs, [a, [*b, 30], c])  # nothing changed
+    # The sequence in row 0 finished: the others move up a row, a padded row appears.
+    _stage_tables(graphs, [[*b, 30], c])
+    _stage_tables(graphs, [[*b, 30], c, [20]])
+    # Another sequence takes row 1 with a table of the same length.
+    _stage_tables(graphs, [[*b, 30], [21, 22, 23, 24], [20]])
+    # Preempted and resumed under the same id and length, on other blocks (or a prefix-cache hit
+    # that swapped its leading blocks for cached ones): same length, new contents.
+    _stage_tables(graphs, [[*b, 30], [21, 25, 23, 24], [20]])
+    _stage_tables(graphs, [[*b, 30], [8, 25, 23, 24, 26], [20]])  # grown and rewritten at once
+    _stage_tables(graphs, [[3], [4], [6]])  # shorter tables: stale columns past them are unread
+    # A batch of all-new rows is written densely (one cell per entry is cheaper than two).
+    graphs.block_tables[5, 0] = 41
+    _stage_tables(graphs, [[30 + i, 31 + i] for i in range(8)])
+    with pytest.raises(ValueError, match="tables hold"):
+        graphs.stage([1], [0], [0], [list(range(33))])  # wider than max_model_len / block_size
+    with pytest.raises(ValueError, match="one entry per row"):
+        graphs.stage([1, 2], [0, 0], [0, 0], [[1]])
+    _stage_tables(graphs, [[30, 31]])  # a refused step leaves the known rows right
+
+
+def test_forget_tables_rewrites_every_row(tiny_llama: Path) -> None:
+    graphs = _cpu_graphs(_cpu_runner(tiny_llama))
+    _stage_tables(graphs, [[5, 9], [7]])
+    graphs.block_tables.fill_(0)
+    graphs.forget_tables()
+    _stage_tables(graphs, [[5, 9], [7]])
+
+
+def _engine_requests() -> tuple[list[list[int]], list[SamplingParams]]:
+    shared = [0, 17, 345, 12, 900, 77, 5, 613, 240, 31, 8, 1000]  # three full blocks: prefix-cached
+    prompts = [[*shared, 3, 4], [*shared, 9], [31, 8, 1000, 64, 129], [*shared, 3, 4, 5, 6, 7],
+               [2, 3], [*shared, 60, 61, 62]]
+    params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in (21, 6, 17, 13, 9, 19)]
+    return prompts, params
+
+
+def _engine(path: Path, graphs: bool) -> tuple[LLM, list[int]]:
+    num_blocks = 14  # small: running sequences preempt one another
+    runner = ModelRunner(
+        EngineOptions(model=str(path), block_size=4, num_kv_blocks=num_blocks + 1, max_model_len=128)
+    )
+    runner.num_kv_blocks = num_blocks  # the last block is the graphs' scratch, as on a GPU
+    staged: list[int] = []
+    if graphs:
+        runner.graphs = DecodeGraphs(runner.model, runner.kv_caches, max_batch=4, max_model_len=128,
+                                     block_size=4, scratch_block=num_blocks)
+        real_stage = runner.graphs.stage
+
+        def checked_stage(ids: list[int], pos: list[int], slots: list[int], tables: list[list[int]]) -> int:
+            bs = real_stage(ids, pos, slots, tables)
+            for r, t in enumerate(tables):  # a stale row fails here, even if its tokens survive
+                assert runner.graphs.block_tables[r, : len(t)].tolist() == t  # type: ignore[union-attr]
+            staged.append(len(ids))
+            return bs
+
+        runner.graphs.stage = checked_stage  # type: ignore[method-assign]
+    llm = LLM(str(path), runner=runner, block_size=4, num_kv_blocks=num_blocks, max_num_seqs=4,
+              max_num_batched_tokens=32)
+    return llm, staged
+
+
+def test_engine_with_incremental_tables_matches_eager(tiny_llama: Path) -> None:
+    """Continuous batching through the graph path: sequences finish and others take their rows,
+    prompts share prefix-cached blocks, sequences are preempted and resumed, blocks are appended
+    mid-run. Every staged row matches its table and the greedy tokens equal the eager engine's."""
+    prompts, params = _engine_requests()
+    plain, _ = _engine(tiny_llama, graphs=False)
+    expected = [o.token_ids for o in plain.generate(prompts, params)]
+    llm, staged = _engine(tiny_llama, graphs=True)
+    got = [o.token_ids for o in llm.generate(prompts, params)]
+    assert got == expected
+    sched = llm.core.scheduler
+    assert sched.num_preemptions > 0 and sched.block_manager.stats.num_hit_tokens > 0
+    assert len(staged) > 20 and len(set(staged)) > 1  # many graph steps, at several batch sizes
