@@ -6,7 +6,8 @@ Two rules, both secure by default:
   loopback it needs mutual TLS, or an explicit ``insecure`` that the operator typed.
 - **Admin calls** (`AdminPolicy`, `AdminGuard`): every method of the center's service other than the
   data plane (`Generate`, `Status`) is an admin call: `Drain`, `Export`, `FetchWeights`, and
-  `FetchKV` (another replica fetching a migration's KV, center/kv_fetch.py), and any added later. An admin call needs an authenticated peer: a verified client certificate (mutual TLS;
+  `FetchKV` (another replica fetching a migration's KV, center/kv_fetch.py), and any added later.
+  An admin call needs an authenticated peer: a verified client certificate (mutual TLS;
   optionally only some common names), or the admin token sent as gRPC metadata
   ``authorization: Bearer <token>``. A method added to the service later is guarded without being
   listed anywhere, because only the data plane is listed (fail closed).
