@@ -6,7 +6,9 @@ more credited every `window_s / max_failures` seconds. A source with no credit l
 guesser learns nothing while throttled. Each time a source runs out again before its bucket has
 refilled completely, its wait doubles (one credit's time, then 2x, 4x, ... up to `max_backoff_s`):
 a guesser that spends each credit as soon as it comes back backs off exponentially, while a
-source that stays quiet for a whole window starts afresh. IPv6 sources are grouped by /64, the
+source that stays quiet for a whole window starts afresh. Each wait is stretched by a random part
+of itself (`jitter`), so sources throttled together (one attacker's many addresses) do not all
+come back, and cost the edge a handshake each, in the same instant. IPv6 sources are grouped by /64, the
 block one subscriber usually holds. The table is bounded: when full, a source whose bucket has
 refilled is dropped first (it carries no state worth keeping), else the least recently failing
 one. `now` is passed in; callers use `time.monotonic()`.
@@ -15,6 +17,7 @@ one. `now` is passed in; callers use `time.monotonic()`.
 from __future__ import annotations
 
 import ipaddress
+import random
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -27,6 +30,7 @@ class ThrottleLimits:
     window_s: float = 60.0  # seconds for a source's full burst to be credited back
     max_sources: int = 65_536  # sources remembered (bounds the table's memory)
     max_backoff_s: float = 900.0  # seconds: the longest wait the doubling may reach
+    jitter: float = 0.5  # each wait is stretched by a random 0 to this fraction of itself
 
     def __post_init__(self) -> None:
         if self.max_failures < 1:
@@ -37,6 +41,8 @@ class ThrottleLimits:
             raise ValueError("max_throttled_sources: expected an integer >= 1")
         if self.max_backoff_s <= 0:
             raise ValueError("max_backoff_s: expected a number > 0")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError("jitter: expected a number in [0, 1]")
 
 
 def source_key(source: str) -> str:
@@ -62,8 +68,9 @@ class _Bucket:
 class FailureThrottle:
     """Token buckets of failed attempts, keyed by source address, with exponential backoff."""
 
-    def __init__(self, limits: ThrottleLimits | None = None) -> None:
+    def __init__(self, limits: ThrottleLimits | None = None, rng: random.Random | None = None) -> None:
         self.limits = limits or ThrottleLimits()
+        self._rng = rng or random.Random()  # for the jitter
         self._rate = self.limits.max_failures / self.limits.window_s  # credits per second
         # key -> bucket; order = least recently failing first
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
@@ -101,6 +108,7 @@ class FailureThrottle:
             bucket.level += 1
             base = (1.0 - bucket.credits) / self._rate  # the wait for one credit
             wait = min(self.limits.max_backoff_s, base * 2.0 ** (bucket.level - 1))
+            wait *= 1.0 + self.limits.jitter * self._rng.random()
             bucket.at = now + max(0.0, wait - base)
         if len(self._buckets) >= self.limits.max_sources:
             self._make_room(now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,7 @@ def test_bad_hash_and_duplicate_names_refused() -> None:
 
 
 def throttled_store() -> ApiKeyStore:
-    return store(throttle=ThrottleLimits(max_failures=3, window_s=30.0, max_sources=4))
+    return store(throttle=ThrottleLimits(max_failures=3, window_s=30.0, max_sources=4, jitter=0.0))
 
 
 def test_wrong_keys_from_one_source_are_throttled_with_a_retryable_error() -> None:
@@ -133,7 +134,7 @@ def test_ipv6_sources_are_grouped_by_64() -> None:
 
 def test_a_source_out_of_credit_again_before_refilling_backs_off_exponentially() -> None:
     # one credit every 10 s; each time the source spends it as soon as it is back, the wait doubles
-    t = FailureThrottle(ThrottleLimits(max_failures=3, window_s=30.0, max_backoff_s=100.0))
+    t = FailureThrottle(ThrottleLimits(max_failures=3, window_s=30.0, max_backoff_s=100.0, jitter=0.0))
     for _ in range(3):
         t.record_failure("10.0.0.1", now=0.0)
     assert t.retry_after("10.0.0.1", now=0.0) == pytest.approx(10.0)
@@ -179,3 +180,18 @@ def test_request_rate_is_read_from_the_config(tmp_path: Path) -> None:
     )
     key = EdgeConfig.load(path).auth.keys[0]
     assert (key.max_requests_per_s, key.burst) == (50.0, 100)
+
+
+def test_sources_throttled_together_come_back_at_different_times() -> None:
+    # 32 addresses of one attacker, throttled in the same instant, would otherwise all be let
+    # back in the same instant: a burst of handshakes
+    t = FailureThrottle(ThrottleLimits(max_failures=2, window_s=20.0, jitter=0.5), rng=random.Random(7))
+    waits = []
+    for i in range(32):
+        for _ in range(2):
+            t.record_failure(f"10.0.0.{i}", now=0.0)
+        waits.append(t.retry_after(f"10.0.0.{i}", now=0.0))
+    assert all(10.0 <= w <= 15.0 for w in waits)  # one credit's time, stretched by up to 50%
+    assert max(waits) - min(waits) > 3.0 and len({round(w, 3) for w in waits}) == 32
+    with pytest.raises(ValueError, match="jitter"):
+        ThrottleLimits(jitter=2.0)
