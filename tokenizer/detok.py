@@ -59,7 +59,8 @@ class IncrementalDetokenizer:
         self._ids: list[int] = context
         self._prefix_offset = 0
         self._read_offset = len(context)
-        self._prefix_text = "" if self._table is not None else self._decode(self._prefix_offset, self._read_offset)
+        window = self._table is None  # the byte-level path never decodes the context
+        self._prefix_text = self._decode(self._prefix_offset, self._read_offset) if window else ""
         self._chunks: list[str] = []
         self._generated: list[int] = []
 

@@ -7,6 +7,8 @@ a decode-only step is replayed from a graph captured once per batch size in `CAP
     input_ids, positions, slot_mapping, context_lens  [max_bs]
     block_tables                                      [max_bs, max_blocks]  (max_model_len wide)
 
+The block tables persist between steps: only the entries that changed are written (`stage`).
+
 A batch of n sequences runs the smallest captured size >= n; the padded rows feed token 0 at
 position 0, write their K/V into a scratch block no sequence owns, and attend that one slot.
 Attention is `decode_attention.paged_decode`, which loops over each row's live context read
