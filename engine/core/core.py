@@ -57,6 +57,15 @@ def _cache_salt(options: EngineOptions, runner: Any) -> str:
     return f"{options.model}|{options.dtype}|{options.quantization}|tp={world}"
 
 
+def _warm_detokenizer(tokenizer: Any) -> None:
+    """Build the tokenizer's byte table now (~0.2 s for a 100k vocabulary), not in the first answer."""
+    from isthmus.tokenizer import Tokenizer
+    from isthmus.tokenizer.byte_level import byte_table
+
+    if isinstance(tokenizer, Tokenizer):
+        byte_table(tokenizer)
+
+
 class EngineCore:
     def __init__(self, options: EngineOptions, runner: Runner | None = None, tokenizer: Any = None) -> None:
         self.options = options
@@ -68,6 +77,7 @@ class EngineCore:
             from isthmus.tokenizer import Tokenizer
 
             tokenizer = Tokenizer.from_dir(options.model)
+        _warm_detokenizer(tokenizer)
         self.runner = runner
         self.tokenizer = tokenizer
         eos = _config_eos_ids(options.model)
