@@ -121,7 +121,7 @@ def test_tls_dir_makes_certificates_and_turns_on_mutual_tls(tmp_path: Path) -> N
     out = _run(*args)
     assert out.returncode == 0, out.stderr
     assert {p.name for p in tls.iterdir()} == {"ca.crt", "ca.key", "center.crt", "center.key", "edge.crt",
-                                               "edge.key"}
+                                               "edge.key", "center-peer.crt", "center-peer.key"}
     assert f"--tls-client-ca {tls}/ca.crt" in out.stdout and f"--tls-cert {tls}/center.crt" in out.stdout
     assert f"--admin-token-file {token}" in out.stdout and "--admin-cn ops" in out.stdout
     assert token.stat().st_mode & 0o077 == 0 and len(token.read_text().strip()) >= 16
