@@ -59,15 +59,21 @@ class Stream:
 
 
 @contextlib.asynccontextmanager
-async def replica(model: Path, token: str, slow_s: float = 0.0) -> AsyncIterator[Any]:
-    """A TP=1 center (CPU, fp32) on an ephemeral loopback port; ``slow_s`` sleeps before each step."""
+async def replica(
+    model: Path, token: str, slow_s: float = 0.0, *, num_kv_blocks: int = 256, max_num_seqs: int = 16,
+    name: str | None = None,
+) -> AsyncIterator[Any]:
+    """A TP=1 center (CPU, fp32) on an ephemeral loopback port; ``slow_s`` sleeps before each step
+    (on the engine's step thread), so answers on it take at least max_tokens x that long."""
     from isthmus.center.auth import AdminPolicy
     from isthmus.center.server import CenterServer
     from isthmus.center.service import CenterService
     from isthmus.engine.core.async_engine import AsyncEngine
     from isthmus.engine.core.options import EngineOptions
 
-    engine = AsyncEngine(EngineOptions(model=str(model), dtype="float32", num_kv_blocks=256, max_num_seqs=16))
+    engine = AsyncEngine(EngineOptions(
+        model=str(model), dtype="float32", num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs
+    ))
     await engine.start()
     if slow_s > 0:
         core, step = engine.core, engine.core.step
@@ -77,7 +83,7 @@ async def replica(model: Path, token: str, slow_s: float = 0.0) -> AsyncIterator
             return step(*args, **kwargs)
 
         core.step = slow_step  # type: ignore[method-assign]
-    service = CenterService(engine, engine.tokenizer, model.name, max_model_len=engine.max_model_len)
+    service = CenterService(engine, engine.tokenizer, name or model.name, max_model_len=engine.max_model_len)
     server = CenterServer(service, host="127.0.0.1", port=0, admin=AdminPolicy(token=token))
     await server.start()
     await server.set_ready()

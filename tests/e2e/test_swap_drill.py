@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from isthmus.cli.demo_swap import replica
 from isthmus.cli.swap import CenterAccess, EdgeAdmin, SwapPlan, drain_center, run_swap, summarize
 from isthmus.client import connect
 from isthmus.client.errors import IsthmusError
@@ -68,33 +69,9 @@ async def in_process_center(model: Path, step_delay_s: float = 0.0) -> AsyncIter
     MAX_TOKENS x that long whatever the machine's speed: the swap must reach its drain while
     every stream is still mid-answer, also on a fast, idle host.
     """
-    from isthmus.center.auth import AdminPolicy
-    from isthmus.center.server import CenterServer
-    from isthmus.center.service import CenterService
-    from isthmus.engine.core.async_engine import AsyncEngine
-    from isthmus.engine.core.options import EngineOptions
-
-    engine = AsyncEngine(EngineOptions(model=str(model), dtype="float32", num_kv_blocks=512, max_num_seqs=64))
-    await engine.start()
-    if step_delay_s > 0:
-        core = engine.core
-        step = core.step
-
-        def slow_step(*args: Any, **kwargs: Any) -> Any:
-            time.sleep(step_delay_s)  # on the engine's own step thread
-            return step(*args, **kwargs)
-
-        core.step = slow_step  # type: ignore[method-assign]
-    service = CenterService(engine, engine.tokenizer, "tiny-center", max_model_len=engine.max_model_len)
-    server = CenterServer(service, host="127.0.0.1", port=0, admin=AdminPolicy(token=CENTER_TOKEN))
-    await server.start()
-    await server.set_ready()
-    try:
+    async with replica(model, CENTER_TOKEN, step_delay_s, num_kv_blocks=512, max_num_seqs=64,
+                       name="tiny-center") as server:
         yield server
-    finally:
-        await server.stop(grace_s=0.0)
-        service.close()
-        await engine.stop()
 
 
 @contextlib.asynccontextmanager

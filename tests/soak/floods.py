@@ -87,6 +87,22 @@ async def idle_connections(port: int, stop: asyncio.Event, stats: AttackStats, r
         await stop.wait()
 
 
+async def _send_and_note(c: RawClient, req: GenerateRequest, timeout_s: float, stats: AttackStats) -> None:
+    """Send one request on an attacker's connection and count how it ended."""
+    stats.num_sent += 1
+    try:
+        sid = c.send_message(req)
+        messages = await c.wait_end(sid, timeout_s)
+    except TimeoutError:
+        stats.num_no_answer += 1
+        return
+    if not messages and c._closed.is_set():
+        # the edge closed the connection (its source is throttled) before answering
+        stats.codes["CLOSED_BY_EDGE"] += 1
+    else:
+        stats.note_end(messages, sid in c.resets)
+
+
 async def huge_prompts(port: int, stop: asyncio.Event, stats: AttackStats, ready: Ready) -> None:
     """Authenticated clients sending 1M-character prompts back to back (a connection the edge
     closes is replaced by a new one, as soon as the edge admits one)."""
@@ -96,19 +112,8 @@ async def huge_prompts(port: int, stop: asyncio.Event, stats: AttackStats, ready
 
     async def one(c: RawClient, i: int) -> None:
         while not stop.is_set() and not c._closed.is_set():
-            stats.num_sent += 1
             ready()  # the attackers are connected and sending
-            try:
-                sid = c.send_message(req)
-                messages = await c.wait_end(sid, 60.0)
-            except TimeoutError:
-                stats.num_no_answer += 1
-                continue
-            if not messages and c._closed.is_set():
-                # the edge closed the connection (its source is throttled) before answering
-                stats.codes["CLOSED_BY_EDGE"] += 1
-            else:
-                stats.note_end(messages, sid in c.resets)
+            await _send_and_note(c, req, 60.0, stats)
 
     await asyncio.gather(*(_connected(port, 100 + i, stop, stats, one) for i in range(NUM_PROMPT_ATTACKERS)))
 
@@ -120,7 +125,6 @@ async def wrong_keys(port: int, stop: asyncio.Event, stats: AttackStats, ready: 
         n = 0
         while not stop.is_set() and not c._closed.is_set():
             n += 1
-            stats.num_sent += 1
             ready()
             req = GenerateRequest(
                 id=f"k{i}-{n}",
@@ -129,17 +133,7 @@ async def wrong_keys(port: int, stop: asyncio.Event, stats: AttackStats, ready: 
                 tier="edge",
                 sampling=SamplingOptions(max_tokens=1),
             )
-            try:
-                sid = c.send_message(req)
-                messages = await c.wait_end(sid, 30.0)
-            except TimeoutError:
-                stats.num_no_answer += 1
-                continue
-            if not messages and c._closed.is_set():
-                # the edge closed the connection (its source is throttled) before answering
-                stats.codes["CLOSED_BY_EDGE"] += 1
-            else:
-                stats.note_end(messages, sid in c.resets)
+            await _send_and_note(c, req, 30.0, stats)
 
     await asyncio.gather(*(_connected(port, 200 + i, stop, stats, one) for i in range(NUM_KEY_ATTACKERS)))
 
